@@ -1,0 +1,63 @@
+# trackd developer commands. Every target creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard protos/trackd/v1/*.proto)
+GEN    := client
+
+.PHONY: all install run test lint proto check-gen bench migrate clean
+
+all: install
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[server,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start trackd; with no TRACKD_DATABASE_URL it runs an embedded PostgreSQL under .trackd/.
+run: $(STAMP)
+	$(BIN)/trackd serve
+
+migrate: $(STAMP)
+	$(BIN)/trackd migrate
+
+## Run the test suite against TRACKD_TEST_DATABASE_URL, a testcontainers or an embedded PostgreSQL.
+test: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Regenerate the Python stubs (committed under client/trackd/v1) from protos/.
+proto: $(STAMP)
+	rm -f $(GEN)/trackd/v1/*_pb2*.py $(GEN)/trackd/v1/*_pb2*.pyi
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=$(GEN) --grpc_python_out=$(GEN) \
+	  --mypy_out=$(GEN) --mypy_grpc_out=$(GEN) $(PROTOS)
+
+## Fail when the committed stubs differ from what protos/ generates.
+check-gen: $(STAMP)
+	@tmp=$$(mktemp -d) && \
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -I protos \
+	  --python_out=$$tmp --grpc_python_out=$$tmp \
+	  --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/trackd/v1/*; do \
+	  cmp -s $$f $(GEN)/trackd/v1/$$(basename $$f) || { echo "stale generated file: $$(basename $$f); run make proto"; rm -rf $$tmp; exit 1; }; \
+	done; \
+	n_gen=$$(ls $$tmp/trackd/v1 | wc -l); n_have=$$(ls $(GEN)/trackd/v1/*_pb2* | wc -l); rm -rf $$tmp; \
+	[ $$n_gen -eq $$n_have ] || { echo "generated files out of step with protos/; run make proto"; exit 1; }
+
+lint: $(STAMP) check-gen
+	$(BIN)/ruff check server client tests bench
+	$(BIN)/ruff format --check server client/trackd/client tests bench
+	$(BIN)/mypy
+	$(BIN)/buf lint
+	$(BIN)/buf format --diff --exit-code
+
+## Benchmarks against the same PostgreSQL as the tests; figures go to bench/README.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
