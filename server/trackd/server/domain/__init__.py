@@ -1,1 +1,1 @@
-"""trackd."""
+"""trackd's rules: validation, limits, immutability and lifecycle, above the store."""

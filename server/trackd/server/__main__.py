@@ -1,0 +1,67 @@
+"""The `trackd` command: `trackd serve` runs the server, `trackd migrate` applies the
+schema migrations and exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from trackd.server import config as config_mod
+from trackd.server.embedded import EmbeddedPostgres
+
+
+def _run(coro_factory: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro_factory)  # type: ignore[arg-type]
+    except ImportError:  # pragma: no cover - uvloop is optional
+        asyncio.run(coro_factory)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `trackd` and `python -m trackd.server`."""
+    parser = argparse.ArgumentParser(prog="trackd", description="trackd experiment tracking")
+    sub = parser.add_subparsers(dest="command")
+    for name, text in (("serve", "run the gRPC server"), ("migrate", "apply migrations")):
+        config_mod.add_arguments(sub.add_parser(name, help=text))
+    args = parser.parse_args(argv)
+    command = args.command or "serve"
+    cfg = config_mod.resolve(args)
+    logging.basicConfig(
+        level=cfg.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    embedded = None
+    url = cfg.database_url
+    if not url:
+        embedded = EmbeddedPostgres(cfg.data_dir)
+        url = embedded.start()
+    try:
+        from trackd.server import app
+
+        if command == "migrate":
+
+            async def do_migrate() -> None:
+                db = await app.Database.connect(url, min_size=1, max_size=1)
+                try:
+                    applied = await app.migrate_database(db)
+                finally:
+                    await db.close()
+                print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+
+            _run(do_migrate())
+        else:
+            _run(app.serve(cfg, url))
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Wiring: the database, the domain, the servicers, health and reflection, and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from trackd.server.config import Config
+from trackd.server.domain.experiments import Experiments
+from trackd.server.domain.runs import Runs
+from trackd.server.service.experiments import ExperimentService
+from trackd.server.service.rpc import add_service
+from trackd.server.service.runs import RunService
+from trackd.server.store import migrate
+from trackd.server.store.pool import Database
+from trackd.v1 import experiment_service_pb2, run_service_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICES = (
+    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
+    run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
+)
+
+
+@dataclass
+class Running:
+    """A started server: its gRPC server, bound port, database and health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    db: Database
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float | None) -> None:
+        """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
+        closes the pool."""
+        for svc in SERVICES:
+            await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.db.close()
+
+
+async def migrate_database(db: Database) -> list[str]:
+    """Applies pending migrations; returns the names applied."""
+    async with db.pool.acquire() as conn:
+        return await migrate.migrate(conn)
+
+
+async def start(config: Config, database_url: str) -> Running:
+    """Migrates the database and starts serving on config.listen (port 0 picks a free one)."""
+    db = await Database.connect(
+        database_url, min_size=config.pool_min_size, max_size=config.pool_max_size
+    )
+    try:
+        await migrate_database(db)
+        experiments = Experiments(db, config.artifact_root)
+        await experiments.set_default_location()
+    except BaseException:
+        await db.close()
+        raise
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
+    add_service(server, ExperimentService(experiments), SERVICES[0])
+    add_service(server, RunService(Runs(db)), SERVICES[1])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [svc.full_name for svc in SERVICES]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(config.listen)
+    if port == 0:
+        await db.close()
+        raise SystemExit(f"cannot listen on {config.listen}")
+    await server.start()
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, port, db, health_servicer)
+
+
+async def serve(config: Config, database_url: str) -> None:
+    """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits."""
+    running = await start(config, database_url)
+    log.info("trackd listening on %s (port %s)", config.listen, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %ss", config.grace_period)
+    await running.stop(config.grace_period)
+    log.info("stopped")

@@ -1,0 +1,80 @@
+"""Server configuration: flags over TRACKD_* environment variables over defaults."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything `trackd serve` needs to start."""
+
+    listen: str = "127.0.0.1:50051"
+    # Empty: start an embedded PostgreSQL whose data lives under data_dir.
+    database_url: str = ""
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    log_level: str = "INFO"
+    data_dir: str = ".trackd"
+    artifact_root: str = "./trackd-artifacts"
+    # Seconds in-flight calls get to finish after SIGTERM.
+    grace_period: float = 10.0
+    # Largest request a unary call accepts, in bytes.
+    max_message_bytes: int = 4 * 1024 * 1024
+
+
+_ENV = {
+    "listen": "TRACKD_LISTEN",
+    "database_url": "TRACKD_DATABASE_URL",
+    "pool_min_size": "TRACKD_POOL_MIN_SIZE",
+    "pool_max_size": "TRACKD_POOL_MAX_SIZE",
+    "log_level": "TRACKD_LOG_LEVEL",
+    "data_dir": "TRACKD_DATA_DIR",
+    "artifact_root": "TRACKD_ARTIFACT_ROOT",
+    "grace_period": "TRACKD_GRACE_PERIOD",
+    "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one flag per Config field; each flag's default is unset, so that the
+    environment and then the built-in default apply."""
+    defaults = Config()
+    for name, env in _ENV.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=None,
+            type=type(getattr(defaults, name)),
+            help=f"(env {env}; default {getattr(defaults, name)!r})",
+        )
+
+
+def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Builds the Config: a flag wins over its environment variable, which wins over the
+    default."""
+    env = os.environ if environ is None else environ
+    defaults = Config()
+    values: dict[str, object] = {}
+    for name, var in _ENV.items():
+        kind = type(getattr(defaults, name))
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+        elif env.get(var):
+            try:
+                values[name] = kind(env[var])
+            except ValueError as exc:
+                raise SystemExit(f"{var}={env[var]!r} is not a valid {kind.__name__}") from exc
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def parse(argv: Sequence[str]) -> Config:
+    """Config from command-line flags and the environment alone."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return resolve(parser.parse_args(argv))

@@ -1,0 +1,267 @@
+"""Rules for experiments: unique active names, lifecycle, tags and listing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from trackd.server.clock import now_ms
+from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.validation import Violations
+from trackd.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.store import experiments as store
+from trackd.server.store import runs as run_store
+from trackd.server.store.pool import Connection, Database
+
+VIEW_STAGES = {
+    0: (store.ACTIVE,),
+    1: (store.ACTIVE,),
+    2: (store.DELETED,),
+    3: (store.ACTIVE, store.DELETED),
+}
+
+
+class Experiments:
+    """Experiment operations over a database."""
+
+    def __init__(self, db: Database, artifact_root: str) -> None:
+        self.db = db
+        self.artifact_root = artifact_root.rstrip("/")
+
+    async def create(
+        self, name: str, artifact_location: str, tags: Sequence[tuple[str, str]]
+    ) -> str:
+        """Creates an experiment; returns its id.
+
+        Raises InvalidArgument for a bad name, location or tag and AlreadyExists when an
+        active experiment holds the name."""
+        v = Violations()
+        v.text("name", name, max_len=limits.EXPERIMENT_NAME_MAX, required=True)
+        v.text("artifact_location", artifact_location, max_len=limits.ARTIFACT_LOCATION_MAX)
+        keys, values = _check_tags(v, "tags", tags)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> int:
+            try:
+                async with conn.transaction():
+                    eid = await store.insert(conn, name, artifact_location, now_ms(), keys, values)
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists(
+                    f"experiment name {name!r} is held by an active experiment",
+                    metadata={"name": name},
+                ) from exc
+            if not artifact_location:
+                await store.set_location(conn, eid, f"{self.artifact_root}/{eid}")
+            return eid
+
+        return str(await self.db.transact(work))
+
+    async def get(self, experiment_id: str) -> asyncpg.Record:
+        """The experiment with its tags; NotFound if there is none."""
+        eid = validation.experiment_id(experiment_id)
+        row = await self.db.read(lambda conn: store.get(conn, eid))
+        if row is None:
+            raise _missing(experiment_id)
+        return row
+
+    async def get_by_name(self, name: str) -> asyncpg.Record:
+        """The experiment of that name, the active one first; NotFound if there is none."""
+        v = Violations()
+        v.text("experiment_name", name, max_len=limits.EXPERIMENT_NAME_MAX, required=True)
+        v.raise_if_any()
+        row = await self.db.read(lambda conn: store.get_by_name(conn, name))
+        if row is None:
+            raise NotFound(f"no experiment is named {name!r}", metadata={"name": name})
+        return row
+
+    async def search(
+        self,
+        filter_: str,
+        order_by: Sequence[str],
+        max_results: int,
+        page_token: str,
+        view_type: int,
+    ) -> tuple[list[asyncpg.Record], str]:
+        """One page of experiments and the token of the next page ('' on the last)."""
+        if filter_.strip():
+            raise InvalidArgument.for_field(
+                "filter", "filtering experiments is not supported by this server yet"
+            )
+        if any(o.strip() for o in order_by):
+            raise InvalidArgument.for_field(
+                "order_by", "ordering experiments is not supported by this server yet"
+            )
+        if view_type not in VIEW_STAGES:
+            raise InvalidArgument.for_field("view_type", f"{view_type} is not a ViewType")
+        size = validation.page_size(
+            max_results,
+            default=limits.SEARCH_MAX_RESULTS_DEFAULT,
+            maximum=limits.SEARCH_MAX_RESULTS_MAX,
+        )
+        stages = VIEW_STAGES[view_type]
+        fingerprint = paging.query_fingerprint("experiments", filter_, list(order_by), stages)
+        position = paging.decode(page_token, fingerprint)
+        after = _int_pair(position) if position is not None else None
+        rows = await self.db.read(lambda conn: store.search_page(conn, stages, after, size + 1))
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        last = rows[-1]
+        token = paging.encode([last["creation_time"], last["experiment_id"]], fingerprint)
+        return rows, token
+
+    async def rename(self, experiment_id: str, new_name: str) -> None:
+        """Renames an experiment; AlreadyExists if an active experiment holds the name."""
+        eid = validation.experiment_id(experiment_id)
+        v = Violations()
+        v.text("new_name", new_name, max_len=limits.EXPERIMENT_NAME_MAX, required=True)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            row = await _lock(conn, eid)
+            if row["lifecycle_stage"] != store.ACTIVE:
+                raise FailedPrecondition(
+                    f"experiment {experiment_id} is deleted; restore it before renaming it",
+                    metadata={"experiment_id": experiment_id},
+                )
+            try:
+                async with conn.transaction():
+                    await store.rename(conn, eid, new_name, now_ms())
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists(
+                    f"experiment name {new_name!r} is held by an active experiment",
+                    metadata={"name": new_name},
+                ) from exc
+
+        await self.db.transact(work)
+
+    async def delete(self, experiment_id: str) -> None:
+        """Soft-deletes an experiment and its active runs."""
+        eid = validation.experiment_id(experiment_id)
+        if eid == 0:
+            raise FailedPrecondition(
+                "the Default experiment 0 cannot be deleted", metadata={"experiment_id": "0"}
+            )
+
+        async def work(conn: Connection) -> None:
+            row = await _lock(conn, eid)
+            if row["lifecycle_stage"] == store.DELETED:
+                raise FailedPrecondition(
+                    f"experiment {experiment_id} is already deleted",
+                    metadata={"experiment_id": experiment_id},
+                )
+            now = now_ms()
+            await store.set_stage(conn, eid, store.DELETED, now)
+            await run_store.delete_with_experiment(conn, eid, now)
+
+        await self.db.transact(work)
+
+    async def restore(self, experiment_id: str) -> None:
+        """Restores a deleted experiment and the runs deleted with it.
+
+        FailedPrecondition when it is active, or when an active experiment holds its name."""
+        eid = validation.experiment_id(experiment_id)
+
+        async def work(conn: Connection) -> None:
+            row = await _lock(conn, eid)
+            if row["lifecycle_stage"] == store.ACTIVE:
+                raise FailedPrecondition(
+                    f"experiment {experiment_id} is not deleted",
+                    metadata={"experiment_id": experiment_id},
+                )
+            try:
+                async with conn.transaction():
+                    await store.set_stage(conn, eid, store.ACTIVE, now_ms())
+            except asyncpg.UniqueViolationError as exc:
+                raise FailedPrecondition(
+                    f"cannot restore experiment {experiment_id}: its name {row['name']!r} is "
+                    "held by an active experiment; rename one of them first",
+                    metadata={"experiment_id": experiment_id, "name": row["name"]},
+                ) from exc
+            await run_store.restore_with_experiment(conn, eid)
+
+        await self.db.transact(work)
+
+    async def set_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Creates or replaces a tag of an active experiment."""
+        eid = validation.experiment_id(experiment_id)
+        v = Violations()
+        v.key("key", key, max_len=limits.EXPERIMENT_TAG_KEY_MAX)
+        v.text("value", value, max_len=limits.EXPERIMENT_TAG_VALUE_MAX)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            await _lock_active(conn, eid, experiment_id)
+            now = now_ms()
+            await store.upsert_tags(conn, eid, [key], [value])
+            await store.touch(conn, eid, now)
+
+        await self.db.transact(work)
+
+    async def delete_tag(self, experiment_id: str, key: str) -> None:
+        """Deletes a tag of an active experiment; NotFound if it has no such tag."""
+        eid = validation.experiment_id(experiment_id)
+        v = Violations()
+        v.text("key", key, max_len=limits.EXPERIMENT_TAG_KEY_MAX, required=True)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            await _lock_active(conn, eid, experiment_id)
+            if not await store.delete_tag(conn, eid, key):
+                raise NotFound(
+                    f"experiment {experiment_id} has no tag {key!r}",
+                    metadata={"experiment_id": experiment_id, "key": key},
+                )
+            await store.touch(conn, eid, now_ms())
+
+        await self.db.transact(work)
+
+    async def set_default_location(self) -> None:
+        """Gives the Default experiment an artifact location under the artifact root."""
+        await self.db.transact(
+            lambda conn: store.set_default_location(conn, f"{self.artifact_root}/0")
+        )
+
+
+def _check_tags(
+    v: Violations, field: str, tags: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    """Validates experiment tags; the last value of a repeated key wins."""
+    v.count(field, len(tags), max_count=limits.EXPERIMENT_TAGS_MAX)
+    merged: dict[str, str] = {}
+    for i, (key, value) in enumerate(tags):
+        ok = v.key(f"{field}[{i}].key", key, max_len=limits.EXPERIMENT_TAG_KEY_MAX)
+        ok = v.text(f"{field}[{i}].value", value, max_len=limits.EXPERIMENT_TAG_VALUE_MAX) and ok
+        if ok:
+            merged[key] = value
+    return list(merged), list(merged.values())
+
+
+def _int_pair(position: list[object]) -> tuple[int, int]:
+    if len(position) != 2 or not all(isinstance(p, int) for p in position):
+        raise InvalidArgument.for_field("page_token", "is not a token this server issued")
+    return int(position[0]), int(position[1])  # type: ignore[call-overload]
+
+
+def _missing(experiment_id: str) -> NotFound:
+    return NotFound(
+        f"no experiment has id {experiment_id}", metadata={"experiment_id": experiment_id}
+    )
+
+
+async def _lock(conn: Connection, eid: int) -> asyncpg.Record:
+    row = await store.lock(conn, eid)
+    if row is None:
+        raise _missing(str(eid))
+    return row
+
+
+async def _lock_active(conn: Connection, eid: int, experiment_id: str) -> asyncpg.Record:
+    row = await _lock(conn, eid)
+    if row["lifecycle_stage"] != store.ACTIVE:
+        raise FailedPrecondition(
+            f"experiment {experiment_id} is deleted; restore it first",
+            metadata={"experiment_id": experiment_id},
+        )
+    return row

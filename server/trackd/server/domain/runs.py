@@ -1,0 +1,482 @@
+"""Rules for runs: lifecycle, immutable params, upserted tags, appended metrics, batches."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from trackd.server.clock import now_ms
+from trackd.server.domain import limits, names, paging, validation
+from trackd.server.domain.validation import Violations
+from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.store import experiments as experiment_store
+from trackd.server.store import metrics as metric_store
+from trackd.server.store import runs as store
+from trackd.server.store.pool import Connection, Database
+
+RUN_NAME_TAG = "mlflow.runName"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+RUNNING = 1
+VALID_STATUSES = frozenset({1, 2, 3, 4, 5})
+
+
+@dataclass
+class MetricColumns:
+    """Metric points column-wise, as they travel from the wire to the database."""
+
+    keys: list[str] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    timestamps: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class RunView:
+    """A run as read: its info row, params, tags and metric series rows."""
+
+    info: asyncpg.Record
+    params: list[asyncpg.Record]
+    tags: list[asyncpg.Record]
+    series: list[asyncpg.Record]
+
+
+class Runs:
+    """Run operations over a database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        experiment_id: str,
+        run_name: str,
+        start_time: int,
+        tags: Sequence[tuple[str, str]],
+        user_id: str,
+        parent_run_id: str,
+    ) -> RunView:
+        """Creates a RUNNING run and returns it.
+
+        Raises InvalidArgument for bad fields, NotFound for an unknown experiment or parent,
+        FailedPrecondition for a deleted experiment or parent."""
+        eid = validation.experiment_id(experiment_id or "0")
+        v = Violations()
+        v.text("run_name", run_name, max_len=limits.RUN_NAME_MAX)
+        v.text("user_id", user_id, max_len=limits.USER_ID_MAX)
+        v.non_negative("start_time", start_time)
+        tag_keys, tag_values = _check_tags(v, "tags", tags)
+        v.raise_if_any()
+        if parent_run_id:
+            validation.run_id(parent_run_id, "parent_run_id")
+        tag_map = dict(zip(tag_keys, tag_values, strict=True))
+        named_by_tag = tag_map.get(RUN_NAME_TAG)
+        if run_name and named_by_tag is not None and named_by_tag != run_name:
+            raise InvalidArgument.for_field(
+                "run_name",
+                f"is {run_name!r} but the {RUN_NAME_TAG} tag says {named_by_tag!r}; "
+                "give one name",
+            )
+        name = run_name or named_by_tag or names.generate()
+        tag_map[RUN_NAME_TAG] = name
+        if parent_run_id:
+            tag_map[PARENT_RUN_TAG] = parent_run_id
+        run_id = uuid.uuid4().hex
+
+        async def work(conn: Connection) -> int:
+            exp = await experiment_store.stage(conn, eid)
+            if exp is None:
+                raise NotFound(
+                    f"no experiment has id {eid}", metadata={"experiment_id": str(eid)}
+                )
+            if exp["lifecycle_stage"] != experiment_store.ACTIVE:
+                raise FailedPrecondition(
+                    f"experiment {eid} is deleted; runs cannot be created in it",
+                    metadata={"experiment_id": str(eid)},
+                )
+            parent_pk = None
+            if parent_run_id:
+                parent = await store.ref(conn, parent_run_id)
+                if parent is None:
+                    raise NotFound(
+                        f"parent run {parent_run_id} does not exist",
+                        metadata={"run_id": parent_run_id},
+                    )
+                if parent["experiment_id"] != eid:
+                    raise InvalidArgument.for_field(
+                        "parent_run_id",
+                        f"run {parent_run_id} belongs to experiment {parent['experiment_id']}, "
+                        f"not {eid}",
+                    )
+                if parent["lifecycle_stage"] != store.ACTIVE:
+                    raise FailedPrecondition(
+                        f"parent run {parent_run_id} is deleted",
+                        metadata={"run_id": parent_run_id},
+                    )
+                parent_pk = parent["run_pk"]
+            run_pk = await store.insert(
+                conn,
+                run_id=run_id,
+                experiment_id=eid,
+                run_name=name,
+                user_id=user_id,
+                status=RUNNING,
+                start_time=start_time or now_ms(),
+                artifact_uri=f"{exp['artifact_location']}/{run_id}/artifacts",
+                parent_run_pk=parent_pk,
+            )
+            await store.upsert_tags(conn, run_pk, list(tag_map), list(tag_map.values()))
+            return run_pk
+
+        await self.db.transact(work)
+        return await self.get(run_id)
+
+    async def get(self, run_id: str) -> RunView:
+        """The run with its params, tags and metric series; NotFound if there is none."""
+        validation.run_id(run_id)
+
+        async def work(conn: Connection) -> RunView:
+            info = await store.get_info(conn, run_id)
+            if info is None:
+                raise _missing(run_id)
+            pks = [info["run_pk"]]
+            return RunView(
+                info=info,
+                params=await store.load_params(conn, pks),
+                tags=await store.load_tags(conn, pks),
+                series=await metric_store.load_series(conn, pks),
+            )
+
+        return await self.db.read(work)
+
+    async def update(
+        self, run_id: str, status: int, end_time: int | None, run_name: str | None
+    ) -> asyncpg.Record:
+        """Changes status (0 leaves it), end time and name (None leaves them)."""
+        validation.run_id(run_id)
+        v = Violations()
+        if status != 0 and status not in VALID_STATUSES:
+            v.add("status", f"{status} is not a RunStatus")
+        if end_time is not None:
+            v.non_negative("end_time", end_time)
+        if run_name is not None:
+            v.text("run_name", run_name, max_len=limits.RUN_NAME_MAX, required=True)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> asyncpg.Record:
+            run_pk = await _lock_writable(conn, run_id)
+            if run_name is not None:
+                await store.upsert_tags(conn, run_pk, [RUN_NAME_TAG], [run_name])
+            return await store.update(conn, run_pk, status or None, end_time, run_name)
+
+        return await self.db.transact(work)
+
+    async def delete(self, run_id: str) -> None:
+        """Soft-deletes a run; FailedPrecondition if it is deleted already."""
+        validation.run_id(run_id)
+
+        async def work(conn: Connection) -> None:
+            row = await _lock(conn, run_id)
+            if row["lifecycle_stage"] != store.ACTIVE:
+                raise FailedPrecondition(
+                    f"run {run_id} is already deleted", metadata={"run_id": run_id}
+                )
+            await store.set_stage(conn, row["run_pk"], store.DELETED, now_ms())
+
+        await self.db.transact(work)
+
+    async def restore(self, run_id: str) -> None:
+        """Restores a deleted run; FailedPrecondition if it is active or its experiment is
+        deleted."""
+        validation.run_id(run_id)
+
+        async def work(conn: Connection) -> None:
+            row = await _lock(conn, run_id)
+            if row["lifecycle_stage"] == store.ACTIVE:
+                raise FailedPrecondition(f"run {run_id} is not deleted", metadata={"run_id": run_id})
+            if row["experiment_stage"] != experiment_store.ACTIVE:
+                raise FailedPrecondition(
+                    f"run {run_id} belongs to deleted experiment {row['experiment_id']}; "
+                    "restore the experiment",
+                    metadata={"run_id": run_id, "experiment_id": str(row["experiment_id"])},
+                )
+            await store.set_stage(conn, row["run_pk"], store.ACTIVE, now_ms())
+
+        await self.db.transact(work)
+
+    async def delete_many(self, experiment_id: str, max_timestamp_millis: int, max_runs: int) -> int:
+        """Deletes up to max_runs active runs started at or before a time; returns how many."""
+        eid = validation.experiment_id(experiment_id)
+        size = validation.page_size(
+            max_runs, default=limits.BULK_RUNS_MAX, maximum=limits.BULK_RUNS_MAX, field="max_runs"
+        )
+
+        async def work(conn: Connection) -> int:
+            await _lock_active_experiment(conn, eid)
+            return await store.delete_many(conn, eid, max_timestamp_millis, size, now_ms())
+
+        return await self.db.transact(work)
+
+    async def restore_many(self, experiment_id: str, min_timestamp_millis: int, max_runs: int) -> int:
+        """Restores up to max_runs runs deleted at or after a time; returns how many."""
+        eid = validation.experiment_id(experiment_id)
+        size = validation.page_size(
+            max_runs, default=limits.BULK_RUNS_MAX, maximum=limits.BULK_RUNS_MAX, field="max_runs"
+        )
+
+        async def work(conn: Connection) -> int:
+            await _lock_active_experiment(conn, eid)
+            return await store.restore_many(conn, eid, min_timestamp_millis, size)
+
+        return await self.db.transact(work)
+
+    # -- logging ---------------------------------------------------------------------------
+
+    async def log_batch(
+        self,
+        run_id: str,
+        metrics: MetricColumns,
+        params: Sequence[tuple[str, str]],
+        tags: Sequence[tuple[str, str]],
+    ) -> None:
+        """Logs metrics, params and tags in one transaction: all of it or none of it.
+
+        Raises InvalidArgument naming every bad field, NotFound for an unknown run and
+        FailedPrecondition for a deleted run or a param logged before with another value."""
+        validation.run_id(run_id)
+        v = Violations()
+        v.count("metrics", len(metrics), max_count=limits.BATCH_METRICS_MAX)
+        v.count("params", len(params), max_count=limits.BATCH_PARAMS_MAX)
+        v.count("tags", len(tags), max_count=limits.BATCH_TAGS_MAX)
+        total = len(metrics) + len(params) + len(tags)
+        if total > limits.BATCH_ITEMS_MAX:
+            v.add(
+                "metrics+params+tags",
+                f"the batch has {total} items; the limit is {limits.BATCH_ITEMS_MAX}",
+            )
+        v.raise_if_any()
+        _check_metrics(v, "metrics", metrics)
+        param_keys, param_values = _check_params(v, "params", params)
+        tag_keys, tag_values = _check_tags(v, "tags", tags)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            run_pk = await _lock_writable(conn, run_id)
+            if param_keys:
+                await _write_params(conn, run_pk, run_id, param_keys, param_values)
+            if tag_keys:
+                await _write_tags(conn, run_pk, tag_keys, tag_values)
+            if metrics.keys:
+                await _write_metrics(conn, run_pk, metrics)
+
+        await self.db.transact(work)
+
+    async def log_metric(self, run_id: str, key: str, value: float, timestamp: int, step: int) -> None:
+        """Appends one metric point; see log_batch for the errors."""
+        await self.log_batch(run_id, MetricColumns([key], [value], [timestamp], [step]), (), ())
+
+    async def log_param(self, run_id: str, key: str, value: str) -> None:
+        """Logs one immutable param; see log_batch for the errors."""
+        await self.log_batch(run_id, MetricColumns(), ((key, value),), ())
+
+    async def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Creates or replaces one tag; see log_batch for the errors."""
+        await self.log_batch(run_id, MetricColumns(), (), ((key, value),))
+
+    async def delete_tag(self, run_id: str, key: str) -> None:
+        """Deletes one tag; NotFound if the run has no such tag."""
+        validation.run_id(run_id)
+        v = Violations()
+        v.key("key", key)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            run_pk = await _lock_writable(conn, run_id)
+            if not await store.delete_tag(conn, run_pk, key):
+                raise NotFound(
+                    f"run {run_id} has no tag {key!r}", metadata={"run_id": run_id, "key": key}
+                )
+
+        await self.db.transact(work)
+
+    # -- reading metrics -------------------------------------------------------------------
+
+    async def metric_history(
+        self, run_id: str, key: str, max_results: int, page_token: str
+    ) -> tuple[list[asyncpg.Record], str]:
+        """One page of a series in (step, timestamp, value) order and the next page's token."""
+        validation.run_id(run_id)
+        v = Violations()
+        v.key("metric_key", key)
+        v.raise_if_any()
+        size = validation.page_size(
+            max_results,
+            default=limits.HISTORY_MAX_RESULTS_DEFAULT,
+            maximum=limits.HISTORY_MAX_RESULTS_MAX,
+        )
+        fingerprint = paging.query_fingerprint("history", run_id, key)
+        position = paging.decode(page_token, fingerprint)
+        after = _history_position(position) if position is not None else None
+
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            ref = await store.ref(conn, run_id)
+            if ref is None:
+                raise _missing(run_id)
+            sid = await metric_store.series_id(conn, ref["run_pk"], key)
+            if sid is None:
+                return []
+            return await metric_store.history_page(conn, sid, after, size + 1)
+
+        rows = await self.db.read(work)
+        if len(rows) <= size:
+            return rows, ""
+        rows = rows[:size]
+        last = rows[-1]
+        bits = struct.unpack("<q", struct.pack("<d", last["value"]))[0]
+        return rows, paging.encode([last["step"], last["ts"], bits], fingerprint)
+
+
+# -- validation helpers ----------------------------------------------------------------------
+
+
+def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
+    """Validates keys and timestamps; a 0 timestamp becomes the server's now."""
+    bad_keys: set[str] = set()
+    good_keys: set[str] = set()
+    now = 0
+    for i, key in enumerate(m.keys):
+        if key not in good_keys:
+            if key in bad_keys or not v.key(f"{field}[{i}].key", key):
+                bad_keys.add(key)
+            else:
+                good_keys.add(key)
+        ts = m.timestamps[i]
+        if ts == 0:
+            now = now or now_ms()
+            m.timestamps[i] = now
+        elif ts < 0:
+            v.add(f"{field}[{i}].timestamp", f"is {ts}; it must be >= 0 (milliseconds)")
+
+
+def _check_params(
+    v: Violations, field: str, params: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    merged: dict[str, str] = {}
+    for i, (key, value) in enumerate(params):
+        ok = v.key(f"{field}[{i}].key", key)
+        ok = v.text(f"{field}[{i}].value", value, max_len=limits.PARAM_VALUE_MAX) and ok
+        if not ok:
+            continue
+        if key in merged and merged[key] != value:
+            v.add(
+                f"{field}[{i}].value",
+                f"param {key!r} appears twice in the batch, with {merged[key]!r} and {value!r}",
+            )
+        merged[key] = value
+    return list(merged), list(merged.values())
+
+
+def _check_tags(
+    v: Violations, field: str, tags: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    v.count(field, len(tags), max_count=limits.BATCH_TAGS_MAX)
+    merged: dict[str, str] = {}
+    for i, (key, value) in enumerate(tags):
+        ok = v.key(f"{field}[{i}].key", key)
+        ok = v.text(f"{field}[{i}].value", value, max_len=limits.TAG_VALUE_MAX) and ok
+        if ok:
+            merged[key] = value  # the last value of a repeated key wins
+    return list(merged), list(merged.values())
+
+
+def _history_position(position: list[object]) -> tuple[int, int, float]:
+    if len(position) != 3 or not all(isinstance(p, int) for p in position):
+        raise InvalidArgument.for_field("page_token", "is not a token this server issued")
+    step, ts, bits = (int(p) for p in position)  # type: ignore[call-overload]
+    try:
+        value = struct.unpack("<d", struct.pack("<q", bits))[0]
+    except struct.error as exc:
+        raise InvalidArgument.for_field("page_token", "is not a token this server issued") from exc
+    return step, ts, value
+
+
+# -- write helpers (inside a transaction holding the run's lock) ------------------------------
+
+
+def _missing(run_id: str) -> NotFound:
+    return NotFound(f"no run has id {run_id}", metadata={"run_id": run_id})
+
+
+async def _lock(conn: Connection, run_id: str) -> asyncpg.Record:
+    row = await store.lock(conn, run_id)
+    if row is None:
+        raise _missing(run_id)
+    return row
+
+
+async def _lock_writable(conn: Connection, run_id: str) -> int:
+    """Locks a run for writing and returns its key; FailedPrecondition if it, or its
+    experiment, is deleted."""
+    row = await _lock(conn, run_id)
+    if row["lifecycle_stage"] != store.ACTIVE:
+        raise FailedPrecondition(
+            f"run {run_id} is deleted; restore it before writing to it",
+            metadata={"run_id": run_id},
+        )
+    if row["experiment_stage"] != experiment_store.ACTIVE:
+        raise FailedPrecondition(
+            f"run {run_id} belongs to deleted experiment {row['experiment_id']}",
+            metadata={"run_id": run_id, "experiment_id": str(row["experiment_id"])},
+        )
+    run_pk: int = row["run_pk"]
+    return run_pk
+
+
+async def _lock_active_experiment(conn: Connection, eid: int) -> None:
+    row = await experiment_store.lock(conn, eid)
+    if row is None:
+        raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
+    if row["lifecycle_stage"] != experiment_store.ACTIVE:
+        raise FailedPrecondition(
+            f"experiment {eid} is deleted; restore it first", metadata={"experiment_id": str(eid)}
+        )
+
+
+async def _write_params(
+    conn: Connection, run_pk: int, run_id: str, keys: list[str], values: list[str]
+) -> None:
+    stored = await store.params_of(conn, run_pk, keys)
+    for key, value in zip(keys, values, strict=True):
+        old = stored.get(key)
+        if old is not None and old != value:
+            raise FailedPrecondition(
+                f"param {key!r} of run {run_id} is {old!r}; params are immutable, so it "
+                f"cannot become {value!r}",
+                metadata={"run_id": run_id, "key": key},
+            )
+    fresh = [(k, val) for k, val in zip(keys, values, strict=True) if k not in stored]
+    if fresh:
+        await store.insert_params(conn, run_pk, [k for k, _ in fresh], [val for _, val in fresh])
+
+
+async def _write_tags(conn: Connection, run_pk: int, keys: list[str], values: list[str]) -> None:
+    await store.upsert_tags(conn, run_pk, keys, values)
+    if RUN_NAME_TAG in keys:
+        await store.set_name(conn, run_pk, values[keys.index(RUN_NAME_TAG)])
+
+
+async def _write_metrics(conn: Connection, run_pk: int, m: MetricColumns) -> None:
+    series = await metric_store.ensure_series(conn, run_pk, sorted(set(m.keys)))
+    await metric_store.insert_points(
+        conn, [series[k] for k in m.keys], m.steps, m.timestamps, m.values
+    )

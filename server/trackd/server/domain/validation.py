@@ -1,0 +1,119 @@
+"""Field validation that collects every violation of a request before failing it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from trackd.server.domain import limits
+from trackd.server.errors import FieldViolation, InvalidArgument
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]+")
+_RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
+_EXPERIMENT_ID_RE = re.compile(r"(0|[1-9][0-9]{0,18})")
+
+
+class Violations:
+    """Accumulates field violations; `raise_if_any` fails with all of them at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        """Records that `field` is invalid, saying why."""
+        self.items.append(FieldViolation(field, description))
+
+    def raise_if_any(self) -> None:
+        """Raises InvalidArgument naming every recorded violation, if there is one."""
+        if self.items:
+            raise InvalidArgument.of(self.items)
+
+    def text(
+        self, field: str, value: str, *, max_len: int, required: bool = False
+    ) -> bool:
+        """Checks a free-text value: no NUL, at most `max_len` characters. True if valid."""
+        if required and not value:
+            self.add(field, "must not be empty")
+            return False
+        if "\x00" in value:
+            self.add(field, "must not contain the NUL character")
+            return False
+        if _has_lone_surrogate(value):
+            self.add(field, "must be valid UTF-8 (it holds a lone surrogate)")
+            return False
+        if len(value) > max_len:
+            self.add(field, f"is {len(value)} characters long; the limit is {max_len}")
+            return False
+        return True
+
+    def key(self, field: str, value: str, *, max_len: int = limits.KEY_MAX) -> bool:
+        """Checks a metric, param or tag key against MLflow's key rules. True if valid."""
+        if not self.text(field, value, max_len=max_len, required=True):
+            return False
+        if not _KEY_RE.fullmatch(value):
+            self.add(
+                field,
+                f"{_shorten(value)!r} may only hold letters, digits and '_ - . space / :'",
+            )
+            return False
+        if ".." in value:
+            self.add(field, f"{_shorten(value)!r} must not contain '..'")
+            return False
+        if value.startswith("/"):
+            self.add(field, f"{_shorten(value)!r} must not start with '/'")
+            return False
+        return True
+
+    def count(self, field: str, items: Iterable[object] | int, *, max_count: int) -> bool:
+        """Checks how many entries a repeated field has. True if within the limit."""
+        n = items if isinstance(items, int) else sum(1 for _ in items)
+        if n > max_count:
+            self.add(field, f"has {n} entries; the limit is {max_count}")
+            return False
+        return True
+
+    def non_negative(self, field: str, value: int) -> bool:
+        """Checks that an integer (a time in milliseconds, a count) is >= 0."""
+        if value < 0:
+            self.add(field, f"is {value}; it must be >= 0")
+            return False
+        return True
+
+
+def run_id(value: str, field: str = "run_id") -> str:
+    """Returns a well-formed run id (32 lowercase hex digits) or raises InvalidArgument."""
+    if not _RUN_ID_RE.fullmatch(value):
+        raise InvalidArgument.for_field(
+            field, f"{_shorten(value)!r} is not a run id (32 lowercase hex digits)"
+        )
+    return value
+
+
+def experiment_id(value: str, field: str = "experiment_id") -> int:
+    """Parses an experiment id (a decimal string) or raises InvalidArgument."""
+    if not _EXPERIMENT_ID_RE.fullmatch(value) or int(value) > limits.INT64_MAX:
+        raise InvalidArgument.for_field(
+            field, f"{_shorten(value)!r} is not an experiment id (a decimal number)"
+        )
+    return int(value)
+
+
+def page_size(value: int, *, default: int, maximum: int, field: str = "max_results") -> int:
+    """Resolves a page size: 0 means the default; negative or above the maximum fails."""
+    if value == 0:
+        return default
+    if value < 0 or value > maximum:
+        raise InvalidArgument.for_field(field, f"is {value}; it must be between 1 and {maximum}")
+    return value
+
+
+def _has_lone_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _shorten(value: str, n: int = 60) -> str:
+    return value if len(value) <= n else value[:n] + "..."

@@ -1,0 +1,109 @@
+"""Typed errors of trackd's domain; each carries its gRPC code and MLflow-style reason.
+
+The service layer turns them into a `google.rpc.Status` in one place (service/rpc.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import grpc
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One offending request field: its path (``metrics[3].key``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+@dataclass
+class TrackdError(Exception):
+    """Base of every error trackd reports to a caller."""
+
+    message: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL_ERROR"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass
+class InvalidArgument(TrackdError):
+    """A request field breaks a rule or a limit."""
+
+    violations: list[FieldViolation] = field(default_factory=list)
+    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+    reason: str = "INVALID_PARAMETER_VALUE"
+
+    @classmethod
+    def of(cls, violations: list[FieldViolation]) -> InvalidArgument:
+        """One error for all violations; the message lists them (the first 10 in full)."""
+        shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:10])
+        more = f"; and {len(violations) - 10} more" if len(violations) > 10 else ""
+        return cls(shown + more, violations=list(violations))
+
+    @classmethod
+    def for_field(cls, name: str, description: str) -> InvalidArgument:
+        """An error for a single field."""
+        return cls.of([FieldViolation(name, description)])
+
+
+@dataclass
+class NotFound(TrackdError):
+    """A named resource does not exist."""
+
+    code: grpc.StatusCode = grpc.StatusCode.NOT_FOUND
+    reason: str = "RESOURCE_DOES_NOT_EXIST"
+
+
+@dataclass
+class AlreadyExists(TrackdError):
+    """A resource with the same unique name exists."""
+
+    code: grpc.StatusCode = grpc.StatusCode.ALREADY_EXISTS
+    reason: str = "RESOURCE_ALREADY_EXISTS"
+
+
+@dataclass
+class FailedPrecondition(TrackdError):
+    """The resource's state forbids the call (deleted run, immutable param, ...)."""
+
+    code: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION
+    reason: str = "INVALID_STATE"
+
+
+@dataclass
+class ResourceExhausted(TrackdError):
+    """A size or rate limit was hit."""
+
+    code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason: str = "REQUEST_LIMIT_EXCEEDED"
+
+
+@dataclass
+class Unavailable(TrackdError):
+    """The database cannot be reached right now; the call may be retried."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE
+    reason: str = "TEMPORARILY_UNAVAILABLE"
+
+
+@dataclass
+class Aborted(TrackdError):
+    """A transaction conflicted with another one repeatedly; the call may be retried."""
+
+    code: grpc.StatusCode = grpc.StatusCode.ABORTED
+    reason: str = "ABORTED"
+
+
+@dataclass
+class DeadlineExceeded(TrackdError):
+    """The caller's deadline passed before the work finished; nothing was committed."""
+
+    code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason: str = "DEADLINE_EXCEEDED"

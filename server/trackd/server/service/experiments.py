@@ -1,0 +1,80 @@
+"""The ExperimentService servicer."""
+
+from __future__ import annotations
+
+from trackd.server import convert
+from trackd.server.domain.experiments import Experiments
+from trackd.server.service.rpc import Context
+from trackd.v1 import experiment_service_pb2 as pb
+from trackd.v1 import experiment_service_pb2_grpc
+
+
+class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
+    """trackd.v1.ExperimentService over the experiments domain."""
+
+    def __init__(self, experiments: Experiments) -> None:
+        self.experiments = experiments
+
+    async def CreateExperiment(
+        self, request: pb.CreateExperimentRequest, context: Context
+    ) -> pb.CreateExperimentResponse:
+        eid = await self.experiments.create(
+            request.name, request.artifact_location, convert.pairs(request.tags)
+        )
+        return pb.CreateExperimentResponse(experiment_id=eid)
+
+    async def GetExperiment(
+        self, request: pb.GetExperimentRequest, context: Context
+    ) -> pb.GetExperimentResponse:
+        row = await self.experiments.get(request.experiment_id)
+        return pb.GetExperimentResponse(experiment=convert.experiment(row))
+
+    async def GetExperimentByName(
+        self, request: pb.GetExperimentByNameRequest, context: Context
+    ) -> pb.GetExperimentByNameResponse:
+        row = await self.experiments.get_by_name(request.experiment_name)
+        return pb.GetExperimentByNameResponse(experiment=convert.experiment(row))
+
+    async def SearchExperiments(
+        self, request: pb.SearchExperimentsRequest, context: Context
+    ) -> pb.SearchExperimentsResponse:
+        rows, token = await self.experiments.search(
+            request.filter,
+            list(request.order_by),
+            request.max_results,
+            request.page_token,
+            request.view_type,
+        )
+        return pb.SearchExperimentsResponse(
+            experiments=[convert.experiment(r) for r in rows], next_page_token=token
+        )
+
+    async def UpdateExperiment(
+        self, request: pb.UpdateExperimentRequest, context: Context
+    ) -> pb.UpdateExperimentResponse:
+        await self.experiments.rename(request.experiment_id, request.new_name)
+        return pb.UpdateExperimentResponse()
+
+    async def DeleteExperiment(
+        self, request: pb.DeleteExperimentRequest, context: Context
+    ) -> pb.DeleteExperimentResponse:
+        await self.experiments.delete(request.experiment_id)
+        return pb.DeleteExperimentResponse()
+
+    async def RestoreExperiment(
+        self, request: pb.RestoreExperimentRequest, context: Context
+    ) -> pb.RestoreExperimentResponse:
+        await self.experiments.restore(request.experiment_id)
+        return pb.RestoreExperimentResponse()
+
+    async def SetExperimentTag(
+        self, request: pb.SetExperimentTagRequest, context: Context
+    ) -> pb.SetExperimentTagResponse:
+        await self.experiments.set_tag(request.experiment_id, request.key, request.value)
+        return pb.SetExperimentTagResponse()
+
+    async def DeleteExperimentTag(
+        self, request: pb.DeleteExperimentTagRequest, context: Context
+    ) -> pb.DeleteExperimentTagResponse:
+        await self.experiments.delete_tag(request.experiment_id, request.key)
+        return pb.DeleteExperimentTagResponse()

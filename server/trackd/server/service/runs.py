@@ -1,0 +1,102 @@
+"""The RunService servicer."""
+
+from __future__ import annotations
+
+from trackd.server import convert
+from trackd.server.domain.runs import Runs
+from trackd.server.service.rpc import Context
+from trackd.v1 import run_service_pb2 as pb
+from trackd.v1 import run_service_pb2_grpc
+
+
+class RunService(run_service_pb2_grpc.RunServiceServicer):
+    """trackd.v1.RunService over the runs domain."""
+
+    def __init__(self, runs: Runs) -> None:
+        self.runs = runs
+
+    async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> pb.CreateRunResponse:
+        view = await self.runs.create(
+            experiment_id=request.experiment_id,
+            run_name=request.run_name,
+            start_time=request.start_time,
+            tags=convert.pairs(request.tags),
+            user_id=request.user_id,
+            parent_run_id=request.parent_run_id,
+        )
+        return pb.CreateRunResponse(run=convert.run(view))
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
+        return pb.GetRunResponse(run=convert.run(await self.runs.get(request.run_id)))
+
+    async def UpdateRun(self, request: pb.UpdateRunRequest, context: Context) -> pb.UpdateRunResponse:
+        row = await self.runs.update(
+            request.run_id,
+            request.status,
+            request.end_time if request.HasField("end_time") else None,
+            request.run_name if request.HasField("run_name") else None,
+        )
+        return pb.UpdateRunResponse(run_info=convert.run_info(row))
+
+    async def DeleteRun(self, request: pb.DeleteRunRequest, context: Context) -> pb.DeleteRunResponse:
+        await self.runs.delete(request.run_id)
+        return pb.DeleteRunResponse()
+
+    async def RestoreRun(
+        self, request: pb.RestoreRunRequest, context: Context
+    ) -> pb.RestoreRunResponse:
+        await self.runs.restore(request.run_id)
+        return pb.RestoreRunResponse()
+
+    async def DeleteRuns(
+        self, request: pb.DeleteRunsRequest, context: Context
+    ) -> pb.DeleteRunsResponse:
+        n = await self.runs.delete_many(
+            request.experiment_id, request.max_timestamp_millis, request.max_runs
+        )
+        return pb.DeleteRunsResponse(runs_deleted=n)
+
+    async def RestoreRuns(
+        self, request: pb.RestoreRunsRequest, context: Context
+    ) -> pb.RestoreRunsResponse:
+        n = await self.runs.restore_many(
+            request.experiment_id, request.min_timestamp_millis, request.max_runs
+        )
+        return pb.RestoreRunsResponse(runs_restored=n)
+
+    async def LogMetric(self, request: pb.LogMetricRequest, context: Context) -> pb.LogMetricResponse:
+        await self.runs.log_metric(
+            request.run_id, request.key, request.value, request.timestamp, request.step
+        )
+        return pb.LogMetricResponse()
+
+    async def LogParam(self, request: pb.LogParamRequest, context: Context) -> pb.LogParamResponse:
+        await self.runs.log_param(request.run_id, request.key, request.value)
+        return pb.LogParamResponse()
+
+    async def SetTag(self, request: pb.SetTagRequest, context: Context) -> pb.SetTagResponse:
+        await self.runs.set_tag(request.run_id, request.key, request.value)
+        return pb.SetTagResponse()
+
+    async def DeleteTag(self, request: pb.DeleteTagRequest, context: Context) -> pb.DeleteTagResponse:
+        await self.runs.delete_tag(request.run_id, request.key)
+        return pb.DeleteTagResponse()
+
+    async def LogBatch(self, request: pb.LogBatchRequest, context: Context) -> pb.LogBatchResponse:
+        await self.runs.log_batch(
+            request.run_id,
+            convert.metric_columns(request.metrics),
+            convert.pairs(request.params),
+            convert.pairs(request.tags),
+        )
+        return pb.LogBatchResponse()
+
+    async def GetMetricHistory(
+        self, request: pb.GetMetricHistoryRequest, context: Context
+    ) -> pb.GetMetricHistoryResponse:
+        rows, token = await self.runs.metric_history(
+            request.run_id, request.metric_key, request.max_results, request.page_token
+        )
+        return pb.GetMetricHistoryResponse(
+            metrics=convert.history(request.metric_key, rows), next_page_token=token
+        )

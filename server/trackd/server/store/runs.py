@@ -1,0 +1,202 @@
+"""SQL for runs, their params and tags, and their lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import asyncpg
+
+from trackd.server.store.pool import Connection
+
+ACTIVE = 1
+DELETED = 2
+
+_INFO = """
+    r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id, r.status, r.start_time,
+    r.end_time, r.artifact_uri, r.lifecycle_stage"""
+
+INSERT = """
+INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, artifact_uri,
+                  parent_run_pk)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING run_pk"""
+GET_INFO = f"SELECT {_INFO} FROM runs r WHERE r.run_id = $1"
+# Every write to a run first takes this lock: writers of one run queue here in one order, so
+# concurrent batches cannot deadlock on the rows below it, and a param's check-then-insert
+# is race-free across servers.
+LOCK = """
+SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, e.lifecycle_stage AS experiment_stage
+FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
+WHERE r.run_id = $1
+FOR NO KEY UPDATE OF r"""
+REF = """
+SELECT r.run_pk, r.experiment_id, r.lifecycle_stage FROM runs r WHERE r.run_id = $1"""
+UPDATE = f"""
+UPDATE runs r SET
+    status = COALESCE($2, r.status),
+    end_time = COALESCE($3, r.end_time),
+    run_name = COALESCE($4, r.run_name)
+WHERE r.run_pk = $1
+RETURNING {_INFO}"""
+SET_NAME = "UPDATE runs SET run_name = $2 WHERE run_pk = $1"
+SET_STAGE = """
+UPDATE runs SET lifecycle_stage = $2, deleted_time = CASE WHEN $2 = 2 THEN $3::bigint END,
+    deleted_with_experiment = false
+WHERE run_pk = $1"""
+DELETE_WITH_EXPERIMENT = """
+UPDATE runs SET lifecycle_stage = 2, deleted_time = $2, deleted_with_experiment = true
+WHERE experiment_id = $1 AND lifecycle_stage = 1"""
+RESTORE_WITH_EXPERIMENT = """
+UPDATE runs SET lifecycle_stage = 1, deleted_time = NULL, deleted_with_experiment = false
+WHERE experiment_id = $1 AND lifecycle_stage = 2 AND deleted_with_experiment"""
+DELETE_MANY = """
+WITH victims AS (
+    SELECT run_pk FROM runs
+    WHERE experiment_id = $1 AND lifecycle_stage = 1 AND start_time <= $2
+    ORDER BY start_time, run_pk
+    LIMIT $3
+    FOR NO KEY UPDATE
+)
+UPDATE runs r SET lifecycle_stage = 2, deleted_time = $4, deleted_with_experiment = false
+FROM victims v WHERE r.run_pk = v.run_pk"""
+RESTORE_MANY = """
+WITH chosen AS (
+    SELECT run_pk FROM runs
+    WHERE experiment_id = $1 AND lifecycle_stage = 2 AND deleted_time >= $2
+    ORDER BY deleted_time, run_pk
+    LIMIT $3
+    FOR NO KEY UPDATE
+)
+UPDATE runs r SET lifecycle_stage = 1, deleted_time = NULL, deleted_with_experiment = false
+FROM chosen c WHERE r.run_pk = c.run_pk"""
+
+PARAMS_OF = """
+SELECT key, value FROM params WHERE run_pk = $1 AND key = ANY($2::text[])"""
+INSERT_PARAMS = """
+INSERT INTO params (run_pk, key, value)
+SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+ON CONFLICT (run_pk, key) DO NOTHING"""
+UPSERT_TAGS = """
+INSERT INTO run_tags (run_pk, key, value)
+SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+ON CONFLICT (run_pk, key) DO UPDATE SET value = EXCLUDED.value"""
+DELETE_TAG = "DELETE FROM run_tags WHERE run_pk = $1 AND key = $2"
+
+LOAD_PARAMS = """
+SELECT run_pk, key, value FROM params WHERE run_pk = ANY($1::bigint[]) ORDER BY run_pk, key"""
+LOAD_TAGS = """
+SELECT run_pk, key, value FROM run_tags WHERE run_pk = ANY($1::bigint[]) ORDER BY run_pk, key"""
+
+
+async def insert(
+    conn: Connection,
+    *,
+    run_id: str,
+    experiment_id: int,
+    run_name: str,
+    user_id: str,
+    status: int,
+    start_time: int,
+    artifact_uri: str,
+    parent_run_pk: int | None,
+) -> int:
+    """Inserts a run; returns its internal key."""
+    run_pk: int = await conn.fetchval(
+        INSERT, run_id, experiment_id, run_name, user_id, status, start_time, artifact_uri,
+        parent_run_pk,
+    )
+    return run_pk
+
+
+async def get_info(conn: Connection, run_id: str) -> asyncpg.Record | None:
+    """The run's info columns (with run_pk), or None."""
+    return await conn.fetchrow(GET_INFO, run_id)
+
+
+async def lock(conn: Connection, run_id: str) -> asyncpg.Record | None:
+    """Locks the run for a write; returns run_pk, experiment_id and both lifecycle stages."""
+    return await conn.fetchrow(LOCK, run_id)
+
+
+async def ref(conn: Connection, run_id: str) -> asyncpg.Record | None:
+    """The run's key, experiment and lifecycle stage, without a lock."""
+    return await conn.fetchrow(REF, run_id)
+
+
+async def update(
+    conn: Connection, run_pk: int, status: int | None, end_time: int | None, run_name: str | None
+) -> asyncpg.Record:
+    """Changes the given fields (None leaves one as it is); returns the run's info."""
+    row: asyncpg.Record = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name)
+    return row
+
+
+async def set_name(conn: Connection, run_pk: int, run_name: str) -> None:
+    """Renames the run."""
+    await conn.execute(SET_NAME, run_pk, run_name)
+
+
+async def set_stage(conn: Connection, run_pk: int, stage: int, now: int) -> None:
+    """Moves one run to a lifecycle stage."""
+    await conn.execute(SET_STAGE, run_pk, stage, now)
+
+
+async def delete_with_experiment(conn: Connection, experiment_id: int, now: int) -> None:
+    """Deletes the experiment's active runs, marking them as deleted with it."""
+    await conn.execute(DELETE_WITH_EXPERIMENT, experiment_id, now)
+
+
+async def restore_with_experiment(conn: Connection, experiment_id: int) -> None:
+    """Restores the runs that were deleted with the experiment."""
+    await conn.execute(RESTORE_WITH_EXPERIMENT, experiment_id)
+
+
+async def delete_many(
+    conn: Connection, experiment_id: int, max_start_time: int, max_runs: int, now: int
+) -> int:
+    """Deletes up to `max_runs` active runs started at or before a time; returns how many."""
+    status: str = await conn.execute(DELETE_MANY, experiment_id, max_start_time, max_runs, now)
+    return int(status.split()[-1])
+
+
+async def restore_many(
+    conn: Connection, experiment_id: int, min_deleted_time: int, max_runs: int
+) -> int:
+    """Restores up to `max_runs` runs deleted at or after a time; returns how many."""
+    status: str = await conn.execute(RESTORE_MANY, experiment_id, min_deleted_time, max_runs)
+    return int(status.split()[-1])
+
+
+async def params_of(conn: Connection, run_pk: int, keys: Sequence[str]) -> dict[str, str]:
+    """The stored values of the given param keys (absent keys are left out)."""
+    return {r["key"]: r["value"] for r in await conn.fetch(PARAMS_OF, run_pk, keys)}
+
+
+async def insert_params(
+    conn: Connection, run_pk: int, keys: Sequence[str], values: Sequence[str]
+) -> None:
+    """Inserts params whose keys are not stored yet."""
+    await conn.execute(INSERT_PARAMS, run_pk, keys, values)
+
+
+async def upsert_tags(
+    conn: Connection, run_pk: int, keys: Sequence[str], values: Sequence[str]
+) -> None:
+    """Creates or replaces tags; keys must be distinct."""
+    await conn.execute(UPSERT_TAGS, run_pk, keys, values)
+
+
+async def delete_tag(conn: Connection, run_pk: int, key: str) -> bool:
+    """Deletes a tag; False if there was none."""
+    status: str = await conn.execute(DELETE_TAG, run_pk, key)
+    return status != "DELETE 0"
+
+
+async def load_params(conn: Connection, run_pks: Sequence[int]) -> list[asyncpg.Record]:
+    """Params of many runs in one query: (run_pk, key, value) ordered by run and key."""
+    return list(await conn.fetch(LOAD_PARAMS, run_pks))
+
+
+async def load_tags(conn: Connection, run_pks: Sequence[int]) -> list[asyncpg.Record]:
+    """Tags of many runs in one query: (run_pk, key, value) ordered by run and key."""
+    return list(await conn.fetch(LOAD_TAGS, run_pks))

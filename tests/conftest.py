@@ -1,0 +1,115 @@
+"""Fixtures: a real PostgreSQL, a fresh database per test module, an in-process trackd on a
+free port, and stubs over a real channel.
+
+PostgreSQL comes from TRACKD_TEST_DATABASE_URL if set; else a testcontainers PostgreSQL
+where a Docker engine answers; else an embedded PostgreSQL (pgserver).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+
+from trackd.server import app
+from trackd.server.config import Config
+from trackd.v1 import experiment_service_pb2_grpc, run_service_pb2_grpc
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """URL of a PostgreSQL server the tests may create databases on."""
+    configured = os.environ.get("TRACKD_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as pg:
+            yield pg.get_connection_url()
+        return
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="trackd-pg-") as data:
+        server = pgserver.get_server(data, cleanup_mode="stop")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name` instead."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def database_url(pg_url: str) -> AsyncIterator[str]:
+    """A fresh, empty database for one test module; dropped afterwards."""
+    name = f"trackd_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield with_database(pg_url, name)
+    admin = await asyncpg.connect(pg_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def test_config(**overrides: object) -> Config:
+    """A Config for an in-process server on a free loopback port."""
+    base = {"listen": "127.0.0.1:0", "pool_min_size": 1, "pool_max_size": 8,
+            "artifact_root": "file:///tmp/trackd-test-artifacts", "grace_period": 2.0}
+    base.update(overrides)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(database_url: str) -> AsyncIterator[app.Running]:
+    """trackd serving the module's database on 127.0.0.1 and a free port."""
+    running = await app.start(test_config(), database_url)
+    yield running
+    await running.stop(1.0)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def channel(server: app.Running) -> AsyncIterator[grpc.aio.Channel]:
+    """A real channel to the module's server."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+@pytest.fixture(scope="module")
+def experiments(channel: grpc.aio.Channel) -> experiment_service_pb2_grpc.ExperimentServiceStub:
+    """ExperimentService stub over the module's channel."""
+    return experiment_service_pb2_grpc.ExperimentServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def runs(channel: grpc.aio.Channel) -> run_service_pb2_grpc.RunServiceStub:
+    """RunService stub over the module's channel."""
+    return run_service_pb2_grpc.RunServiceStub(channel)
