@@ -80,7 +80,7 @@ async def database_url(pg_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
-def test_config(**overrides: object) -> Config:
+def server_config(**overrides: object) -> Config:
     """A Config for an in-process server on a free loopback port."""
     base = {"listen": "127.0.0.1:0", "pool_min_size": 1, "pool_max_size": 8,
             "artifact_root": "file:///tmp/trackd-test-artifacts", "grace_period": 2.0}
@@ -91,7 +91,7 @@ def test_config(**overrides: object) -> Config:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server(database_url: str) -> AsyncIterator[app.Running]:
     """trackd serving the module's database on 127.0.0.1 and a free port."""
-    running = await app.start(test_config(), database_url)
+    running = await app.start(server_config(), database_url)
     yield running
     await running.stop(1.0)
 

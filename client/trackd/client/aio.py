@@ -1,0 +1,406 @@
+"""The asyncio client: one method per trackd call, plus `start_run`."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import grpc
+
+from trackd.client.errors import from_rpc_error
+from trackd.v1 import (
+    common_pb2,
+    experiment_pb2,
+    experiment_service_pb2,
+    experiment_service_pb2_grpc,
+    metric_pb2,
+    run_pb2,
+    run_service_pb2,
+    run_service_pb2_grpc,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# A metric point given as (key, value), (key, value, step) or (key, value, step, timestamp).
+MetricLike = metric_pb2.Metric | tuple[Any, ...]
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def now_ms() -> int:
+    """The client's clock, in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def _rpc(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turns a failed call's AioRpcError into the matching TrackdError."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    return wrapper
+
+
+def _metric(m: MetricLike) -> metric_pb2.Metric:
+    if isinstance(m, metric_pb2.Metric):
+        return m
+    key, value, *rest = m
+    step = rest[0] if rest else 0
+    ts = rest[1] if len(rest) > 1 else now_ms()
+    return metric_pb2.Metric(key=key, value=float(value), step=step, timestamp=ts)
+
+
+class AsyncClient:
+    """trackd over one grpc.aio channel. Use as `async with AsyncClient(target) as c:` or
+    call `close()`. Failed calls raise trackd.client.TrackdError subclasses."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        channel: grpc.aio.Channel | None = None,
+        timeout: float | None = 30.0,
+    ) -> None:
+        self._owns_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        )
+        self.timeout = timeout
+        self.experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self.channel)
+        self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
+
+    async def close(self) -> None:
+        """Closes the channel (if this client opened it)."""
+        if self._owns_channel:
+            await self.channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- experiments -----------------------------------------------------------------------
+
+    @_rpc
+    async def create_experiment(
+        self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+    ) -> str:
+        """Creates an experiment; returns its id."""
+        req = experiment_service_pb2.CreateExperimentRequest(
+            name=name,
+            artifact_location=artifact_location,
+            tags=[experiment_pb2.ExperimentTag(key=k, value=v) for k, v in (tags or {}).items()],
+        )
+        resp = await self.experiments.CreateExperiment(req, timeout=self.timeout)
+        return resp.experiment_id
+
+    @_rpc
+    async def get_experiment(self, experiment_id: str) -> experiment_pb2.Experiment:
+        """The experiment with that id."""
+        req = experiment_service_pb2.GetExperimentRequest(experiment_id=experiment_id)
+        return (await self.experiments.GetExperiment(req, timeout=self.timeout)).experiment
+
+    @_rpc
+    async def get_experiment_by_name(self, name: str) -> experiment_pb2.Experiment:
+        """The experiment with that name, the active one first."""
+        req = experiment_service_pb2.GetExperimentByNameRequest(experiment_name=name)
+        return (await self.experiments.GetExperimentByName(req, timeout=self.timeout)).experiment
+
+    async def search_experiments(
+        self,
+        view_type: common_pb2.ViewType.ValueType = common_pb2.VIEW_TYPE_ACTIVE_ONLY,
+        page_size: int = 1000,
+    ) -> list[experiment_pb2.Experiment]:
+        """Every experiment of the view type, newest first, fetching all pages."""
+        return [e async for e in self.iter_experiments(view_type, page_size)]
+
+    async def iter_experiments(
+        self,
+        view_type: common_pb2.ViewType.ValueType = common_pb2.VIEW_TYPE_ACTIVE_ONLY,
+        page_size: int = 1000,
+    ) -> AsyncIterator[experiment_pb2.Experiment]:
+        """Experiments of the view type, page by page."""
+        token = ""
+        while True:
+            req = experiment_service_pb2.SearchExperimentsRequest(
+                view_type=view_type, max_results=page_size, page_token=token
+            )
+            try:
+                resp = await self.experiments.SearchExperiments(req, timeout=self.timeout)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err) from None
+            for e in resp.experiments:
+                yield e
+            token = resp.next_page_token
+            if not token:
+                return
+
+    @_rpc
+    async def rename_experiment(self, experiment_id: str, new_name: str) -> None:
+        """Renames an experiment."""
+        req = experiment_service_pb2.UpdateExperimentRequest(
+            experiment_id=experiment_id, new_name=new_name
+        )
+        await self.experiments.UpdateExperiment(req, timeout=self.timeout)
+
+    @_rpc
+    async def delete_experiment(self, experiment_id: str) -> None:
+        """Soft-deletes an experiment and its runs."""
+        req = experiment_service_pb2.DeleteExperimentRequest(experiment_id=experiment_id)
+        await self.experiments.DeleteExperiment(req, timeout=self.timeout)
+
+    @_rpc
+    async def restore_experiment(self, experiment_id: str) -> None:
+        """Restores a deleted experiment and the runs deleted with it."""
+        req = experiment_service_pb2.RestoreExperimentRequest(experiment_id=experiment_id)
+        await self.experiments.RestoreExperiment(req, timeout=self.timeout)
+
+    @_rpc
+    async def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        """Sets a tag of an experiment."""
+        req = experiment_service_pb2.SetExperimentTagRequest(
+            experiment_id=experiment_id, key=key, value=value
+        )
+        await self.experiments.SetExperimentTag(req, timeout=self.timeout)
+
+    # -- runs ------------------------------------------------------------------------------
+
+    @_rpc
+    async def create_run(
+        self,
+        experiment_id: str = "0",
+        run_name: str = "",
+        *,
+        tags: Mapping[str, str] | None = None,
+        user_id: str = "",
+        parent_run_id: str = "",
+        start_time: int = 0,
+    ) -> run_pb2.Run:
+        """Creates a RUNNING run; returns it."""
+        req = run_service_pb2.CreateRunRequest(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            start_time=start_time,
+            tags=[run_pb2.RunTag(key=k, value=v) for k, v in (tags or {}).items()],
+            user_id=user_id,
+            parent_run_id=parent_run_id,
+        )
+        return (await self.runs.CreateRun(req, timeout=self.timeout)).run
+
+    @_rpc
+    async def get_run(self, run_id: str) -> run_pb2.Run:
+        """The run with its latest metrics, summaries, params and tags."""
+        req = run_service_pb2.GetRunRequest(run_id=run_id)
+        return (await self.runs.GetRun(req, timeout=self.timeout)).run
+
+    @_rpc
+    async def update_run(
+        self,
+        run_id: str,
+        status: run_pb2.RunStatus.ValueType = run_pb2.RUN_STATUS_UNSPECIFIED,
+        end_time: int | None = None,
+        run_name: str | None = None,
+    ) -> run_pb2.RunInfo:
+        """Changes a run's status, end time or name; returns the run info."""
+        req = run_service_pb2.UpdateRunRequest(run_id=run_id, status=status)
+        if end_time is not None:
+            req.end_time = end_time
+        if run_name is not None:
+            req.run_name = run_name
+        return (await self.runs.UpdateRun(req, timeout=self.timeout)).run_info
+
+    async def end_run(
+        self, run_id: str, status: run_pb2.RunStatus.ValueType = run_pb2.RUN_STATUS_FINISHED
+    ) -> run_pb2.RunInfo:
+        """Ends a run with a status (FINISHED by default) and the current time."""
+        return await self.update_run(run_id, status=status, end_time=now_ms())
+
+    @_rpc
+    async def delete_run(self, run_id: str) -> None:
+        """Soft-deletes a run."""
+        await self.runs.DeleteRun(run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=self.timeout)
+
+    @_rpc
+    async def restore_run(self, run_id: str) -> None:
+        """Restores a deleted run."""
+        await self.runs.RestoreRun(
+            run_service_pb2.RestoreRunRequest(run_id=run_id), timeout=self.timeout
+        )
+
+    @_rpc
+    async def log_metric(
+        self, run_id: str, key: str, value: float, step: int = 0, timestamp: int | None = None
+    ) -> None:
+        """Appends one metric point (timestamp defaults to now)."""
+        req = run_service_pb2.LogMetricRequest(
+            run_id=run_id,
+            key=key,
+            value=float(value),
+            step=step,
+            timestamp=now_ms() if timestamp is None else timestamp,
+        )
+        await self.runs.LogMetric(req, timeout=self.timeout)
+
+    @_rpc
+    async def log_param(self, run_id: str, key: str, value: object) -> None:
+        """Logs one immutable param (the value is sent as str(value))."""
+        req = run_service_pb2.LogParamRequest(run_id=run_id, key=key, value=str(value))
+        await self.runs.LogParam(req, timeout=self.timeout)
+
+    @_rpc
+    async def set_tag(self, run_id: str, key: str, value: str) -> None:
+        """Sets one tag of a run."""
+        req = run_service_pb2.SetTagRequest(run_id=run_id, key=key, value=value)
+        await self.runs.SetTag(req, timeout=self.timeout)
+
+    @_rpc
+    async def delete_tag(self, run_id: str, key: str) -> None:
+        """Deletes one tag of a run."""
+        req = run_service_pb2.DeleteTagRequest(run_id=run_id, key=key)
+        await self.runs.DeleteTag(req, timeout=self.timeout)
+
+    @_rpc
+    async def log_batch(
+        self,
+        run_id: str,
+        metrics: Iterable[MetricLike] = (),
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Logs metrics, params and tags atomically (at most 1000 items)."""
+        req = run_service_pb2.LogBatchRequest(
+            run_id=run_id,
+            metrics=[_metric(m) for m in metrics],
+            params=[run_pb2.Param(key=k, value=str(v)) for k, v in (params or {}).items()],
+            tags=[run_pb2.RunTag(key=k, value=v) for k, v in (tags or {}).items()],
+        )
+        await self.runs.LogBatch(req, timeout=self.timeout)
+
+    async def iter_metric_history(
+        self, run_id: str, key: str, page_size: int = 25000
+    ) -> AsyncIterator[metric_pb2.Metric]:
+        """Every point of a series in (step, timestamp, value) order, page by page."""
+        token = ""
+        while True:
+            req = run_service_pb2.GetMetricHistoryRequest(
+                run_id=run_id, metric_key=key, max_results=page_size, page_token=token
+            )
+            try:
+                resp = await self.runs.GetMetricHistory(req, timeout=self.timeout)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err) from None
+            for m in resp.metrics:
+                yield m
+            token = resp.next_page_token
+            if not token:
+                return
+
+    async def get_metric_history(
+        self, run_id: str, key: str, page_size: int = 25000
+    ) -> list[metric_pb2.Metric]:
+        """Every point of a series in (step, timestamp, value) order (all pages)."""
+        return [m async for m in self.iter_metric_history(run_id, key, page_size)]
+
+    def start_run(
+        self,
+        experiment_id: str = "0",
+        run_name: str = "",
+        *,
+        tags: Mapping[str, str] | None = None,
+        user_id: str = "",
+        parent_run_id: str = "",
+    ) -> AsyncActiveRun:
+        """A run for `async with`: created on entry, ended FINISHED on a clean exit and
+        FAILED when the block raises (KILLED on cancellation)."""
+        return AsyncActiveRun(
+            self,
+            {
+                "experiment_id": experiment_id,
+                "run_name": run_name,
+                "tags": tags,
+                "user_id": user_id,
+                "parent_run_id": parent_run_id,
+            },
+        )
+
+
+class AsyncActiveRun:
+    """A run being logged to; the methods log to it without repeating its id."""
+
+    def __init__(self, client: AsyncClient, create_args: dict[str, Any]) -> None:
+        self.client = client
+        self._create_args = create_args
+        self.run: run_pb2.Run | None = None
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (once started)."""
+        if self.run is None:
+            raise RuntimeError("the run has not started; use `async with`")
+        return self.run.info.run_id
+
+    async def __aenter__(self) -> AsyncActiveRun:
+        self.run = await self.client.create_run(**self._create_args)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        status = end_status(exc_type)
+        await self.client.end_run(self.run_id, status)
+
+    async def log_metric(
+        self, key: str, value: float, step: int = 0, timestamp: int | None = None
+    ) -> None:
+        """Appends one point to the run."""
+        await self.client.log_metric(self.run_id, key, value, step, timestamp)
+
+    async def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Appends one point per key, all at `step`, in one batch."""
+        ts = now_ms()
+        await self.client.log_batch(self.run_id, [(k, v, step, ts) for k, v in metrics.items()])
+
+    async def log_param(self, key: str, value: object) -> None:
+        """Logs one param of the run."""
+        await self.client.log_param(self.run_id, key, value)
+
+    async def log_params(self, params: Mapping[str, object]) -> None:
+        """Logs params of the run in one batch."""
+        await self.client.log_batch(self.run_id, params=params)
+
+    async def set_tag(self, key: str, value: str) -> None:
+        """Sets one tag of the run."""
+        await self.client.set_tag(self.run_id, key, value)
+
+    async def log_batch(
+        self,
+        metrics: Sequence[MetricLike] = (),
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Logs metrics, params and tags to the run atomically."""
+        await self.client.log_batch(self.run_id, metrics, params, tags)
+
+
+def end_status(exc_type: type[BaseException] | None) -> run_pb2.RunStatus.ValueType:
+    """FINISHED for a clean exit, KILLED for cancellation or Ctrl-C, FAILED otherwise."""
+    if exc_type is None:
+        return run_pb2.RUN_STATUS_FINISHED
+    if issubclass(exc_type, KeyboardInterrupt | GeneratorExit) or exc_type.__name__ == "CancelledError":
+        return run_pb2.RUN_STATUS_KILLED
+    return run_pb2.RUN_STATUS_FAILED
+
+
+__all__ = ["AsyncActiveRun", "AsyncClient", "end_status", "now_ms"]
