@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,7 +36,7 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _rpc(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _rpc(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Turns a failed call's AioRpcError into the matching TrackdError."""
 
     @functools.wraps(fn)
@@ -80,7 +80,7 @@ class AsyncClient:
     async def close(self) -> None:
         """Closes the channel (if this client opened it)."""
         if self._owns_channel:
-            await self.channel.close()
+            await self.channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self

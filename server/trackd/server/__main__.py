@@ -43,11 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         url = embedded.start()
     try:
         from trackd.server import app
+        from trackd.server.store.pool import Database
 
         if command == "migrate":
 
             async def do_migrate() -> None:
-                db = await app.Database.connect(url, min_size=1, max_size=1)
+                db = await Database.connect(url, min_size=1, max_size=1)
                 try:
                     applied = await app.migrate_database(db)
                 finally:

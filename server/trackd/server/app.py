@@ -8,7 +8,8 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
 from trackd.server.config import Config
@@ -36,7 +37,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     db: Database
-    health: health.aio.HealthServicer
+    health: health_aio.HealthServicer
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -75,7 +76,7 @@ async def start(config: Config, database_url: str) -> Running:
     )
     add_service(server, ExperimentService(experiments), SERVICES[0])
     add_service(server, RunService(Runs(db)), SERVICES[1])
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in SERVICES]
     reflection.enable_server_reflection(

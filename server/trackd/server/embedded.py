@@ -20,7 +20,7 @@ class EmbeddedPostgres:
     def start(self) -> str:
         """Starts the server if needed; returns a connection URL."""
         try:
-            import pgserver
+            import pgserver  # type: ignore[attr-defined,unused-ignore]
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise SystemExit(
                 "no TRACKD_DATABASE_URL is set and the embedded PostgreSQL is missing: "
@@ -28,7 +28,8 @@ class EmbeddedPostgres:
             ) from exc
         self.path.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.path)
-        self._server = pgserver.get_server(self.path, cleanup_mode="stop")
+        self._server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
+            self.path, cleanup_mode="stop")
         url: str = self._server.get_uri()
         return url
 

@@ -7,7 +7,7 @@ import logging
 import re
 from importlib import resources
 
-import asyncpg
+from trackd.server.store.pool import Connection
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def available() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(conn: asyncpg.Connection) -> list[str]:
+async def migrate(conn: Connection) -> list[str]:
     """Applies every migration not yet applied; returns the names of those applied now."""
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", LOCK_KEY)
