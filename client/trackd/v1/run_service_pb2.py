@@ -22,69 +22,74 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from trackd.v1 import common_pb2 as trackd_dot_v1_dot_common__pb2
 from trackd.v1 import metric_pb2 as trackd_dot_v1_dot_metric__pb2
 from trackd.v1 import run_pb2 as trackd_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrackd/v1/run_service.proto\x12\ttrackd.v1\x1a\x16trackd/v1/metric.proto\x1a\x13trackd/v1/run.proto\"\x98\x01\n\x10\x43reateRunRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x03\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x15\n\rparent_run_id\x18\x06 \x01(\t\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x90\x01\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x15\n\x08\x65nd_time\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08run_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_end_timeB\x0b\n\t_run_name\"9\n\x11UpdateRunResponse\x12$\n\x08run_info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"#\n\x11RestoreRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12RestoreRunResponse\"Z\n\x11\x44\x65leteRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14max_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\"*\n\x12\x44\x65leteRunsResponse\x12\x14\n\x0cruns_deleted\x18\x01 \x01(\x05\"[\n\x12RestoreRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14min_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\",\n\x13RestoreRunsResponse\x12\x15\n\rruns_restored\x18\x01 \x01(\x05\"_\n\x10LogMetricRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0c\n\x04step\x18\x05 \x01(\x03\"\x13\n\x11LogMetricResponse\"=\n\x0fLogParamRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x12\n\x10LogParamResponse\";\n\rSetTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x10\n\x0eSetTagResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse\"\x88\x01\n\x0fLogBatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x07metrics\x18\x02 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x03 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\"\x12\n\x10LogBatchResponse\"f\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x18GetMetricHistoryResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbd\x07\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.trackd.v1.CreateRunRequest\x1a\x1c.trackd.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.trackd.v1.GetRunRequest\x1a\x19.trackd.v1.GetRunResponse\x12\x46\n\tUpdateRun\x12\x1b.trackd.v1.UpdateRunRequest\x1a\x1c.trackd.v1.UpdateRunResponse\x12\x46\n\tDeleteRun\x12\x1b.trackd.v1.DeleteRunRequest\x1a\x1c.trackd.v1.DeleteRunResponse\x12I\n\nRestoreRun\x12\x1c.trackd.v1.RestoreRunRequest\x1a\x1d.trackd.v1.RestoreRunResponse\x12I\n\nDeleteRuns\x12\x1c.trackd.v1.DeleteRunsRequest\x1a\x1d.trackd.v1.DeleteRunsResponse\x12L\n\x0bRestoreRuns\x12\x1d.trackd.v1.RestoreRunsRequest\x1a\x1e.trackd.v1.RestoreRunsResponse\x12\x46\n\tLogMetric\x12\x1b.trackd.v1.LogMetricRequest\x1a\x1c.trackd.v1.LogMetricResponse\x12\x43\n\x08LogParam\x12\x1a.trackd.v1.LogParamRequest\x1a\x1b.trackd.v1.LogParamResponse\x12=\n\x06SetTag\x12\x18.trackd.v1.SetTagRequest\x1a\x19.trackd.v1.SetTagResponse\x12\x46\n\tDeleteTag\x12\x1b.trackd.v1.DeleteTagRequest\x1a\x1c.trackd.v1.DeleteTagResponse\x12\x43\n\x08LogBatch\x12\x1a.trackd.v1.LogBatchRequest\x1a\x1b.trackd.v1.LogBatchResponse\x12[\n\x10GetMetricHistory\x12\".trackd.v1.GetMetricHistoryRequest\x1a#.trackd.v1.GetMetricHistoryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrackd/v1/run_service.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x16trackd/v1/metric.proto\x1a\x13trackd/v1/run.proto\"\x98\x01\n\x10\x43reateRunRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x03\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x15\n\rparent_run_id\x18\x06 \x01(\t\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x90\x01\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x15\n\x08\x65nd_time\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08run_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_end_timeB\x0b\n\t_run_name\"9\n\x11UpdateRunResponse\x12$\n\x08run_info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"#\n\x11RestoreRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12RestoreRunResponse\"Z\n\x11\x44\x65leteRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14max_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\"*\n\x12\x44\x65leteRunsResponse\x12\x14\n\x0cruns_deleted\x18\x01 \x01(\x05\"[\n\x12RestoreRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14min_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\",\n\x13RestoreRunsResponse\x12\x15\n\rruns_restored\x18\x01 \x01(\x05\"_\n\x10LogMetricRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0c\n\x04step\x18\x05 \x01(\x03\"\x13\n\x11LogMetricResponse\"=\n\x0fLogParamRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x12\n\x10LogParamResponse\";\n\rSetTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x10\n\x0eSetTagResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse\"\x88\x01\n\x0fLogBatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x07metrics\x18\x02 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x03 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\"\x12\n\x10LogBatchResponse\"f\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x18GetMetricHistoryResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12*\n\rrun_view_type\x18\x06 \x01(\x0e\x32\x13.trackd.v1.ViewType\"K\n\x12SearchRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.trackd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x88\x08\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.trackd.v1.CreateRunRequest\x1a\x1c.trackd.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.trackd.v1.GetRunRequest\x1a\x19.trackd.v1.GetRunResponse\x12\x46\n\tUpdateRun\x12\x1b.trackd.v1.UpdateRunRequest\x1a\x1c.trackd.v1.UpdateRunResponse\x12\x46\n\tDeleteRun\x12\x1b.trackd.v1.DeleteRunRequest\x1a\x1c.trackd.v1.DeleteRunResponse\x12I\n\nRestoreRun\x12\x1c.trackd.v1.RestoreRunRequest\x1a\x1d.trackd.v1.RestoreRunResponse\x12I\n\nDeleteRuns\x12\x1c.trackd.v1.DeleteRunsRequest\x1a\x1d.trackd.v1.DeleteRunsResponse\x12L\n\x0bRestoreRuns\x12\x1d.trackd.v1.RestoreRunsRequest\x1a\x1e.trackd.v1.RestoreRunsResponse\x12\x46\n\tLogMetric\x12\x1b.trackd.v1.LogMetricRequest\x1a\x1c.trackd.v1.LogMetricResponse\x12\x43\n\x08LogParam\x12\x1a.trackd.v1.LogParamRequest\x1a\x1b.trackd.v1.LogParamResponse\x12=\n\x06SetTag\x12\x18.trackd.v1.SetTagRequest\x1a\x19.trackd.v1.SetTagResponse\x12\x46\n\tDeleteTag\x12\x1b.trackd.v1.DeleteTagRequest\x1a\x1c.trackd.v1.DeleteTagResponse\x12\x43\n\x08LogBatch\x12\x1a.trackd.v1.LogBatchRequest\x1a\x1b.trackd.v1.LogBatchResponse\x12[\n\x10GetMetricHistory\x12\".trackd.v1.GetMetricHistoryRequest\x1a#.trackd.v1.GetMetricHistoryResponse\x12I\n\nSearchRuns\x12\x1c.trackd.v1.SearchRunsRequest\x1a\x1d.trackd.v1.SearchRunsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATERUNREQUEST']._serialized_start=88
-  _globals['_CREATERUNREQUEST']._serialized_end=240
-  _globals['_CREATERUNRESPONSE']._serialized_start=242
-  _globals['_CREATERUNRESPONSE']._serialized_end=290
-  _globals['_GETRUNREQUEST']._serialized_start=292
-  _globals['_GETRUNREQUEST']._serialized_end=323
-  _globals['_GETRUNRESPONSE']._serialized_start=325
-  _globals['_GETRUNRESPONSE']._serialized_end=370
-  _globals['_UPDATERUNREQUEST']._serialized_start=373
-  _globals['_UPDATERUNREQUEST']._serialized_end=517
-  _globals['_UPDATERUNRESPONSE']._serialized_start=519
-  _globals['_UPDATERUNRESPONSE']._serialized_end=576
-  _globals['_DELETERUNREQUEST']._serialized_start=578
-  _globals['_DELETERUNREQUEST']._serialized_end=612
-  _globals['_DELETERUNRESPONSE']._serialized_start=614
-  _globals['_DELETERUNRESPONSE']._serialized_end=633
-  _globals['_RESTORERUNREQUEST']._serialized_start=635
-  _globals['_RESTORERUNREQUEST']._serialized_end=670
-  _globals['_RESTORERUNRESPONSE']._serialized_start=672
-  _globals['_RESTORERUNRESPONSE']._serialized_end=692
-  _globals['_DELETERUNSREQUEST']._serialized_start=694
-  _globals['_DELETERUNSREQUEST']._serialized_end=784
-  _globals['_DELETERUNSRESPONSE']._serialized_start=786
-  _globals['_DELETERUNSRESPONSE']._serialized_end=828
-  _globals['_RESTORERUNSREQUEST']._serialized_start=830
-  _globals['_RESTORERUNSREQUEST']._serialized_end=921
-  _globals['_RESTORERUNSRESPONSE']._serialized_start=923
-  _globals['_RESTORERUNSRESPONSE']._serialized_end=967
-  _globals['_LOGMETRICREQUEST']._serialized_start=969
-  _globals['_LOGMETRICREQUEST']._serialized_end=1064
-  _globals['_LOGMETRICRESPONSE']._serialized_start=1066
-  _globals['_LOGMETRICRESPONSE']._serialized_end=1085
-  _globals['_LOGPARAMREQUEST']._serialized_start=1087
-  _globals['_LOGPARAMREQUEST']._serialized_end=1148
-  _globals['_LOGPARAMRESPONSE']._serialized_start=1150
-  _globals['_LOGPARAMRESPONSE']._serialized_end=1168
-  _globals['_SETTAGREQUEST']._serialized_start=1170
-  _globals['_SETTAGREQUEST']._serialized_end=1229
-  _globals['_SETTAGRESPONSE']._serialized_start=1231
-  _globals['_SETTAGRESPONSE']._serialized_end=1247
-  _globals['_DELETETAGREQUEST']._serialized_start=1249
-  _globals['_DELETETAGREQUEST']._serialized_end=1296
-  _globals['_DELETETAGRESPONSE']._serialized_start=1298
-  _globals['_DELETETAGRESPONSE']._serialized_end=1317
-  _globals['_LOGBATCHREQUEST']._serialized_start=1320
-  _globals['_LOGBATCHREQUEST']._serialized_end=1456
-  _globals['_LOGBATCHRESPONSE']._serialized_start=1458
-  _globals['_LOGBATCHRESPONSE']._serialized_end=1476
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1478
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1580
-  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=1582
-  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=1669
-  _globals['_RUNSERVICE']._serialized_start=1672
-  _globals['_RUNSERVICE']._serialized_end=2629
+  _globals['_CREATERUNREQUEST']._serialized_start=112
+  _globals['_CREATERUNREQUEST']._serialized_end=264
+  _globals['_CREATERUNRESPONSE']._serialized_start=266
+  _globals['_CREATERUNRESPONSE']._serialized_end=314
+  _globals['_GETRUNREQUEST']._serialized_start=316
+  _globals['_GETRUNREQUEST']._serialized_end=347
+  _globals['_GETRUNRESPONSE']._serialized_start=349
+  _globals['_GETRUNRESPONSE']._serialized_end=394
+  _globals['_UPDATERUNREQUEST']._serialized_start=397
+  _globals['_UPDATERUNREQUEST']._serialized_end=541
+  _globals['_UPDATERUNRESPONSE']._serialized_start=543
+  _globals['_UPDATERUNRESPONSE']._serialized_end=600
+  _globals['_DELETERUNREQUEST']._serialized_start=602
+  _globals['_DELETERUNREQUEST']._serialized_end=636
+  _globals['_DELETERUNRESPONSE']._serialized_start=638
+  _globals['_DELETERUNRESPONSE']._serialized_end=657
+  _globals['_RESTORERUNREQUEST']._serialized_start=659
+  _globals['_RESTORERUNREQUEST']._serialized_end=694
+  _globals['_RESTORERUNRESPONSE']._serialized_start=696
+  _globals['_RESTORERUNRESPONSE']._serialized_end=716
+  _globals['_DELETERUNSREQUEST']._serialized_start=718
+  _globals['_DELETERUNSREQUEST']._serialized_end=808
+  _globals['_DELETERUNSRESPONSE']._serialized_start=810
+  _globals['_DELETERUNSRESPONSE']._serialized_end=852
+  _globals['_RESTORERUNSREQUEST']._serialized_start=854
+  _globals['_RESTORERUNSREQUEST']._serialized_end=945
+  _globals['_RESTORERUNSRESPONSE']._serialized_start=947
+  _globals['_RESTORERUNSRESPONSE']._serialized_end=991
+  _globals['_LOGMETRICREQUEST']._serialized_start=993
+  _globals['_LOGMETRICREQUEST']._serialized_end=1088
+  _globals['_LOGMETRICRESPONSE']._serialized_start=1090
+  _globals['_LOGMETRICRESPONSE']._serialized_end=1109
+  _globals['_LOGPARAMREQUEST']._serialized_start=1111
+  _globals['_LOGPARAMREQUEST']._serialized_end=1172
+  _globals['_LOGPARAMRESPONSE']._serialized_start=1174
+  _globals['_LOGPARAMRESPONSE']._serialized_end=1192
+  _globals['_SETTAGREQUEST']._serialized_start=1194
+  _globals['_SETTAGREQUEST']._serialized_end=1253
+  _globals['_SETTAGRESPONSE']._serialized_start=1255
+  _globals['_SETTAGRESPONSE']._serialized_end=1271
+  _globals['_DELETETAGREQUEST']._serialized_start=1273
+  _globals['_DELETETAGREQUEST']._serialized_end=1320
+  _globals['_DELETETAGRESPONSE']._serialized_start=1322
+  _globals['_DELETETAGRESPONSE']._serialized_end=1341
+  _globals['_LOGBATCHREQUEST']._serialized_start=1344
+  _globals['_LOGBATCHREQUEST']._serialized_end=1480
+  _globals['_LOGBATCHRESPONSE']._serialized_start=1482
+  _globals['_LOGBATCHRESPONSE']._serialized_end=1500
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1502
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1604
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=1606
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=1693
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=1696
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=1858
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1860
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=1935
+  _globals['_RUNSERVICE']._serialized_start=1938
+  _globals['_RUNSERVICE']._serialized_end=2970
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from trackd.v1 import common_pb2 as _common_pb2
 from trackd.v1 import metric_pb2 as _metric_pb2
 from trackd.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
@@ -701,3 +702,86 @@ class GetMetricHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetMetricHistoryResponse: _TypeAlias = GetMetricHistoryResponse  # noqa: Y015
+
+@_typing.final
+class SearchRunsRequest(_message.Message):
+    """SearchRunsRequest selects, orders and pages runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_IDS_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_VIEW_TYPE_FIELD_NUMBER: _builtins.int
+    filter: _builtins.str
+    """Filter expression, such as "metrics.val_loss < 0.2 AND params.lr = '0.001'"; empty
+    selects every run of the view type. At most 10000 characters.
+    """
+    max_results: _builtins.int
+    """Page size; 0 means the default of 1000; at most 50000."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page. A token is
+    only valid with the same experiment_ids, filter, order_by and run_view_type.
+    """
+    run_view_type: _common_pb2.ViewType.ValueType
+    """Which lifecycle stages to include; unspecified means active only."""
+    @_builtins.property
+    def experiment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Experiments to search; at least one, at most 100."""
+
+    @_builtins.property
+    def order_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Order clauses such as "metrics.val_acc DESC" or "attributes.start_time"; ASC by default;
+        runs missing a value come last in either direction; ties are broken by start_time DESC,
+        then run_id. At most 10 clauses.
+        """
+
+    def __init__(
+        self,
+        *,
+        experiment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        filter: _builtins.str = ...,
+        order_by: _abc.Iterable[_builtins.str] | None = ...,
+        max_results: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        run_view_type: _common_pb2.ViewType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_ids", b"experiment_ids", "filter", b"filter", "max_results", b"max_results", "order_by", b"order_by", "page_token", b"page_token", "run_view_type", b"run_view_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchRunsRequest: _TypeAlias = SearchRunsRequest  # noqa: Y015
+
+@_typing.final
+class SearchRunsResponse(_message.Message):
+    """SearchRunsResponse is one page of runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
+        """Runs of this page, in the requested order, with info, latest metrics, metric summaries,
+        params and tags.
+        """
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_run_pb2.Run] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchRunsResponse: _TypeAlias = SearchRunsResponse  # noqa: Y015

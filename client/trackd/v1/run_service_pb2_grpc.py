@@ -105,6 +105,11 @@ class RunServiceStub:
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryResponse.FromString,
                 _registered_method=True)
+        self.SearchRuns = channel.unary_unary(
+                '/trackd.v1.RunService/SearchRuns',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -209,6 +214,16 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchRuns(self, request, context):
+        """Finds runs of some experiments by what they logged, in a requested order, one page at
+        a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
+        attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
+        tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +291,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetMetricHistory,
                     request_deserializer=trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryResponse.SerializeToString,
+            ),
+            'SearchRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchRuns,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -635,6 +655,33 @@ class RunService:
             '/trackd.v1.RunService/GetMetricHistory',
             trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryRequest.SerializeToString,
             trackd_dot_v1_dot_run__service__pb2.GetMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.RunService/SearchRuns',
+            trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,12 @@ class RunServiceStub:
     """Returns the points of one metric series ordered by (step, timestamp, value), one page
     at a time.
     """
+    SearchRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.SearchRunsRequest, _run_service_pb2.SearchRunsResponse]
+    """Finds runs of some experiments by what they logged, in a requested order, one page at
+    a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
+    attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
+    tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -110,6 +116,12 @@ class RunServiceAsyncStub(RunServiceStub):
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetMetricHistoryRequest, _run_service_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
     """Returns the points of one metric series ordered by (step, timestamp, value), one page
     at a time.
+    """
+    SearchRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.SearchRunsRequest, _run_service_pb2.SearchRunsResponse]  # type: ignore[assignment]
+    """Finds runs of some experiments by what they logged, in a requested order, one page at
+    a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
+    attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
+    tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,6 +239,18 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_service_pb2.GetMetricHistoryResponse, _abc.Awaitable[_run_service_pb2.GetMetricHistoryResponse]]:
         """Returns the points of one metric series ordered by (step, timestamp, value), one page
         at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchRuns(
+        self,
+        request: _run_service_pb2.SearchRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.SearchRunsResponse, _abc.Awaitable[_run_service_pb2.SearchRunsResponse]]:
+        """Finds runs of some experiments by what they logged, in a requested order, one page at
+        a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
+        attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
+        tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from trackd.server.config import Config
 from trackd.server.domain.experiments import Experiments
+from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.service.experiments import ExperimentService
 from trackd.server.service.rpc import add_service
@@ -75,7 +76,7 @@ async def start(config: Config, database_url: str) -> Running:
         ]
     )
     add_service(server, ExperimentService(experiments), SERVICES[0])
-    add_service(server, RunService(Runs(db)), SERVICES[1])
+    add_service(server, RunService(Runs(db), RunSearch(db)), SERVICES[1])
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in SERVICES]

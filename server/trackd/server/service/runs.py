@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trackd.server import convert
+from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.service.rpc import Context
 from trackd.v1 import run_service_pb2 as pb
@@ -12,8 +13,9 @@ from trackd.v1 import run_service_pb2_grpc
 class RunService(run_service_pb2_grpc.RunServiceServicer):
     """trackd.v1.RunService over the runs domain."""
 
-    def __init__(self, runs: Runs) -> None:
+    def __init__(self, runs: Runs, search: RunSearch) -> None:
         self.runs = runs
+        self.search = search
 
     async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> pb.CreateRunResponse:
         view = await self.runs.create(
@@ -100,3 +102,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         return pb.GetMetricHistoryResponse(
             metrics=convert.history(request.metric_key, rows), next_page_token=token
         )
+
+    async def SearchRuns(
+        self, request: pb.SearchRunsRequest, context: Context
+    ) -> pb.SearchRunsResponse:
+        views, token = await self.search.search(
+            list(request.experiment_ids),
+            request.filter,
+            list(request.order_by),
+            request.max_results,
+            request.page_token,
+            request.run_view_type,
+        )
+        return pb.SearchRunsResponse(runs=[convert.run(v) for v in views], next_page_token=token)

@@ -1,0 +1,157 @@
+"""SearchRuns: parse the filter and order, page by keyset, load the page's data in a fixed
+number of queries."""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.experiments import VIEW_STAGES
+from trackd.server.domain.runs import RunView
+from trackd.server.domain.search import parser
+from trackd.server.errors import InvalidArgument
+from trackd.server.store import metrics as metric_store
+from trackd.server.store import runs as run_store
+from trackd.server.store import search as search_store
+from trackd.server.store.pool import Connection, Database
+
+FILTER_MAX = 10_000
+ORDER_BY_MAX = 10
+EXPERIMENT_IDS_MAX = 100
+
+
+class RunSearch:
+    """Run search over a database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def search(
+        self,
+        experiment_ids: Sequence[str],
+        filter_: str,
+        order_by: Sequence[str],
+        max_results: int,
+        page_token: str,
+        view_type: int,
+    ) -> tuple[list[RunView], str]:
+        """One page of matching runs with their data, and the next page's token ('' on the
+        last page). Raises InvalidArgument for a bad filter, order, size or token."""
+        if not experiment_ids:
+            raise InvalidArgument.for_field("experiment_ids", "must name at least one experiment")
+        if len(experiment_ids) > EXPERIMENT_IDS_MAX:
+            raise InvalidArgument.for_field(
+                "experiment_ids",
+                f"has {len(experiment_ids)} entries; the limit is {EXPERIMENT_IDS_MAX}",
+            )
+        eids = sorted(
+            {validation.experiment_id(e, f"experiment_ids[{i}]") for i, e in enumerate(experiment_ids)}
+        )
+        if len(filter_) > FILTER_MAX:
+            raise InvalidArgument.for_field(
+                "filter", f"is {len(filter_)} characters long; the limit is {FILTER_MAX}"
+            )
+        if len(order_by) > ORDER_BY_MAX:
+            raise InvalidArgument.for_field(
+                "order_by", f"has {len(order_by)} clauses; the limit is {ORDER_BY_MAX}"
+            )
+        if view_type not in VIEW_STAGES:
+            raise InvalidArgument.for_field("run_view_type", f"{view_type} is not a ViewType")
+        node = parser.parse_filter(filter_, parser.RUNS)
+        order = parser.parse_order_by(list(order_by), parser.RUNS)
+        size = validation.page_size(
+            max_results,
+            default=limits.SEARCH_MAX_RESULTS_DEFAULT,
+            maximum=limits.SEARCH_MAX_RESULTS_MAX,
+        )
+        stages = VIEW_STAGES[view_type]
+        fingerprint = paging.query_fingerprint("runs", eids, filter_, list(order_by), stages)
+        position = paging.decode(page_token, fingerprint)
+        after = decode_position(position) if position is not None else None
+
+        async def work(conn: Connection) -> tuple[list[RunView], list[Any] | None]:
+            try:
+                rows, n_sort = await search_store.search_runs(
+                    conn, eids, stages, node, order, after, size + 1
+                )
+            except ValueError as exc:
+                raise InvalidArgument.for_field(
+                    "page_token", "is not a token this server issued"
+                ) from exc
+            last_key = None
+            if len(rows) > size:
+                rows = rows[:size]
+                last_key = [rows[-1][f"sk{i}"] for i in range(n_sort)]
+            return await load_views(conn, rows), last_key
+
+        views, last_key = await self.db.read(work)
+        token = paging.encode(encode_position(last_key), fingerprint) if last_key else ""
+        return views, token
+
+
+async def load_views(conn: Connection, rows: Sequence[asyncpg.Record]) -> list[RunView]:
+    """Runs with their params, tags and series, in three queries whatever the page size."""
+    pks = [r["run_pk"] for r in rows]
+    params: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    tags: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    series: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    if pks:
+        for r in await run_store.load_params(conn, pks):
+            params[r["run_pk"]].append(r)
+        for r in await run_store.load_tags(conn, pks):
+            tags[r["run_pk"]].append(r)
+        for r in await metric_store.load_series(conn, pks):
+            series[r["run_pk"]].append(r)
+    return [RunView(r, params[r["run_pk"]], tags[r["run_pk"]], series[r["run_pk"]]) for r in rows]
+
+
+def encode_position(values: Sequence[Any]) -> list[Any]:
+    """Sort-key values as JSON-safe tagged pairs (floats by their bits, so NaN and -0.0
+    survive)."""
+    out: list[Any] = []
+    for v in values:
+        if v is None:
+            out.append(["n"])
+        elif isinstance(v, bool):
+            out.append(["i", int(v)])
+        elif isinstance(v, float):
+            out.append(["f", struct.unpack("<q", struct.pack("<d", v))[0]])
+        elif isinstance(v, int):
+            out.append(["i", v])
+        elif isinstance(v, uuid.UUID) or hasattr(v, "hex") and not isinstance(v, str):
+            out.append(["u", v.hex])
+        else:
+            out.append(["s", str(v)])
+    return out
+
+
+def decode_position(position: list[Any]) -> list[Any]:
+    """The inverse of encode_position; InvalidArgument for anything else."""
+    values: list[Any] = []
+    try:
+        for item in position:
+            tag = item[0]
+            if tag == "n":
+                values.append(None)
+            elif tag == "f":
+                values.append(struct.unpack("<d", struct.pack("<q", int(item[1])))[0])
+            elif tag == "i":
+                values.append(int(item[1]))
+            elif tag == "u":
+                values.append(uuid.UUID(hex=str(item[1])))
+            elif tag == "s":
+                values.append(str(item[1]))
+            else:
+                raise ValueError(tag)
+    except (ValueError, TypeError, IndexError, struct.error) as exc:
+        raise InvalidArgument.for_field("page_token", "is not a token this server issued") from exc
+    return values
+
+
+__all__ = ["RunSearch", "decode_position", "encode_position", "load_views"]

@@ -1,0 +1,342 @@
+"""Compiling parsed filters and order_by keys to SQL, and the keyset-paged search queries.
+
+Everything a user wrote reaches PostgreSQL as a bind parameter: values, and keys too. The
+SQL text is assembled only from the fixed fragments below, chosen by the parsed structure.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from trackd.server.domain.search.ast import And, Compare, Ident, Node, Not, Or, OrderKey
+from trackd.server.store.pool import Connection
+
+# SQL for each metric summary over a metric_series row `s` (see convert.metric_summary).
+_N_FINITE = "(s.count - s.nan_count - s.pos_inf_count - s.neg_inf_count)"
+SUMMARY_SQL = {
+    "latest": "s.latest_value",
+    "min": "s.min_value",
+    "max": "s.max_value",
+    "mean": (
+        "(CASE WHEN s.pos_inf_count > 0 AND s.neg_inf_count > 0 THEN 'NaN'::float8"
+        " WHEN s.pos_inf_count > 0 THEN 'Infinity'::float8"
+        " WHEN s.neg_inf_count > 0 THEN '-Infinity'::float8"
+        f" WHEN {_N_FINITE} = 0 THEN 'NaN'::float8 ELSE s.finite_mean END)"
+    ),
+    "stddev": (
+        "(CASE WHEN s.pos_inf_count > 0 OR s.neg_inf_count > 0"
+        f" OR {_N_FINITE} = 0 THEN 'NaN'::float8"
+        f" ELSE sqrt(greatest(s.finite_m2, 0) / {_N_FINITE}) END)"
+    ),
+    "count": "s.count::float8",
+    "nan_count": "s.nan_count::float8",
+    "first_step": "s.first_step::float8",
+    "last_step": "s.last_step::float8",
+    "latest_step": "s.latest_step::float8",
+    "latest_timestamp": "s.latest_ts::float8",
+}
+
+_NUMERIC_OP = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_STATUS_SQL = "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED'])[r.status]"
+
+
+@dataclass(frozen=True)
+class Column:
+    """A searchable attribute: its SQL expression and PostgreSQL type."""
+
+    sql: str
+    pg_type: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """What is searched: the row alias and key, its attributes, and the tables holding its
+    metrics, params and tags (each with `{pk}` standing for the row key)."""
+
+    table: str
+    alias: str
+    pk: str
+    attributes: dict[str, Column]
+    tags_table: str
+    params_table: str | None
+    series_table: str | None
+    tiebreak: tuple[tuple[Column, bool], ...]
+    default_order: tuple[tuple[Column, bool], ...]
+
+
+RUNS = Target(
+    table="runs",
+    alias="r",
+    pk="r.run_pk",
+    attributes={
+        "run_id": Column("r.run_id", "uuid"),
+        "run_name": Column("r.run_name", "text"),
+        "status": Column(_STATUS_SQL, "text"),
+        "user_id": Column("r.user_id", "text"),
+        "artifact_uri": Column("r.artifact_uri", "text"),
+        "start_time": Column("r.start_time", "bigint"),
+        "end_time": Column("r.end_time", "bigint"),
+    },
+    tags_table="run_tags",
+    params_table="params",
+    series_table="metric_series",
+    tiebreak=((Column("r.start_time", "bigint"), True), (Column("r.run_id", "uuid"), False)),
+    default_order=(),
+)
+
+EXPERIMENTS = Target(
+    table="experiments",
+    alias="e",
+    pk="e.experiment_id",
+    attributes={
+        "experiment_id": Column("e.experiment_id", "bigint"),
+        "name": Column("e.name", "text"),
+        "creation_time": Column("e.creation_time", "bigint"),
+        "last_update_time": Column("e.last_update_time", "bigint"),
+    },
+    tags_table="experiment_tags",
+    params_table=None,
+    series_table=None,
+    tiebreak=((Column("e.experiment_id", "bigint"), False),),
+    default_order=((Column("e.creation_time", "bigint"), True),),
+)
+
+
+class Binds:
+    """Collects bind parameters; `add` returns the placeholder for a value."""
+
+    def __init__(self, initial: Sequence[Any] = ()) -> None:
+        self.values: list[Any] = list(initial)
+
+    def add(self, value: Any, pg_type: str) -> str:
+        self.values.append(value)
+        return f"${len(self.values)}::{pg_type}"
+
+
+def _key_column(target: Target) -> str:
+    return "run_pk" if target is RUNS else "experiment_id"
+
+
+class _Compiler:
+    def __init__(self, target: Target, binds: Binds) -> None:
+        self.t = target
+        self.b = binds
+
+    def node(self, n: Node) -> str:
+        if isinstance(n, And):
+            return "(" + " AND ".join(self.node(p) for p in n.parts) + ")"
+        if isinstance(n, Or):
+            return "(" + " OR ".join(self.node(p) for p in n.parts) + ")"
+        if isinstance(n, Not):
+            return f"(NOT {self.node(n.part)})"
+        return self.compare(n)
+
+    def compare(self, c: Compare) -> str:
+        e = c.ident.entity
+        if e == "metric":
+            return self.metric(c)
+        if e in ("param", "tag"):
+            return self.keyed_string(c)
+        if e == "attribute":
+            return self.attribute(c)
+        # datasets.*: accepted; no run has datasets yet, so nothing matches.
+        return "FALSE"
+
+    def metric(self, c: Compare) -> str:
+        assert self.t.series_table is not None
+        key = self.b.add(c.ident.key, "text")
+        exists = (
+            f"SELECT 1 FROM {self.t.series_table} s WHERE s.run_pk = {self.t.pk}"
+            f" AND s.key = {key} AND s.count > 0"
+        )
+        if c.op == "IS_NULL":
+            return f"NOT EXISTS ({exists})"
+        if c.op == "IS_NOT_NULL":
+            return f"EXISTS ({exists})"
+        expr = SUMMARY_SQL[c.ident.aggregate or "latest"]
+        return f"EXISTS ({exists} AND {self.numeric(expr, c.op, c.value, 'float8')})"
+
+    def numeric(self, expr: str, op: str, value: Any, pg_type: str) -> str:
+        v = self.b.add(value if pg_type == "float8" else _to_int(value), pg_type)
+        cond = f"{expr} {_NUMERIC_OP[op]} {v}"
+        if op in (">", ">=") and pg_type == "float8":
+            # PostgreSQL orders NaN above every number; a comparison with NaN is false.
+            cond += f" AND {expr} <> 'NaN'::float8"
+        if op == "=" and pg_type == "float8":
+            cond += f" AND {expr} <> 'NaN'::float8"
+        return cond
+
+    def string(self, expr: str, op: str, value: Any) -> str:
+        if op == "IN":
+            return f"{expr} = ANY({self.b.add(list(value), 'text[]')})"
+        if op == "NOT_IN":
+            return f"{expr} <> ALL({self.b.add(list(value), 'text[]')})"
+        sql_op = {"=": "=", "!=": "<>", "LIKE": "LIKE", "ILIKE": "ILIKE"}[op]
+        return f"{expr} {sql_op} {self.b.add(value, 'text')}"
+
+    def keyed_string(self, c: Compare) -> str:
+        table = self.t.params_table if c.ident.entity == "param" else self.t.tags_table
+        assert table is not None
+        key = self.b.add(c.ident.key, "text")
+        exists = f"SELECT 1 FROM {table} p WHERE p.{_key_column(self.t)} = {self.t.pk} AND p.key = {key}"
+        if c.op == "IS_NULL":
+            return f"NOT EXISTS ({exists})"
+        if c.op == "IS_NOT_NULL":
+            return f"EXISTS ({exists})"
+        return f"EXISTS ({exists} AND {self.string('p.value', c.op, c.value)})"
+
+    def attribute(self, c: Compare) -> str:
+        col = self.t.attributes[c.ident.key]
+        if c.op == "IS_NULL":
+            return f"{col.sql} IS NULL"
+        if c.op == "IS_NOT_NULL":
+            return f"{col.sql} IS NOT NULL"
+        if col.pg_type == "uuid":
+            return self.run_id(col.sql, c.op, c.value)
+        if col.pg_type in ("bigint", "float8"):
+            return self.numeric(col.sql, c.op, c.value, "float8" if isinstance(c.value, float)
+                                else "bigint")
+        return self.string(col.sql, c.op, c.value)
+
+    def run_id(self, expr: str, op: str, value: Any) -> str:
+        if op in ("LIKE", "ILIKE"):
+            return self.string(f"replace({expr}::text, '-', '')", op, value)
+        values = value if isinstance(value, tuple) else (value,)
+        ids = [u for u in (_uuid(v) for v in values) if u is not None]
+        if op in ("=", "IN"):
+            return f"{expr} = ANY({self.b.add(ids, 'uuid[]')})"
+        return f"{expr} <> ALL({self.b.add(ids, 'uuid[]')})"
+
+
+def _uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(hex=text) if len(text) == 32 and text == text.lower() else None
+    except ValueError:
+        return None
+
+
+def _to_int(value: Any) -> int:
+    return int(value) if isinstance(value, int) else value  # type: ignore[no-any-return]
+
+
+@dataclass
+class _SortKey:
+    sql: str
+    pg_type: str
+    descending: bool
+    nullable: bool
+
+
+def _order_keys(target: Target, keys: Sequence[OrderKey], binds: Binds) -> tuple[list[_SortKey], list[str]]:
+    """Sort expressions (with the joins they need) for order_by keys plus the tiebreak."""
+    sort: list[_SortKey] = []
+    joins: list[str] = []
+    for i, k in enumerate(keys):
+        ident: Ident = k.ident
+        alias = f"o{i}"
+        if ident.entity == "metric":
+            key = binds.add(ident.key, "text")
+            joins.append(
+                f"LEFT JOIN {target.series_table} {alias} ON {alias}.run_pk = {target.pk}"
+                f" AND {alias}.key = {key} AND {alias}.count > 0"
+            )
+            expr = SUMMARY_SQL[ident.aggregate or "latest"].replace("s.", f"{alias}.")
+            sort.append(_SortKey(expr, "float8", k.descending, True))
+        elif ident.entity in ("param", "tag"):
+            table = target.params_table if ident.entity == "param" else target.tags_table
+            key = binds.add(ident.key, "text")
+            joins.append(
+                f"LEFT JOIN {table} {alias} ON {alias}.{_key_column(target)} = {target.pk}"
+                f" AND {alias}.key = {key}"
+            )
+            sort.append(_SortKey(f"{alias}.value", "text", k.descending, True))
+        else:
+            col = target.attributes[ident.key]
+            sort.append(_SortKey(col.sql, col.pg_type, k.descending, col.sql.endswith("end_time")))
+    if not keys:
+        sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.default_order)
+    sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.tiebreak)
+    return sort, joins
+
+
+def _after(sort: list[_SortKey], values: Sequence[Any], binds: Binds, i: int = 0) -> str:
+    """The keyset condition "strictly after `values`" for the sort, nulls last."""
+    if i == len(sort):
+        return "FALSE"
+    k = sort[i]
+    rest = _after(sort, values, binds, i + 1)
+    v = values[i]
+    if v is None:
+        return f"({k.sql} IS NULL AND {rest})"
+    p = binds.add(v, k.pg_type)
+    beyond = ">" if not k.descending else "<"
+    nulls = f" OR {k.sql} IS NULL" if k.nullable else ""
+    return f"({k.sql} {beyond} {p}{nulls} OR ({k.sql} = {p} AND {rest}))"
+
+
+def build_query(
+    target: Target,
+    scope_sql: str,
+    scope_args: Sequence[Any],
+    node: Node | None,
+    order: Sequence[OrderKey],
+    after: Sequence[Any] | None,
+    limit: int,
+    columns: str,
+) -> tuple[str, list[Any], int]:
+    """The page query and its arguments, and how many sort-key columns (named sk0...) it
+    returns after `columns`."""
+    binds = Binds(scope_args)
+    where = [scope_sql]
+    if node is not None:
+        where.append(_Compiler(target, binds).node(node))
+    sort, joins = _order_keys(target, order, binds)
+    if after is not None:
+        if len(after) != len(sort):
+            raise ValueError("page position does not fit the sort")
+        where.append(_after(sort, after, binds))
+    sort_cols = ", ".join(f"{k.sql} AS sk{i}" for i, k in enumerate(sort))
+    order_sql = ", ".join(
+        f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort
+    )
+    sql = (
+        f"SELECT {columns}, {sort_cols} FROM {target.table} {target.alias} "  # noqa: S608
+        + " ".join(joins)
+        + " WHERE " + " AND ".join(where)
+        + f" ORDER BY {order_sql} LIMIT {binds.add(limit, 'int')}"
+    )
+    return sql, binds.values, len(sort)
+
+
+RUN_COLUMNS = """
+    r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id, r.status, r.start_time,
+    r.end_time, r.artifact_uri, r.lifecycle_stage"""
+
+
+async def search_runs(
+    conn: Connection,
+    experiment_ids: Sequence[int],
+    stages: Sequence[int],
+    node: Node | None,
+    order: Sequence[OrderKey],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of runs of the experiments in the lifecycle stages that match `node`, in
+    `order`, strictly after the sort position `after`; and the number of sort columns."""
+    sql, args, n_sort = build_query(
+        RUNS,
+        "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])",
+        [list(experiment_ids), list(stages)],
+        node,
+        order,
+        after,
+        limit,
+        RUN_COLUMNS,
+    )
+    return list(await conn.fetch(sql, *args)), n_sort
