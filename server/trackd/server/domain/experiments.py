@@ -8,10 +8,13 @@ import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.paging import decode_position, encode_position
+from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import experiments as store
 from trackd.server.store import runs as run_store
+from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
 VIEW_STAGES = {
@@ -83,17 +86,15 @@ class Experiments:
         page_token: str,
         view_type: int,
     ) -> tuple[list[asyncpg.Record], str]:
-        """One page of experiments and the token of the next page ('' on the last)."""
-        if filter_.strip():
-            raise InvalidArgument.for_field(
-                "filter", "filtering experiments is not supported by this server yet"
-            )
-        if any(o.strip() for o in order_by):
-            raise InvalidArgument.for_field(
-                "order_by", "ordering experiments is not supported by this server yet"
-            )
+        """One page of experiments and the token of the next page ('' on the last).
+
+        The filter takes `name`, `experiment_id`, `creation_time`, `last_update_time` and
+        `tags.<key>` with the operators of the search language; order_by the same
+        attributes and tags. Raises InvalidArgument for a bad filter, order, size or token."""
         if view_type not in VIEW_STAGES:
             raise InvalidArgument.for_field("view_type", f"{view_type} is not a ViewType")
+        node = parser.parse_filter(filter_, parser.EXPERIMENTS)
+        order = parser.parse_order_by(list(order_by), parser.EXPERIMENTS)
         size = validation.page_size(
             max_results,
             default=limits.SEARCH_MAX_RESULTS_DEFAULT,
@@ -102,14 +103,24 @@ class Experiments:
         stages = VIEW_STAGES[view_type]
         fingerprint = paging.query_fingerprint("experiments", filter_, list(order_by), stages)
         position = paging.decode(page_token, fingerprint)
-        after = _int_pair(position) if position is not None else None
-        rows = await self.db.read(lambda conn: store.search_page(conn, stages, after, size + 1))
+        after = decode_position(position) if position is not None else None
+
+        async def work(conn: Connection) -> tuple[list[asyncpg.Record], int]:
+            try:
+                return await search_store.search_experiments(
+                    conn, stages, node, order, after, size + 1
+                )
+            except (ValueError, asyncpg.DataError) as exc:
+                raise InvalidArgument.for_field(
+                    "page_token", "is not a token this server issued"
+                ) from exc
+
+        rows, n_sort = await self.db.read(work)
         if len(rows) <= size:
             return rows, ""
         rows = rows[:size]
-        last = rows[-1]
-        token = paging.encode([last["creation_time"], last["experiment_id"]], fingerprint)
-        return rows, token
+        last = [rows[-1][f"sk{i}"] for i in range(n_sort)]
+        return rows, paging.encode(encode_position(last), fingerprint)
 
     async def rename(self, experiment_id: str, new_name: str) -> None:
         """Renames an experiment; AlreadyExists if an active experiment holds the name."""
@@ -236,12 +247,6 @@ def _check_tags(
         if ok:
             merged[key] = value
     return list(merged), list(merged.values())
-
-
-def _int_pair(position: list[object]) -> tuple[int, int]:
-    if len(position) != 2 or not all(isinstance(p, int) for p in position):
-        raise InvalidArgument.for_field("page_token", "is not a token this server issued")
-    return int(position[0]), int(position[1])  # type: ignore[call-overload]
 
 
 def _missing(experiment_id: str) -> NotFound:

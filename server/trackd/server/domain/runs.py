@@ -265,9 +265,23 @@ class Runs:
                 f"the batch has {total} items; the limit is {limits.BATCH_ITEMS_MAX}",
             )
         v.raise_if_any()
-        _check_metrics(v, "metrics", metrics)
-        param_keys, param_values = _check_params(v, "params", params)
-        tag_keys, tag_values = _check_tags(v, "tags", tags)
+        await self._log(run_id, metrics, params, tags, batch=True)
+
+    async def _log(
+        self,
+        run_id: str,
+        metrics: MetricColumns,
+        params: Sequence[tuple[str, str]],
+        tags: Sequence[tuple[str, str]],
+        *,
+        batch: bool,
+    ) -> None:
+        """Validates and writes the items of a batch (violations name `metrics[3].key`) or
+        of a single-item request (violations name its own `key`, `value`, `timestamp`)."""
+        v = Violations()
+        _check_metrics(v, "metrics" if batch else "", metrics)
+        param_keys, param_values = _check_params(v, "params" if batch else "", params)
+        tag_keys, tag_values = _check_tags(v, "tags" if batch else "", tags)
         v.raise_if_any()
 
         async def work(conn: Connection) -> None:
@@ -283,15 +297,19 @@ class Runs:
 
     async def log_metric(self, run_id: str, key: str, value: float, timestamp: int, step: int) -> None:
         """Appends one metric point; see log_batch for the errors."""
-        await self.log_batch(run_id, MetricColumns([key], [value], [timestamp], [step]), (), ())
+        validation.run_id(run_id)
+        metrics = MetricColumns([key], [value], [timestamp], [step])
+        await self._log(run_id, metrics, (), (), batch=False)
 
     async def log_param(self, run_id: str, key: str, value: str) -> None:
         """Logs one immutable param; see log_batch for the errors."""
-        await self.log_batch(run_id, MetricColumns(), ((key, value),), ())
+        validation.run_id(run_id)
+        await self._log(run_id, MetricColumns(), ((key, value),), (), batch=False)
 
     async def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Creates or replaces one tag; see log_batch for the errors."""
-        await self.log_batch(run_id, MetricColumns(), (), ((key, value),))
+        validation.run_id(run_id)
+        await self._log(run_id, MetricColumns(), (), ((key, value),), batch=False)
 
     async def delete_tag(self, run_id: str, key: str) -> None:
         """Deletes one tag; NotFound if the run has no such tag."""
@@ -349,6 +367,12 @@ class Runs:
 # -- validation helpers ----------------------------------------------------------------------
 
 
+def _item(field: str, i: int, name: str) -> str:
+    """Path of a field of item i of a repeated field (`metrics[3].key`); just `name` when
+    `field` is empty, for a single-item request such as LogParam."""
+    return f"{field}[{i}].{name}" if field else name
+
+
 def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
     """Validates keys and timestamps; a 0 timestamp becomes the server's now."""
     bad_keys: set[str] = set()
@@ -356,7 +380,7 @@ def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
     now = 0
     for i, key in enumerate(m.keys):
         if key not in good_keys:
-            if key in bad_keys or not v.key(f"{field}[{i}].key", key):
+            if key in bad_keys or not v.key(_item(field, i, "key"), key):
                 bad_keys.add(key)
             else:
                 good_keys.add(key)
@@ -365,7 +389,7 @@ def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
             now = now or now_ms()
             m.timestamps[i] = now
         elif ts < 0:
-            v.add(f"{field}[{i}].timestamp", f"is {ts}; it must be >= 0 (milliseconds)")
+            v.add(_item(field, i, "timestamp"), f"is {ts}; it must be >= 0 (milliseconds)")
 
 
 def _check_params(
@@ -373,13 +397,13 @@ def _check_params(
 ) -> tuple[list[str], list[str]]:
     merged: dict[str, str] = {}
     for i, (key, value) in enumerate(params):
-        ok = v.key(f"{field}[{i}].key", key)
-        ok = v.text(f"{field}[{i}].value", value, max_len=limits.PARAM_VALUE_MAX) and ok
+        ok = v.key(_item(field, i, "key"), key)
+        ok = v.text(_item(field, i, "value"), value, max_len=limits.PARAM_VALUE_MAX) and ok
         if not ok:
             continue
         if key in merged and merged[key] != value:
             v.add(
-                f"{field}[{i}].value",
+                _item(field, i, "value"),
                 f"param {key!r} appears twice in the batch, with {merged[key]!r} and {value!r}",
             )
         merged[key] = value
@@ -392,8 +416,10 @@ def _check_tags(
     v.count(field, len(tags), max_count=limits.BATCH_TAGS_MAX)
     merged: dict[str, str] = {}
     for i, (key, value) in enumerate(tags):
-        ok = v.key(f"{field}[{i}].key", key)
-        ok = v.text(f"{field}[{i}].value", value, max_len=limits.TAG_VALUE_MAX) and ok
+        ok = v.key(_item(field, i, "key"), key)
+        # The run name tag mirrors RunInfo.run_name, so it has the run name's limit.
+        limit = limits.RUN_NAME_MAX if key == RUN_NAME_TAG else limits.TAG_VALUE_MAX
+        ok = v.text(_item(field, i, "value"), value, max_len=limit) and ok
         if ok:
             merged[key] = value  # the last value of a repeated key wins
     return list(merged), list(merged.values())

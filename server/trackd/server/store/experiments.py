@@ -11,7 +11,7 @@ from trackd.server.store.pool import Connection
 ACTIVE = 1
 DELETED = 2
 
-_COLUMNS = """
+COLUMNS = """
     e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage, e.creation_time,
     e.last_update_time,
     COALESCE((SELECT array_agg(t.key ORDER BY t.key) FROM experiment_tags t
@@ -26,9 +26,9 @@ RETURNING experiment_id"""
 SET_LOCATION = "UPDATE experiments SET artifact_location = $2 WHERE experiment_id = $1"
 DEFAULT_LOCATION = """
 UPDATE experiments SET artifact_location = $1 WHERE experiment_id = 0 AND artifact_location = ''"""
-GET = f"SELECT {_COLUMNS} FROM experiments e WHERE e.experiment_id = $1"
+GET = f"SELECT {COLUMNS} FROM experiments e WHERE e.experiment_id = $1"
 GET_BY_NAME = f"""
-SELECT {_COLUMNS} FROM experiments e WHERE e.name = $1
+SELECT {COLUMNS} FROM experiments e WHERE e.name = $1
 ORDER BY e.lifecycle_stage, e.last_update_time DESC LIMIT 1"""
 LOCK = """
 SELECT experiment_id, name, lifecycle_stage, artifact_location FROM experiments
@@ -37,8 +37,8 @@ STAGE = "SELECT lifecycle_stage, artifact_location FROM experiments WHERE experi
 RENAME = """
 UPDATE experiments SET name = $2, last_update_time = $3 WHERE experiment_id = $1"""
 SET_STAGE = """
-UPDATE experiments SET lifecycle_stage = $2, last_update_time = $3,
-    deleted_time = CASE WHEN $2 = 2 THEN $3 END
+UPDATE experiments SET lifecycle_stage = $2::smallint, last_update_time = $3::bigint,
+    deleted_time = CASE WHEN $2::smallint = 2 THEN $3::bigint END
 WHERE experiment_id = $1"""
 TOUCH = "UPDATE experiments SET last_update_time = $2 WHERE experiment_id = $1"
 UPSERT_TAGS = """
@@ -46,17 +46,6 @@ INSERT INTO experiment_tags (experiment_id, key, value)
 SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
 ON CONFLICT (experiment_id, key) DO UPDATE SET value = EXCLUDED.value"""
 DELETE_TAG = "DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2"
-
-# Keyset page in the default order: creation_time DESC, experiment_id ASC. $1 is the view's
-# stages; $2/$3 are the last row's key (NULL on the first page); $4 the page size.
-SEARCH_PAGE = f"""
-SELECT {_COLUMNS} FROM experiments e
-WHERE e.lifecycle_stage = ANY($1::smallint[])
-  AND ($2::bigint IS NULL OR (e.creation_time < $2 OR (e.creation_time = $2
-       AND e.experiment_id > $3)))
-ORDER BY e.creation_time DESC, e.experiment_id
-LIMIT $4"""
-
 
 async def insert(
     conn: Connection,
@@ -130,15 +119,3 @@ async def delete_tag(conn: Connection, experiment_id: int, key: str) -> bool:
     """Deletes a tag; False if there was none."""
     status: str = await conn.execute(DELETE_TAG, experiment_id, key)
     return status != "DELETE 0"
-
-
-async def search_page(
-    conn: Connection,
-    stages: Sequence[int],
-    after: tuple[int, int] | None,
-    limit: int,
-) -> list[asyncpg.Record]:
-    """One page of experiments in creation_time DESC, experiment_id order, after the
-    (creation_time, experiment_id) key `after`."""
-    after_time, after_id = after if after else (None, None)
-    return list(await conn.fetch(SEARCH_PAGE, list(stages), after_time, after_id, limit))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
@@ -23,64 +25,39 @@ UNION ALL
 SELECT s.key, s.series_id FROM metric_series s
 WHERE s.run_pk = $1 AND s.key IN (SELECT k FROM wanted)"""
 
-# Inserts points (an exact duplicate is skipped) and folds the inserted ones, and only
-# those, into each series' latest point and summary, in one statement. The caller holds the
-# lock of every run whose series it writes.
+# Inserts points; an exact duplicate (of a stored point or of another point of the same
+# batch) is skipped. Returns the inserted points only, which insert_points folds into their
+# series' latest point and summary.
 INSERT_POINTS = """
-WITH ins AS (
-    INSERT INTO metric_points (series_id, step, ts, value)
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::float8[])
-    ON CONFLICT DO NOTHING
-    RETURNING series_id, step, ts, value
-),
-agg AS (
-    SELECT series_id,
-           count(*) AS n,
-           count(*) FILTER (WHERE value = 'NaN') AS n_nan,
-           count(*) FILTER (WHERE value = 'Infinity') AS n_pinf,
-           count(*) FILTER (WHERE value = '-Infinity') AS n_ninf,
-           count(*) FILTER (WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')) AS n_fin,
-           min(value) FILTER (WHERE value <> 'NaN') AS vmin,
-           max(value) FILTER (WHERE value <> 'NaN') AS vmax,
-           avg(value) FILTER (WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')) AS fmean,
-           var_pop(value) FILTER (WHERE value NOT IN ('NaN', 'Infinity', '-Infinity')) AS fvar,
-           min(step) AS smin,
-           max(step) AS smax
-    FROM ins GROUP BY series_id
-),
-lat AS (
-    SELECT DISTINCT ON (series_id) series_id, step, ts, value
-    FROM ins ORDER BY series_id, step DESC, ts DESC, value DESC
-),
-old AS (
-    SELECT s.series_id,
-           (s.count - s.nan_count - s.pos_inf_count - s.neg_inf_count)::float8 AS n_fin,
-           s.latest_step IS NULL
-             OR (l.step, l.ts, l.value) > (s.latest_step, s.latest_ts, s.latest_value)
-             AS newer
-    FROM metric_series s JOIN lat l ON l.series_id = s.series_id
-)
+INSERT INTO metric_points (series_id, step, ts, value)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::float8[])
+ON CONFLICT DO NOTHING
+RETURNING series_id, step, ts, value"""
+# The latest point and summary of series, locked until the transaction ends.
+LOCK_SUMMARIES = """
+SELECT series_id, count, nan_count, pos_inf_count, neg_inf_count, min_value, max_value,
+       finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts, latest_value
+FROM metric_series WHERE series_id = ANY($1::bigint[])
+ORDER BY series_id
+FOR NO KEY UPDATE"""
+UPDATE_SUMMARIES = """
 UPDATE metric_series s SET
-    count = s.count + a.n,
-    nan_count = s.nan_count + a.n_nan,
-    pos_inf_count = s.pos_inf_count + a.n_pinf,
-    neg_inf_count = s.neg_inf_count + a.n_ninf,
-    min_value = least(s.min_value, a.vmin),
-    max_value = greatest(s.max_value, a.vmax),
-    finite_mean = CASE WHEN a.n_fin = 0 THEN s.finite_mean
-        ELSE s.finite_mean + (a.fmean - s.finite_mean) * a.n_fin / (o.n_fin + a.n_fin) END,
-    finite_m2 = CASE WHEN a.n_fin = 0 THEN s.finite_m2
-        ELSE s.finite_m2 + a.fvar * a.n_fin
-             + (a.fmean - s.finite_mean) ^ 2 * o.n_fin * a.n_fin / (o.n_fin + a.n_fin) END,
-    first_step = least(s.first_step, a.smin),
-    last_step = greatest(s.last_step, a.smax),
-    latest_step = CASE WHEN o.newer THEN l.step ELSE s.latest_step END,
-    latest_ts = CASE WHEN o.newer THEN l.ts ELSE s.latest_ts END,
-    latest_value = CASE WHEN o.newer THEN l.value ELSE s.latest_value END
-FROM agg a
-JOIN lat l ON l.series_id = a.series_id
-JOIN old o ON o.series_id = a.series_id
-WHERE s.series_id = a.series_id"""
+    count = u.count, nan_count = u.nan_count, pos_inf_count = u.pos_inf_count,
+    neg_inf_count = u.neg_inf_count, min_value = u.min_value, max_value = u.max_value,
+    finite_mean = u.finite_mean, finite_m2 = u.finite_m2, first_step = u.first_step,
+    last_step = u.last_step, latest_step = u.latest_step, latest_ts = u.latest_ts,
+    latest_value = u.latest_value
+FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+            $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::bigint[],
+            $11::bigint[], $12::bigint[], $13::bigint[], $14::float8[])
+    AS u(series_id, count, nan_count, pos_inf_count, neg_inf_count, min_value, max_value,
+         finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts, latest_value)
+WHERE s.series_id = u.series_id"""
+# The columns of UPDATE_SUMMARIES' arrays, in order.
+_SUMMARY_COLUMNS = (
+    "series_id count nan_count pos_inf_count neg_inf_count min_value max_value finite_mean "
+    "finite_m2 first_step last_step latest_step latest_ts latest_value"
+).split()
 
 SERIES_ID = "SELECT series_id FROM metric_series WHERE run_pk = $1 AND key = $2"
 LOAD_SERIES = """
@@ -110,8 +87,74 @@ async def insert_points(
     timestamps: Sequence[int],
     values: Sequence[float],
 ) -> None:
-    """Appends points column-wise and maintains their series' latest point and summary."""
-    await conn.execute(INSERT_POINTS, series_ids, steps, timestamps, values)
+    """Appends points column-wise and maintains their series' latest point and summary.
+
+    The summary arithmetic runs here rather than in SQL: PostgreSQL raises on float8
+    overflow and underflow (a square of 1e-200, a sum of two 1e308), which would reject
+    legitimate doubles. Python's floats saturate to +-Inf or 0 instead."""
+    inserted = await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values)
+    if not inserted:
+        return
+    points: dict[int, list[tuple[int, int, float]]] = {}
+    for r in inserted:
+        points.setdefault(r["series_id"], []).append((r["step"], r["ts"], r["value"]))
+    rows = await conn.fetch(LOCK_SUMMARIES, list(points))
+    folded = [_fold(dict(r), points[r["series_id"]]) for r in rows]
+    await conn.execute(UPDATE_SUMMARIES, *([f[c] for f in folded] for c in _SUMMARY_COLUMNS))
+
+
+def _order_key(point: tuple[int, int, float]) -> tuple[int, int, bool, float]:
+    """Sort key of (step, ts, value) in PostgreSQL's float8 order, where NaN is greatest."""
+    step, ts, value = point
+    nan = math.isnan(value)
+    return step, ts, nan, 0.0 if nan else value
+
+
+def _fold(s: dict[str, Any], points: Sequence[tuple[int, int, float]]) -> dict[str, Any]:
+    """Series row `s` with new points folded into its counts, extremes, finite mean and
+    sum of squared deviations (Chan et al.'s pairwise update), steps and latest point."""
+    n_old = s["count"] - s["nan_count"] - s["pos_inf_count"] - s["neg_inf_count"]
+    values = [v for _, _, v in points]
+    finite = [v for v in values if math.isfinite(v)]
+    numbers = [v for v in values if not math.isnan(v)]
+    s["count"] += len(values)
+    s["nan_count"] += len(values) - len(numbers)
+    s["pos_inf_count"] += sum(1 for v in numbers if v == math.inf)
+    s["neg_inf_count"] += sum(1 for v in numbers if v == -math.inf)
+    if numbers:
+        low, high = min(numbers), max(numbers)
+        s["min_value"] = low if s["min_value"] is None else min(s["min_value"], low)
+        s["max_value"] = high if s["max_value"] is None else max(s["max_value"], high)
+    if finite:
+        n_new = len(finite)
+        try:
+            mean_new = math.fsum(finite) / n_new
+        except OverflowError:  # the sum leaves the double range; the mean cannot
+            mean_new = math.fsum(v / n_new for v in finite)
+        try:
+            m2_new = math.fsum((v - mean_new) * (v - mean_new) for v in finite)
+        except OverflowError:
+            m2_new = math.inf
+        if n_old == 0:
+            s["finite_mean"], s["finite_m2"] = mean_new, m2_new
+        else:
+            n = n_old + n_new
+            mean_old = s["finite_mean"]
+            delta = mean_new - mean_old  # +-Inf when the means are far apart
+            if math.isfinite(delta):
+                s["finite_mean"] = mean_old + delta * (n_new / n)
+            else:
+                s["finite_mean"] = mean_old * (n_old / n) + mean_new * (n_new / n)
+            s["finite_m2"] = s["finite_m2"] + m2_new + delta * delta * (n_old * n_new / n)
+    steps = [p[0] for p in points]
+    s["first_step"] = min(steps) if s["first_step"] is None else min(s["first_step"], *steps)
+    s["last_step"] = max(steps) if s["last_step"] is None else max(s["last_step"], *steps)
+    latest = max(points, key=_order_key)
+    if s["latest_step"] is None or _order_key(latest) > _order_key(
+        (s["latest_step"], s["latest_ts"], s["latest_value"])
+    ):
+        s["latest_step"], s["latest_ts"], s["latest_value"] = latest
+    return s
 
 
 async def series_id(conn: Connection, run_pk: int, key: str) -> int | None:

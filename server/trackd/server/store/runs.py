@@ -40,7 +40,8 @@ WHERE r.run_pk = $1
 RETURNING {_INFO}"""
 SET_NAME = "UPDATE runs SET run_name = $2 WHERE run_pk = $1"
 SET_STAGE = """
-UPDATE runs SET lifecycle_stage = $2, deleted_time = CASE WHEN $2 = 2 THEN $3::bigint END,
+UPDATE runs SET lifecycle_stage = $2::smallint,
+    deleted_time = CASE WHEN $2::smallint = 2 THEN $3::bigint END,
     deleted_with_experiment = false
 WHERE run_pk = $1"""
 DELETE_WITH_EXPERIMENT = """

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from trackd.server.domain.search.ast import And, Compare, Ident, Node, Not, Or, OrderKey
+from trackd.server.store import experiments as experiment_store
 from trackd.server.store.pool import Connection
 
 # SQL for each metric summary over a metric_series row `s` (see convert.metric_summary).
@@ -338,5 +339,28 @@ async def search_runs(
         after,
         limit,
         RUN_COLUMNS,
+    )
+    return list(await conn.fetch(sql, *args)), n_sort
+
+
+async def search_experiments(
+    conn: Connection,
+    stages: Sequence[int],
+    node: Node | None,
+    order: Sequence[OrderKey],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of experiments in the lifecycle stages that match `node`, in `order` (default
+    creation_time DESC), ties by id, strictly after `after`; and the number of sort columns."""
+    sql, args, n_sort = build_query(
+        EXPERIMENTS,
+        "e.lifecycle_stage = ANY($1::smallint[])",
+        [list(stages)],
+        node,
+        order,
+        after,
+        limit,
+        experiment_store.COLUMNS,
     )
     return list(await conn.fetch(sql, *args)), n_sort

@@ -1,0 +1,1 @@
+"""trackd's benchmarks (`make bench`): figures, not pass/fail."""

@@ -1,0 +1,32 @@
+"""`make bench` / `python -m bench [search ...]`: runs the benchmarks and prints figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import platform
+
+from bench import common, search
+
+SCENARIOS = {"search": search.run}
+
+
+async def main(names: list[str]) -> None:
+    with common.postgres_url() as pg_url:
+        async with common.fresh_database(pg_url) as db_url:
+            print(f"# trackd bench {datetime.date.today()} on {platform.node()} "
+                  f"({platform.machine()}, Python {platform.python_version()})")
+            for name in names:
+                print(f"\n## {name}")
+                results = await SCENARIOS[name](db_url)
+                for section, figures in results.items():
+                    print(f"- {section}")
+                    for k, v in figures.items():
+                        print(f"    {k}: {v}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
+    asyncio.run(main(parser.parse_args().scenarios))

@@ -1,0 +1,133 @@
+"""What every benchmark needs: a fresh database on the same PostgreSQL as the tests, a
+trackd server in its own process, and latency statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import statistics
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """TRACKD_BENCH_DATABASE_URL, else TRACKD_TEST_DATABASE_URL, else an embedded
+    PostgreSQL in a temporary folder."""
+    url = os.environ.get("TRACKD_BENCH_DATABASE_URL") or os.environ.get(
+        "TRACKD_TEST_DATABASE_URL"
+    )
+    if url:
+        yield url
+        return
+    import pgserver  # type: ignore[import-untyped,unused-ignore]
+
+    with tempfile.TemporaryDirectory(prefix="trackd-bench-pg-") as data:
+        server = pgserver.get_server(data, cleanup_mode="stop")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+def with_database(url: str, name: str) -> str:
+    """`url` pointing at database `name`."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(pg_url: str) -> AsyncIterator[str]:
+    """A new empty database, dropped afterwards."""
+    name = f"trackd_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    try:
+        yield with_database(pg_url, name)
+    finally:
+        admin = await asyncpg.connect(pg_url)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@dataclass
+class ServerProcess:
+    """A trackd server started as its own process, stopped by its pid."""
+
+    proc: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss_mb(self) -> float:
+        """Peak resident memory of the server process (VmHWM), in MB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+
+@contextlib.asynccontextmanager
+async def server_process(database_url: str, *extra: str) -> AsyncIterator[ServerProcess]:
+    """Runs `python -m trackd.server serve` on 127.0.0.1 and a free port; SIGTERM (then
+    SIGKILL) to its pid at the end."""
+    env = {**os.environ, "TRACKD_DATABASE_URL": database_url, "TRACKD_LISTEN": "127.0.0.1:0",
+           "TRACKD_LOG_LEVEL": "INFO"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trackd.server", "serve", *extra,
+        env=env, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        port = None
+        while port is None:
+            assert proc.stderr is not None
+            line = await asyncio.wait_for(proc.stderr.readline(), 60)
+            if not line:
+                raise RuntimeError("trackd exited before listening")
+            m = re.search(rb"\(port (\d+)\)", line)
+            if m:
+                port = int(m.group(1))
+        drain = asyncio.create_task(_drain(proc))
+        yield ServerProcess(proc, port)
+        drain.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> None:
+    assert proc.stderr is not None
+    while await proc.stderr.readline():
+        pass
+
+
+def percentile(samples: list[float], p: float) -> float:
+    """The p-th percentile (0-100) of samples, nearest-rank."""
+    ordered = sorted(samples)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[k]
+
+
+def summary_ms(samples: list[float]) -> str:
+    """p50/p99/mean of latencies given in seconds, as milliseconds."""
+    return (
+        f"p50 {percentile(samples, 50) * 1000:.2f} ms, p99 {percentile(samples, 99) * 1000:.2f} ms,"
+        f" mean {statistics.fmean(samples) * 1000:.2f} ms (n={len(samples)})"
+    )
