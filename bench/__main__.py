@@ -15,8 +15,10 @@ SCENARIOS = {"search": search.run}
 async def main(names: list[str]) -> None:
     with common.postgres_url() as pg_url:
         async with common.fresh_database(pg_url) as db_url:
-            print(f"# trackd bench {datetime.date.today()} on {platform.node()} "
-                  f"({platform.machine()}, Python {platform.python_version()})")
+            print(
+                f"# trackd bench {datetime.date.today()} on {platform.node()} "
+                f"({platform.machine()}, Python {platform.python_version()})"
+            )
             for name in names:
                 print(f"\n## {name}")
                 results = await SCENARIOS[name](db_url)

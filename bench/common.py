@@ -23,9 +23,7 @@ import asyncpg
 def postgres_url() -> Iterator[str]:
     """TRACKD_BENCH_DATABASE_URL, else TRACKD_TEST_DATABASE_URL, else an embedded
     PostgreSQL in a temporary folder."""
-    url = os.environ.get("TRACKD_BENCH_DATABASE_URL") or os.environ.get(
-        "TRACKD_TEST_DATABASE_URL"
-    )
+    url = os.environ.get("TRACKD_BENCH_DATABASE_URL") or os.environ.get("TRACKD_TEST_DATABASE_URL")
     if url:
         yield url
         return
@@ -83,11 +81,20 @@ class ServerProcess:
 async def server_process(database_url: str, *extra: str) -> AsyncIterator[ServerProcess]:
     """Runs `python -m trackd.server serve` on 127.0.0.1 and a free port; SIGTERM (then
     SIGKILL) to its pid at the end."""
-    env = {**os.environ, "TRACKD_DATABASE_URL": database_url, "TRACKD_LISTEN": "127.0.0.1:0",
-           "TRACKD_LOG_LEVEL": "INFO"}
+    env = {
+        **os.environ,
+        "TRACKD_DATABASE_URL": database_url,
+        "TRACKD_LISTEN": "127.0.0.1:0",
+        "TRACKD_LOG_LEVEL": "INFO",
+    }
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trackd.server", "serve", *extra,
-        env=env, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "trackd.server",
+        "serve",
+        *extra,
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         port = None

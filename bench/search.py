@@ -113,7 +113,9 @@ async def measure(target: str, conn: asyncpg.Connection, eids: list[int], n: int
     }
 
 
-async def run(database_url: str, n_searches: int = 200, big: int = 100_000) -> dict[str, dict[str, str]]:
+async def run(
+    database_url: str, n_searches: int = 200, big: int = 100_000
+) -> dict[str, dict[str, str]]:
     """Loads 1k and `big` runs, then times searches over each."""
     conn = await asyncpg.connect(database_url)
     results: dict[str, dict[str, str]] = {}
@@ -125,7 +127,9 @@ async def run(database_url: str, n_searches: int = 200, big: int = 100_000) -> d
             await conn.execute("ANALYZE")
             load_s = time.perf_counter() - t0
             print(f"  loaded {big + 1000} runs x (10 params, 10 metrics, 10 tags) in {load_s:.1f}s")
-            results["search, 1k runs (1 experiment)"] = await measure(server.target, conn, small, n_searches)
+            results["search, 1k runs (1 experiment)"] = await measure(
+                server.target, conn, small, n_searches
+            )
             results[f"search, {big // 1000}k runs (10 experiments)"] = await measure(
                 server.target, conn, large, n_searches
             )

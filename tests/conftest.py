@@ -30,7 +30,7 @@ def _docker_answers() -> bool:
         client = docker.from_env(timeout=3)
         client.ping()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no usable Docker
         return False
 
 
@@ -82,8 +82,13 @@ async def database_url(pg_url: str) -> AsyncIterator[str]:
 
 def server_config(**overrides: object) -> Config:
     """A Config for an in-process server on a free loopback port."""
-    base = {"listen": "127.0.0.1:0", "pool_min_size": 1, "pool_max_size": 8,
-            "artifact_root": "file:///tmp/trackd-test-artifacts", "grace_period": 2.0}
+    base = {
+        "listen": "127.0.0.1:0",
+        "pool_min_size": 1,
+        "pool_max_size": 8,
+        "artifact_root": "file:///tmp/trackd-test-artifacts",
+        "grace_period": 2.0,
+    }
     base.update(overrides)
     return Config(**base)  # type: ignore[arg-type]
 

@@ -906,7 +906,9 @@ async def _filtered(experiments, filter_: str, order_by=(), max_results: int = 0
     while True:
         resp = await experiments.SearchExperiments(
             epb.SearchExperimentsRequest(
-                filter=filter_, order_by=list(order_by), max_results=max_results,
+                filter=filter_,
+                order_by=list(order_by),
+                max_results=max_results,
                 page_token=token,
             )
         )
@@ -929,18 +931,18 @@ async def test_search_filters_by_name_tags_and_times(experiments) -> None:
         ).experiment_id
     like = await _filtered(experiments, f"name LIKE '{base}-%'", ["name DESC"])
     assert like == [f"{base}-gamma", f"{base}-beta", f"{base}-alpha"]
-    vision = await _filtered(
-        experiments, f"name LIKE '{base}%' AND tags.team = 'vision'", ["name"]
-    )
+    vision = await _filtered(experiments, f"name LIKE '{base}%' AND tags.team = 'vision'", ["name"])
     assert vision == [f"{base}-alpha", f"{base}-gamma"]
     either = await _filtered(
-        experiments, f"name = '{base}-beta' OR (tags.team = 'vision' AND name ILIKE "
-        f"'{base.upper()}-G%')", ["name"]
+        experiments,
+        f"name = '{base}-beta' OR (tags.team = 'vision' AND name ILIKE '{base.upper()}-G%')",
+        ["name"],
     )
     assert either == [f"{base}-beta", f"{base}-gamma"]
     alpha = await get(experiments, ids["alpha"])
     later = await _filtered(
-        experiments, f"name LIKE '{base}%' AND creation_time > {alpha.creation_time - 1}",
+        experiments,
+        f"name LIKE '{base}%' AND creation_time > {alpha.creation_time - 1}",
         ["creation_time", "name"],
     )
     assert set(later) == {f"{base}-alpha", f"{base}-beta", f"{base}-gamma"}
@@ -956,13 +958,16 @@ async def test_search_orders_and_pages_by_name(experiments) -> None:
     paged = await _filtered(experiments, f"name LIKE '{base}-%'", ["name ASC"], max_results=2)
     assert paged == made
     token_resp = await experiments.SearchExperiments(
-        epb.SearchExperimentsRequest(filter=f"name LIKE '{base}-%'", order_by=["name"],
-                                     max_results=2)
+        epb.SearchExperimentsRequest(
+            filter=f"name LIKE '{base}-%'", order_by=["name"], max_results=2
+        )
     )
     await invalid(
         experiments.SearchExperiments(
             epb.SearchExperimentsRequest(
-                filter=f"name LIKE '{base}-%'", order_by=["name DESC"], max_results=2,
+                filter=f"name LIKE '{base}-%'",
+                order_by=["name DESC"],
+                max_results=2,
                 page_token=token_resp.next_page_token,
             )
         ),

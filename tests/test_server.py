@@ -12,11 +12,11 @@ import sys
 import asyncpg
 import grpc
 import pytest
-from conftest import server_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from helpers import new_experiment, new_run
 
+from conftest import server_config
+from helpers import new_experiment, new_run
 from trackd.server import app
 from trackd.server.config import parse, resolve
 from trackd.server.store import migrate
@@ -112,8 +112,14 @@ async def test_concurrent_migrations_apply_each_version_once(pg_url: str) -> Non
 async def test_sigterm_drains_and_exits_zero(database_url: str) -> None:
     env = {**os.environ, "TRACKD_DATABASE_URL": database_url, "TRACKD_LISTEN": "127.0.0.1:0"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "trackd.server", "serve", "--grace-period", "5",
-        env=env, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "trackd.server",
+        "serve",
+        "--grace-period",
+        "5",
+        env=env,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         port = None

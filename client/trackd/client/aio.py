@@ -227,7 +227,9 @@ class AsyncClient:
     @_rpc
     async def delete_run(self, run_id: str) -> None:
         """Soft-deletes a run."""
-        await self.runs.DeleteRun(run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=self.timeout)
+        await self.runs.DeleteRun(
+            run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=self.timeout
+        )
 
     @_rpc
     async def restore_run(self, run_id: str) -> None:
@@ -398,7 +400,10 @@ def end_status(exc_type: type[BaseException] | None) -> run_pb2.RunStatus.ValueT
     """FINISHED for a clean exit, KILLED for cancellation or Ctrl-C, FAILED otherwise."""
     if exc_type is None:
         return run_pb2.RUN_STATUS_FINISHED
-    if issubclass(exc_type, KeyboardInterrupt | GeneratorExit) or exc_type.__name__ == "CancelledError":
+    if (
+        issubclass(exc_type, KeyboardInterrupt | GeneratorExit)
+        or exc_type.__name__ == "CancelledError"
+    ):
         return run_pb2.RUN_STATUS_KILLED
     return run_pb2.RUN_STATUS_FAILED
 

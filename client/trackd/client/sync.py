@@ -199,7 +199,9 @@ class ActiveRun:
     ) -> None:
         self.client.end_run(self.run_id, end_status(exc_type))
 
-    def log_metric(self, key: str, value: float, step: int = 0, timestamp: int | None = None) -> None:
+    def log_metric(
+        self, key: str, value: float, step: int = 0, timestamp: int | None = None
+    ) -> None:
         """Appends one point to the run."""
         self.client.log_metric(self.run_id, key, value, step, timestamp)
 

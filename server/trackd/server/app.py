@@ -81,8 +81,11 @@ async def start(config: Config, database_url: str) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in SERVICES]
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(config.listen)

@@ -111,8 +111,8 @@ def metric_columns(metrics: Sequence[metric_pb2.Metric]) -> MetricColumns:
     )
 
 
-def pairs(items: Iterable[run_pb2.Param | run_pb2.RunTag | experiment_pb2.ExperimentTag]) -> list[
-    tuple[str, str]
-]:
+def pairs(
+    items: Iterable[run_pb2.Param | run_pb2.RunTag | experiment_pb2.ExperimentTag],
+) -> list[tuple[str, str]]:
     """(key, value) pairs from params or tags."""
     return [(i.key, i.value) for i in items]

@@ -29,7 +29,8 @@ class EmbeddedPostgres:
         self.path.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.path)
         self._server = pgserver.get_server(  # type: ignore[attr-defined,unused-ignore]
-            self.path, cleanup_mode="stop")
+            self.path, cleanup_mode="stop"
+        )
         url: str = self._server.get_uri()
         return url
 

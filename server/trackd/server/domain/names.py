@@ -18,6 +18,4 @@ _NOUNS = (
 
 def generate() -> str:
     """A random, readable run name."""
-    return (
-        f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"
-    )
+    return f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(1000)}"

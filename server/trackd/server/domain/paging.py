@@ -7,6 +7,7 @@ import hashlib
 import json
 import struct
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from trackd.server.errors import InvalidArgument
@@ -56,7 +57,7 @@ def encode_position(values: Sequence[Any]) -> list[Any]:
             out.append(["f", struct.unpack("<q", struct.pack("<d", v))[0]])
         elif isinstance(v, int):
             out.append(["i", v])
-        elif isinstance(v, uuid.UUID) or hasattr(v, "hex") and not isinstance(v, str):
+        elif isinstance(v, uuid.UUID):
             out.append(["u", v.hex])
         else:
             out.append(["s", str(v)])

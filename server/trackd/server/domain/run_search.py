@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 
 from trackd.server.domain import limits, paging, validation
-from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.experiments import VIEW_STAGES
+from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.runs import RunView
 from trackd.server.domain.search import parser
 from trackd.server.errors import InvalidArgument
@@ -50,7 +50,10 @@ class RunSearch:
                 f"has {len(experiment_ids)} entries; the limit is {EXPERIMENT_IDS_MAX}",
             )
         eids = sorted(
-            {validation.experiment_id(e, f"experiment_ids[{i}]") for i, e in enumerate(experiment_ids)}
+            {
+                validation.experiment_id(e, f"experiment_ids[{i}]")
+                for i, e in enumerate(experiment_ids)
+            }
         )
         if len(filter_) > FILTER_MAX:
             raise InvalidArgument.for_field(

@@ -84,8 +84,7 @@ class Runs:
         if run_name and named_by_tag is not None and named_by_tag != run_name:
             raise InvalidArgument.for_field(
                 "run_name",
-                f"is {run_name!r} but the {RUN_NAME_TAG} tag says {named_by_tag!r}; "
-                "give one name",
+                f"is {run_name!r} but the {RUN_NAME_TAG} tag says {named_by_tag!r}; give one name",
             )
         name = run_name or named_by_tag or names.generate()
         tag_map[RUN_NAME_TAG] = name
@@ -96,9 +95,7 @@ class Runs:
         async def work(conn: Connection) -> int:
             exp = await experiment_store.stage(conn, eid)
             if exp is None:
-                raise NotFound(
-                    f"no experiment has id {eid}", metadata={"experiment_id": str(eid)}
-                )
+                raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
             if exp["lifecycle_stage"] != experiment_store.ACTIVE:
                 raise FailedPrecondition(
                     f"experiment {eid} is deleted; runs cannot be created in it",
@@ -203,7 +200,9 @@ class Runs:
         async def work(conn: Connection) -> None:
             row = await _lock(conn, run_id)
             if row["lifecycle_stage"] == store.ACTIVE:
-                raise FailedPrecondition(f"run {run_id} is not deleted", metadata={"run_id": run_id})
+                raise FailedPrecondition(
+                    f"run {run_id} is not deleted", metadata={"run_id": run_id}
+                )
             if row["experiment_stage"] != experiment_store.ACTIVE:
                 raise FailedPrecondition(
                     f"run {run_id} belongs to deleted experiment {row['experiment_id']}; "
@@ -214,7 +213,9 @@ class Runs:
 
         await self.db.transact(work)
 
-    async def delete_many(self, experiment_id: str, max_timestamp_millis: int, max_runs: int) -> int:
+    async def delete_many(
+        self, experiment_id: str, max_timestamp_millis: int, max_runs: int
+    ) -> int:
         """Deletes up to max_runs active runs started at or before a time; returns how many."""
         eid = validation.experiment_id(experiment_id)
         size = validation.page_size(
@@ -227,7 +228,9 @@ class Runs:
 
         return await self.db.transact(work)
 
-    async def restore_many(self, experiment_id: str, min_timestamp_millis: int, max_runs: int) -> int:
+    async def restore_many(
+        self, experiment_id: str, min_timestamp_millis: int, max_runs: int
+    ) -> int:
         """Restores up to max_runs runs deleted at or after a time; returns how many."""
         eid = validation.experiment_id(experiment_id)
         size = validation.page_size(
@@ -295,7 +298,9 @@ class Runs:
 
         await self.db.transact(work)
 
-    async def log_metric(self, run_id: str, key: str, value: float, timestamp: int, step: int) -> None:
+    async def log_metric(
+        self, run_id: str, key: str, value: float, timestamp: int, step: int
+    ) -> None:
         """Appends one metric point; see log_batch for the errors."""
         validation.run_id(run_id)
         metrics = MetricColumns([key], [value], [timestamp], [step])

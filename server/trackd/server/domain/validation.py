@@ -28,9 +28,7 @@ class Violations:
         if self.items:
             raise InvalidArgument.of(self.items)
 
-    def text(
-        self, field: str, value: str, *, max_len: int, required: bool = False
-    ) -> bool:
+    def text(self, field: str, value: str, *, max_len: int, required: bool = False) -> bool:
         """Checks a free-text value: no NUL, at most `max_len` characters. True if valid."""
         if required and not value:
             self.add(field, "must not be empty")

@@ -102,7 +102,7 @@ async def abort(context: Context, exc: BaseException) -> None:
         incident = uuid.uuid4().hex[:12]
         log.error("internal error, incident %s", incident, exc_info=exc)
         err = TrackdError(f"internal error (incident {incident})", {"incident": incident})
-    await context.abort_with_status(to_status(err))
+    await context.abort_with_status(to_status(err))  # type: ignore[attr-defined]
 
 
 def _safe_deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
@@ -178,12 +178,12 @@ def _wrap_stream_in(
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
     """Registers every method of `service` on `server`, implemented by the method of the
     same name on `servicer`."""
-    handlers: dict[str, grpc.RpcMethodHandler] = {}
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
         response_cls = message_factory.GetMessageClass(method.output_type)
         impl = getattr(servicer, method.name)
-        kwargs = {
+        kwargs: dict[str, Any] = {
             "request_deserializer": _safe_deserializer(request_cls),
             "response_serializer": response_cls.SerializeToString,
         }

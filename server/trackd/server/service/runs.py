@@ -17,7 +17,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self.runs = runs
         self.search = search
 
-    async def CreateRun(self, request: pb.CreateRunRequest, context: Context) -> pb.CreateRunResponse:
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: Context
+    ) -> pb.CreateRunResponse:
         view = await self.runs.create(
             experiment_id=request.experiment_id,
             run_name=request.run_name,
@@ -31,7 +33,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.GetRunResponse:
         return pb.GetRunResponse(run=convert.run(await self.runs.get(request.run_id)))
 
-    async def UpdateRun(self, request: pb.UpdateRunRequest, context: Context) -> pb.UpdateRunResponse:
+    async def UpdateRun(
+        self, request: pb.UpdateRunRequest, context: Context
+    ) -> pb.UpdateRunResponse:
         row = await self.runs.update(
             request.run_id,
             request.status,
@@ -40,7 +44,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         )
         return pb.UpdateRunResponse(run_info=convert.run_info(row))
 
-    async def DeleteRun(self, request: pb.DeleteRunRequest, context: Context) -> pb.DeleteRunResponse:
+    async def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: Context
+    ) -> pb.DeleteRunResponse:
         await self.runs.delete(request.run_id)
         return pb.DeleteRunResponse()
 
@@ -66,7 +72,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         )
         return pb.RestoreRunsResponse(runs_restored=n)
 
-    async def LogMetric(self, request: pb.LogMetricRequest, context: Context) -> pb.LogMetricResponse:
+    async def LogMetric(
+        self, request: pb.LogMetricRequest, context: Context
+    ) -> pb.LogMetricResponse:
         await self.runs.log_metric(
             request.run_id, request.key, request.value, request.timestamp, request.step
         )
@@ -80,7 +88,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         await self.runs.set_tag(request.run_id, request.key, request.value)
         return pb.SetTagResponse()
 
-    async def DeleteTag(self, request: pb.DeleteTagRequest, context: Context) -> pb.DeleteTagResponse:
+    async def DeleteTag(
+        self, request: pb.DeleteTagRequest, context: Context
+    ) -> pb.DeleteTagResponse:
         await self.runs.delete_tag(request.run_id, request.key)
         return pb.DeleteTagResponse()
 

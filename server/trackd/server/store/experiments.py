@@ -26,10 +26,11 @@ RETURNING experiment_id"""
 SET_LOCATION = "UPDATE experiments SET artifact_location = $2 WHERE experiment_id = $1"
 DEFAULT_LOCATION = """
 UPDATE experiments SET artifact_location = $1 WHERE experiment_id = 0 AND artifact_location = ''"""
-GET = f"SELECT {COLUMNS} FROM experiments e WHERE e.experiment_id = $1"
+# The f-strings below splice in constant column lists only, never user input.
+GET = f"SELECT {COLUMNS} FROM experiments e WHERE e.experiment_id = $1"  # noqa: S608
 GET_BY_NAME = f"""
 SELECT {COLUMNS} FROM experiments e WHERE e.name = $1
-ORDER BY e.lifecycle_stage, e.last_update_time DESC LIMIT 1"""
+ORDER BY e.lifecycle_stage, e.last_update_time DESC LIMIT 1"""  # noqa: S608
 LOCK = """
 SELECT experiment_id, name, lifecycle_stage, artifact_location FROM experiments
 WHERE experiment_id = $1 FOR NO KEY UPDATE"""
@@ -46,6 +47,7 @@ INSERT INTO experiment_tags (experiment_id, key, value)
 SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
 ON CONFLICT (experiment_id, key) DO UPDATE SET value = EXCLUDED.value"""
 DELETE_TAG = "DELETE FROM experiment_tags WHERE experiment_id = $1 AND key = $2"
+
 
 async def insert(
     conn: Connection,

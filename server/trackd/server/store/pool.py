@@ -61,7 +61,8 @@ class Database:
 
     async def read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Runs read-only `work` on a pooled connection, in one repeatable-read snapshot."""
-        async with self.pool.acquire() as conn, conn.transaction(
-            isolation="repeatable_read", readonly=True
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             return await work(conn)

@@ -20,7 +20,8 @@ INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, 
                   parent_run_pk)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 RETURNING run_pk"""
-GET_INFO = f"SELECT {_INFO} FROM runs r WHERE r.run_id = $1"
+# The f-strings below splice in the constant column list only, never user input.
+GET_INFO = f"SELECT {_INFO} FROM runs r WHERE r.run_id = $1"  # noqa: S608
 # Every write to a run first takes this lock: writers of one run queue here in one order, so
 # concurrent batches cannot deadlock on the rows below it, and a param's check-then-insert
 # is race-free across servers.
@@ -37,7 +38,7 @@ UPDATE runs r SET
     end_time = COALESCE($3, r.end_time),
     run_name = COALESCE($4, r.run_name)
 WHERE r.run_pk = $1
-RETURNING {_INFO}"""
+RETURNING {_INFO}"""  # noqa: S608
 SET_NAME = "UPDATE runs SET run_name = $2 WHERE run_pk = $1"
 SET_STAGE = """
 UPDATE runs SET lifecycle_stage = $2::smallint,
@@ -103,7 +104,14 @@ async def insert(
 ) -> int:
     """Inserts a run; returns its internal key."""
     run_pk: int = await conn.fetchval(
-        INSERT, run_id, experiment_id, run_name, user_id, status, start_time, artifact_uri,
+        INSERT,
+        run_id,
+        experiment_id,
+        run_name,
+        user_id,
+        status,
+        start_time,
+        artifact_uri,
         parent_run_pk,
     )
     return run_pk
@@ -128,7 +136,8 @@ async def update(
     conn: Connection, run_pk: int, status: int | None, end_time: int | None, run_name: str | None
 ) -> asyncpg.Record:
     """Changes the given fields (None leaves one as it is); returns the run's info."""
-    row: asyncpg.Record = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name)
+    row = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name)
+    assert row is not None  # the caller holds the run's lock
     return row
 
 
