@@ -45,12 +45,10 @@ def run_info(row: asyncpg.Record) -> run_pb2.RunInfo:
 
 def run(view: RunView) -> run_pb2.Run:
     """A Run with its latest metrics, summaries, params and tags."""
-    data = run_pb2.RunData(
-        params=[run_pb2.Param(key=r["key"], value=r["value"]) for r in view.params],
-        tags=[run_pb2.RunTag(key=r["key"], value=r["value"]) for r in view.tags],
-    )
+    metrics = []
+    summaries = []
     for s in view.series:
-        data.metrics.append(
+        metrics.append(
             metric_pb2.Metric(
                 key=s["key"],
                 value=s["latest_value"],
@@ -58,41 +56,64 @@ def run(view: RunView) -> run_pb2.Run:
                 step=s["latest_step"],
             )
         )
-        data.metric_summaries.append(metric_summary(s))
+        summaries.append(metric_summary(s))
+    data = run_pb2.RunData(
+        metrics=metrics,
+        params=[run_pb2.Param(key=k, value=v) for _, k, v in view.params],
+        tags=[run_pb2.RunTag(key=k, value=v) for _, k, v in view.tags],
+        metric_summaries=summaries,
+    )
     return run_pb2.Run(info=run_info(view.info), data=data)
 
 
 def metric_summary(s: asyncpg.Record) -> metric_pb2.MetricSummary:
-    """The summary of one series row: counts, extremes, mean and population stddev."""
-    n_fin = s["count"] - s["nan_count"] - s["pos_inf_count"] - s["neg_inf_count"]
-    has_pinf, has_ninf = s["pos_inf_count"] > 0, s["neg_inf_count"] > 0
-    if has_pinf and has_ninf:
+    """The summary of one series row (store.metrics.LOAD_SERIES columns): counts, extremes,
+    mean and population stddev."""
+    (
+        _,
+        key,
+        count,
+        nan_count,
+        pinf,
+        ninf,
+        low,
+        high,
+        fmean,
+        fm2,
+        first,
+        last,
+        lstep,
+        lts,
+        lvalue,
+    ) = s
+    n_fin = count - nan_count - pinf - ninf
+    if pinf and ninf:
         mean = math.nan
-    elif has_pinf:
+    elif pinf:
         mean = math.inf
-    elif has_ninf:
+    elif ninf:
         mean = -math.inf
     elif n_fin == 0:
         mean = math.nan
     else:
-        mean = s["finite_mean"]
-    if has_pinf or has_ninf or n_fin == 0:
+        mean = fmean
+    if pinf or ninf or n_fin == 0:
         stddev = math.nan
     else:
-        stddev = math.sqrt(max(s["finite_m2"], 0.0) / n_fin)
+        stddev = math.sqrt(max(fm2, 0.0) / n_fin)
     return metric_pb2.MetricSummary(
-        key=s["key"],
-        count=s["count"],
-        nan_count=s["nan_count"],
-        min=math.nan if s["min_value"] is None else s["min_value"],
-        max=math.nan if s["max_value"] is None else s["max_value"],
+        key=key,
+        count=count,
+        nan_count=nan_count,
+        min=math.nan if low is None else low,
+        max=math.nan if high is None else high,
         mean=mean,
         stddev=stddev,
-        first_step=s["first_step"],
-        last_step=s["last_step"],
-        latest_value=s["latest_value"],
-        latest_step=s["latest_step"],
-        latest_timestamp=s["latest_ts"],
+        first_step=first,
+        last_step=last,
+        latest_value=lvalue,
+        latest_step=lstep,
+        latest_timestamp=lts,
     )
 
 

@@ -152,7 +152,7 @@ class _Compiler:
         assert self.t.series_table is not None
         key = self.b.add(c.ident.key, "text")
         exists = (
-            f"SELECT 1 FROM {self.t.series_table} s WHERE s.run_pk = {self.t.pk}"
+            f"SELECT 1 FROM {self.t.series_table} s WHERE s.run_pk = {self.t.pk}"  # noqa: S608
             f" AND s.key = {key} AND s.count > 0"
         )
         if c.op == "IS_NULL":
@@ -184,7 +184,10 @@ class _Compiler:
         table = self.t.params_table if c.ident.entity == "param" else self.t.tags_table
         assert table is not None
         key = self.b.add(c.ident.key, "text")
-        exists = f"SELECT 1 FROM {table} p WHERE p.{_key_column(self.t)} = {self.t.pk} AND p.key = {key}"
+        exists = (
+            f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; `key` is a placeholder
+            f" WHERE p.{_key_column(self.t)} = {self.t.pk} AND p.key = {key}"
+        )
         if c.op == "IS_NULL":
             return f"NOT EXISTS ({exists})"
         if c.op == "IS_NOT_NULL":
@@ -200,8 +203,9 @@ class _Compiler:
         if col.pg_type == "uuid":
             return self.run_id(col.sql, c.op, c.value)
         if col.pg_type in ("bigint", "float8"):
-            return self.numeric(col.sql, c.op, c.value, "float8" if isinstance(c.value, float)
-                                else "bigint")
+            return self.numeric(
+                col.sql, c.op, c.value, "float8" if isinstance(c.value, float) else "bigint"
+            )
         return self.string(col.sql, c.op, c.value)
 
     def run_id(self, expr: str, op: str, value: Any) -> str:
@@ -222,7 +226,7 @@ def _uuid(text: str) -> uuid.UUID | None:
 
 
 def _to_int(value: Any) -> int:
-    return int(value) if isinstance(value, int) else value  # type: ignore[no-any-return]
+    return int(value) if isinstance(value, int) else value
 
 
 @dataclass
@@ -233,7 +237,9 @@ class _SortKey:
     nullable: bool
 
 
-def _order_keys(target: Target, keys: Sequence[OrderKey], binds: Binds) -> tuple[list[_SortKey], list[str]]:
+def _order_keys(
+    target: Target, keys: Sequence[OrderKey], binds: Binds
+) -> tuple[list[_SortKey], list[str]]:
     """Sort expressions (with the joins they need) for order_by keys plus the tiebreak."""
     sort: list[_SortKey] = []
     joins: list[str] = []
@@ -247,6 +253,9 @@ def _order_keys(target: Target, keys: Sequence[OrderKey], binds: Binds) -> tuple
                 f" AND {alias}.key = {key} AND {alias}.count > 0"
             )
             expr = SUMMARY_SQL[ident.aggregate or "latest"].replace("s.", f"{alias}.")
+            # As in MLflow, NaN comes after every number and before missing values in both
+            # directions (PostgreSQL alone would put it first in DESC): 0 number, 1 NaN.
+            sort.append(_SortKey(f"({expr} = 'NaN'::float8)::int", "int", False, True))
             sort.append(_SortKey(expr, "float8", k.descending, True))
         elif ident.entity in ("param", "tag"):
             table = target.params_table if ident.entity == "param" else target.tags_table
@@ -263,6 +272,26 @@ def _order_keys(target: Target, keys: Sequence[OrderKey], binds: Binds) -> tuple
         sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.default_order)
     sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.tiebreak)
     return sort, joins
+
+
+_INT_RANGE = {"int": 2**31, "bigint": 2**63}
+
+
+def _check_position(sort: list[_SortKey], values: Sequence[Any]) -> None:
+    """ValueError unless `values` fit the sort: one per key, each None or of the key's type
+    (a page token is not signed, so its position is checked before it reaches the query)."""
+    if len(values) != len(sort):
+        raise ValueError("page position does not fit the sort")
+    for k, v in zip(sort, values, strict=True):
+        if v is None:
+            continue
+        if k.pg_type in _INT_RANGE:
+            bound = _INT_RANGE[k.pg_type]
+            ok = isinstance(v, int) and not isinstance(v, bool) and -bound <= v < bound
+        else:
+            ok = isinstance(v, {"text": str, "float8": float, "uuid": uuid.UUID}[k.pg_type])
+        if not ok:
+            raise ValueError("page position does not fit the sort")
 
 
 def _after(sort: list[_SortKey], values: Sequence[Any], binds: Binds, i: int = 0) -> str:
@@ -298,17 +327,15 @@ def build_query(
         where.append(_Compiler(target, binds).node(node))
     sort, joins = _order_keys(target, order, binds)
     if after is not None:
-        if len(after) != len(sort):
-            raise ValueError("page position does not fit the sort")
+        _check_position(sort, after)
         where.append(_after(sort, after, binds))
     sort_cols = ", ".join(f"{k.sql} AS sk{i}" for i, k in enumerate(sort))
-    order_sql = ", ".join(
-        f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort
-    )
+    order_sql = ", ".join(f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort)
     sql = (
         f"SELECT {columns}, {sort_cols} FROM {target.table} {target.alias} "  # noqa: S608
         + " ".join(joins)
-        + " WHERE " + " AND ".join(where)
+        + " WHERE "
+        + " AND ".join(where)
         + f" ORDER BY {order_sql} LIMIT {binds.add(limit, 'int')}"
     )
     return sql, binds.values, len(sort)

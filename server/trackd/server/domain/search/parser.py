@@ -100,8 +100,13 @@ RUNS = Vocabulary(
 )
 
 EXPERIMENTS = Vocabulary(
-    prefixes={"tags": "tag", "tag": "tag", "attributes": "attribute", "attribute": "attribute",
-              "attr": "attribute"},
+    prefixes={
+        "tags": "tag",
+        "tag": "tag",
+        "attributes": "attribute",
+        "attribute": "attribute",
+        "attr": "attribute",
+    },
     attributes={
         "experiment_id": Attribute("experiment_id", "number"),
         "name": Attribute("name", "string"),
@@ -147,6 +152,9 @@ def _fail(field_name: str, message: str) -> InvalidArgument:
 def tokenize(text: str, field_name: str = "filter") -> list[Token]:
     """Splits a filter into tokens; an unknown character or an unterminated quote fails
     with its column."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise _fail(field_name, f"unexpected NUL character at column {nul + 1}")
     tokens: list[Token] = []
     pos = 0
     glued = False
@@ -266,8 +274,10 @@ class _Parser:
         text = start.text
         if "." not in text:
             if text.upper() in ("AND", "OR", "NOT", "IN", "LIKE", "ILIKE", "IS", "NULL"):
-                raise _fail(self.field, f"expected an identifier at column {start.col}, "
-                                        f"found the keyword {text!r}")
+                raise _fail(
+                    self.field,
+                    f"expected an identifier at column {start.col}, found the keyword {text!r}",
+                )
             return self.attribute(text, text, start.col)
         prefix, _, rest = text.partition(".")
         entity = self.vocab.prefixes.get(prefix.lower())
@@ -297,8 +307,9 @@ class _Parser:
             if dot and entity == "metric" and last.lower() in METRIC_AGGREGATES:
                 key, aggregate = head, METRIC_AGGREGATES[last.lower()]
                 if not self.vocab.metric_aggregates:
-                    raise _fail(self.field, f"metric summaries are not searchable here "
-                                            f"(column {start.col})")
+                    raise _fail(
+                        self.field, f"metric summaries are not searchable here (column {start.col})"
+                    )
         if not key:
             raise _fail(self.field, f"empty key in {text!r} at column {start.col}")
         if entity == "attribute":
@@ -306,8 +317,10 @@ class _Parser:
         if entity == "dataset":
             if key.lower() not in self.vocab.dataset_fields:
                 fields = ", ".join("datasets." + f for f in self.vocab.dataset_fields)
-                raise _fail(self.field, f"unknown dataset field {key!r} at column "
-                                        f"{start.col}; use one of {fields}")
+                raise _fail(
+                    self.field,
+                    f"unknown dataset field {key!r} at column {start.col}; use one of {fields}",
+                )
             key = key.lower()
         return Ident(entity, key, aggregate, text)
 
@@ -317,16 +330,20 @@ class _Parser:
         agg = METRIC_AGGREGATES.get(name.lower())
         if agg is None:
             names = ", ".join(sorted(METRIC_AGGREGATES))
-            raise _fail(self.field, f"unknown metric summary {name!r} at column {col}; "
-                                    f"use one of {names}")
+            raise _fail(
+                self.field, f"unknown metric summary {name!r} at column {col}; use one of {names}"
+            )
         return agg
 
     def attribute(self, name: str, text: str, col: int) -> Ident:
         attr = self.vocab.attributes.get(name.lower())
         if attr is None:
             known = ", ".join(sorted(self.vocab.attributes))
-            raise _fail(self.field, f"unknown attribute {name!r} at column {col}; "
-                                    f"use one of {known} or a prefix such as metrics.")
+            raise _fail(
+                self.field,
+                f"unknown attribute {name!r} at column {col}; "
+                f"use one of {known} or a prefix such as metrics.",
+            )
         return Ident("attribute", attr.name, None, text)
 
     def kind_of(self, ident: Ident) -> str:
@@ -358,8 +375,11 @@ class _Parser:
                 raise self.error("NULL", after=label + " IS" + (" NOT" if negate else ""))
             self.next()
             if not nullable:
-                raise _fail(self.field, f"{label} cannot be NULL; IS NULL applies to metrics, "
-                                        f"params, tags and end_time (column {tok.col})")
+                raise _fail(
+                    self.field,
+                    f"{label} cannot be NULL; IS NULL applies to metrics, "
+                    f"params, tags and end_time (column {tok.col})",
+                )
             return Compare(ident, "IS_NOT_NULL" if negate else "IS_NULL", None)
         if self.keyword("NOT") and self.keyword("IN", offset=1):
             self.next()
@@ -371,19 +391,22 @@ class _Parser:
         if self.keyword("LIKE", "ILIKE"):
             op = self.next().text.upper()
             if kind != "string":
-                raise _fail(self.field, f"{op} applies to strings; {label} is numeric "
-                                        f"(column {tok.col})")
+                raise _fail(
+                    self.field, f"{op} applies to strings; {label} is numeric (column {tok.col})"
+                )
             return Compare(ident, op, self.string_value(label + " " + op))
         if tok.kind != "op":
-            raise self.error("a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN, IS)",
-                             after=label)
+            raise self.error("a comparator (=, !=, <, <=, >, >=, LIKE, ILIKE, IN, IS)", after=label)
         self.next()
         op = {"<>": "!=", "==": "="}.get(tok.text, tok.text)
         if kind == "number":
             return Compare(ident, op, self.number_value(label + " " + op))
         if op not in ("=", "!="):
-            raise _fail(self.field, f"{op} does not apply to {label}, a string; use =, !=, "
-                                    f"LIKE, ILIKE or IN (column {tok.col})")
+            raise _fail(
+                self.field,
+                f"{op} does not apply to {label}, a string; use =, !=, "
+                f"LIKE, ILIKE or IN (column {tok.col})",
+            )
         return Compare(ident, op, self.string_value(label + " " + op))
 
     def number_value(self, after: str) -> float | int:
@@ -392,8 +415,9 @@ class _Parser:
             raise self.error("a number", after=after)
         self.next()
         text = tok.text
-        if re.fullmatch(r"[-+]?\d+", text):
+        if re.fullmatch(r"[-+]?\d{1,19}", text) and -(2**63) <= int(text) < 2**63:
             return int(text)
+        # Beyond int64 a literal compares as a double (a huge one as +-Infinity).
         return float(text)
 
     def string_value(self, after: str) -> str:
