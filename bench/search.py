@@ -117,7 +117,8 @@ async def run(
     database_url: str, n_searches: int = 200, big: int = 100_000
 ) -> dict[str, dict[str, str]]:
     """Loads 1k and `big` runs, then times searches over each."""
-    conn = await asyncpg.connect(database_url)
+    # The baseline connection gets the session settings trackd's pool uses.
+    conn = await asyncpg.connect(database_url, server_settings={"parallel_setup_cost": "10000"})
     results: dict[str, dict[str, str]] = {}
     try:
         async with server_process(database_url) as server:
