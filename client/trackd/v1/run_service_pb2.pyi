@@ -785,3 +785,215 @@ class SearchRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRunsResponse: _TypeAlias = SearchRunsResponse  # noqa: Y015
+
+@_typing.final
+class MetricColumns(_message.Message):
+    """MetricColumns holds points of one metric series of one run, column-wise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    key: _builtins.str
+    """Key of the series, with the limits of Metric.key."""
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Step of each point."""
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Timestamp of each point, in milliseconds since the Unix epoch; either as many as steps
+        (0 meaning now) or none (every point is now).
+        """
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Value of each point; as many as steps. Every double is kept bit-exactly."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        timestamps: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "run_id", b"run_id", "steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MetricColumns: _TypeAlias = MetricColumns  # noqa: Y015
+
+@_typing.final
+class StreamMetricsRequest(_message.Message):
+    """StreamMetricsRequest is the handshake (sequence 0, no series) or one chunk of points."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STREAM_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    SERIES_FIELD_NUMBER: _builtins.int
+    stream_id: _builtins.str
+    """Identifies the stream across reconnects; 1 to 64 characters of letters, digits, `_`
+    and `-` (a uuid, say). Every message of a stream carries the same one.
+    """
+    sequence: _builtins.int
+    """0 for the handshake; chunks are numbered 1, 2, 3, ... without gaps. A chunk whose
+    number is not above the committed one is acknowledged without being written again.
+    """
+    @_builtins.property
+    def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetricColumns]:
+        """Points of the chunk; at most 100000 points in all per chunk."""
+
+    def __init__(
+        self,
+        *,
+        stream_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        series: _abc.Iterable[Global___MetricColumns] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence", "series", b"series", "stream_id", b"stream_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricsRequest: _TypeAlias = StreamMetricsRequest  # noqa: Y015
+
+@_typing.final
+class ChunkRejection(_message.Message):
+    """ChunkRejection says why a chunk was acknowledged without being written."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Sequence number of the rejected chunk."""
+    code: _builtins.str
+    """gRPC status code name, such as INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION."""
+    reason: _builtins.str
+    """MLflow-style reason, as in google.rpc.ErrorInfo."""
+    message: _builtins.str
+    """What was wrong, naming the field."""
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChunkRejection: _TypeAlias = ChunkRejection  # noqa: Y015
+
+@_typing.final
+class StreamMetricsResponse(_message.Message):
+    """StreamMetricsResponse acknowledges chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    REJECTIONS_FIELD_NUMBER: _builtins.int
+    acked_sequence: _builtins.int
+    """Every chunk with a sequence up to this one is durably committed or rejected; in the
+    answer to the handshake, the last sequence committed for the stream_id (0 if none).
+    """
+    @_builtins.property
+    def rejections(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChunkRejection]:
+        """Chunks acknowledged by this response that were rejected."""
+
+    def __init__(
+        self,
+        *,
+        acked_sequence: _builtins.int = ...,
+        rejections: _abc.Iterable[Global___ChunkRejection] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_sequence", b"acked_sequence", "rejections", b"rejections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricsResponse: _TypeAlias = StreamMetricsResponse  # noqa: Y015
+
+@_typing.final
+class StreamMetricHistoryRequest(_message.Message):
+    """StreamMetricHistoryRequest names the series to stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRIC_KEY_FIELD_NUMBER: _builtins.int
+    CHUNK_SIZE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    metric_key: _builtins.str
+    """Key of the series."""
+    chunk_size: _builtins.int
+    """Points per response; 0 means the default of 50000; at most 200000."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metric_key: _builtins.str = ...,
+        chunk_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk_size", b"chunk_size", "metric_key", b"metric_key", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricHistoryRequest: _TypeAlias = StreamMetricHistoryRequest  # noqa: Y015
+
+@_typing.final
+class StreamMetricHistoryResponse(_message.Message):
+    """StreamMetricHistoryResponse is one chunk of a series, column-wise."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Steps of the chunk's points."""
+
+    @_builtins.property
+    def timestamps(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Timestamps of the chunk's points, in milliseconds since the Unix epoch."""
+
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Values of the chunk's points."""
+
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[_builtins.int] | None = ...,
+        timestamps: _abc.Iterable[_builtins.int] | None = ...,
+        values: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["steps", b"steps", "timestamps", b"timestamps", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricHistoryResponse: _TypeAlias = StreamMetricHistoryResponse  # noqa: Y015

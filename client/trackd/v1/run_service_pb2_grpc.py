@@ -110,6 +110,16 @@ class RunServiceStub:
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
                 _registered_method=True)
+        self.StreamMetrics = channel.stream_stream(
+                '/trackd.v1.RunService/StreamMetrics',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricsResponse.FromString,
+                _registered_method=True)
+        self.StreamMetricHistory = channel.unary_stream(
+                '/trackd.v1.RunService/StreamMetricHistory',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -224,6 +234,28 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamMetrics(self, request_iterator, context):
+        """Streams metric points in, column-wise, for training jobs. The client opens the stream
+        with a handshake (its stream_id and sequence 0) and then sends numbered chunks; each
+        chunk may hold points of many runs and keys. The server answers the handshake with the
+        last sequence it has committed for that stream_id, and then acknowledges chunks
+        cumulatively, each only after its points are durably committed. After a reconnect the
+        client resends from acked_sequence + 1; a chunk already committed is never written
+        twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
+        acknowledged as rejected (nothing of it is written) and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMetricHistory(self, request, context):
+        """Streams the whole history of one metric series in (step, timestamp, value) order as
+        column-wise chunks, so that a series of millions of points is one call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -296,6 +328,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SearchRuns,
                     request_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.SerializeToString,
+            ),
+            'StreamMetrics': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamMetrics,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricsResponse.SerializeToString,
+            ),
+            'StreamMetricHistory': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMetricHistory,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -682,6 +724,60 @@ class RunService:
             '/trackd.v1.RunService/SearchRuns',
             trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
             trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMetrics(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/trackd.v1.RunService/StreamMetrics',
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricsRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMetricHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trackd.v1.RunService/StreamMetricHistory',
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

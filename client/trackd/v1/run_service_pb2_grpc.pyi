@@ -75,6 +75,20 @@ class RunServiceStub:
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
     tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
     """
+    StreamMetrics: _grpc.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]
+    """Streams metric points in, column-wise, for training jobs. The client opens the stream
+    with a handshake (its stream_id and sequence 0) and then sends numbered chunks; each
+    chunk may hold points of many runs and keys. The server answers the handshake with the
+    last sequence it has committed for that stream_id, and then acknowledges chunks
+    cumulatively, each only after its points are durably committed. After a reconnect the
+    client resends from acked_sequence + 1; a chunk already committed is never written
+    twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
+    acknowledged as rejected (nothing of it is written) and the stream goes on.
+    """
+    StreamMetricHistory: _grpc.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricHistoryRequest, _run_service_pb2.StreamMetricHistoryResponse]
+    """Streams the whole history of one metric series in (step, timestamp, value) order as
+    column-wise chunks, so that a series of millions of points is one call.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -122,6 +136,20 @@ class RunServiceAsyncStub(RunServiceStub):
     a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
     tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    """
+    StreamMetrics: _aio.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]  # type: ignore[assignment]
+    """Streams metric points in, column-wise, for training jobs. The client opens the stream
+    with a handshake (its stream_id and sequence 0) and then sends numbered chunks; each
+    chunk may hold points of many runs and keys. The server answers the handshake with the
+    last sequence it has committed for that stream_id, and then acknowledges chunks
+    cumulatively, each only after its points are durably committed. After a reconnect the
+    client resends from acked_sequence + 1; a chunk already committed is never written
+    twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
+    acknowledged as rejected (nothing of it is written) and the stream goes on.
+    """
+    StreamMetricHistory: _aio.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricHistoryRequest, _run_service_pb2.StreamMetricHistoryResponse]  # type: ignore[assignment]
+    """Streams the whole history of one metric series in (step, timestamp, value) order as
+    column-wise chunks, so that a series of millions of points is one call.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -251,6 +279,32 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
         attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
         tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamMetrics(
+        self,
+        request_iterator: _MaybeAsyncIterator[_run_service_pb2.StreamMetricsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_run_service_pb2.StreamMetricsResponse], _abc.AsyncIterator[_run_service_pb2.StreamMetricsResponse]]:
+        """Streams metric points in, column-wise, for training jobs. The client opens the stream
+        with a handshake (its stream_id and sequence 0) and then sends numbered chunks; each
+        chunk may hold points of many runs and keys. The server answers the handshake with the
+        last sequence it has committed for that stream_id, and then acknowledges chunks
+        cumulatively, each only after its points are durably committed. After a reconnect the
+        client resends from acked_sequence + 1; a chunk already committed is never written
+        twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
+        acknowledged as rejected (nothing of it is written) and the stream goes on.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamMetricHistory(
+        self,
+        request: _run_service_pb2.StreamMetricHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_run_service_pb2.StreamMetricHistoryResponse], _abc.AsyncIterator[_run_service_pb2.StreamMetricHistoryResponse]]:
+        """Streams the whole history of one metric series in (step, timestamp, value) order as
+        column-wise chunks, so that a series of millions of points is one call.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

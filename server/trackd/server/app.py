@@ -14,8 +14,10 @@ from grpc_reflection.v1alpha import reflection
 
 from trackd.server.config import Config
 from trackd.server.domain.experiments import Experiments
+from trackd.server.domain.ingest import Writers
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
+from trackd.server.domain.streams import MetricStreams
 from trackd.server.service.experiments import ExperimentService
 from trackd.server.service.rpc import add_service
 from trackd.server.service.runs import RunService
@@ -39,6 +41,7 @@ class Running:
     port: int
     db: Database
     health: health_aio.HealthServicer
+    writers: Writers
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -47,6 +50,7 @@ class Running:
             await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        await self.writers.stop()
         await self.db.close()
 
 
@@ -76,7 +80,15 @@ async def start(config: Config, database_url: str) -> Running:
         ]
     )
     add_service(server, ExperimentService(experiments), SERVICES[0])
-    add_service(server, RunService(Runs(db), RunSearch(db)), SERVICES[1])
+    writers = Writers(
+        db,
+        writers=config.ingest_writers,
+        max_queued_points=config.ingest_max_queued_points,
+    )
+    writers.start()
+    add_service(
+        server, RunService(Runs(db, writers), RunSearch(db), MetricStreams(writers)), SERVICES[1]
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [svc.full_name for svc in SERVICES]
@@ -88,14 +100,18 @@ async def start(config: Config, database_url: str) -> Running:
         ],
         server,
     )
-    port = server.add_insecure_port(config.listen)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
+        await writers.stop()
         await db.close()
-        raise SystemExit(f"cannot listen on {config.listen}")
+        raise SystemExit(f"cannot listen on {config.listen} (in use, or not a local address)")
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, db, health_servicer)
+    return Running(server, port, db, health_servicer, writers)
 
 
 async def serve(config: Config, database_url: str) -> None:

@@ -24,6 +24,10 @@ class Config:
     grace_period: float = 10.0
     # Largest request a unary call accepts, in bytes.
     max_message_bytes: int = 4 * 1024 * 1024
+    # Group-commit writer tasks (each commits on its own connection).
+    ingest_writers: int = 2
+    # Metric points queued for the writers before new writes wait (backpressure).
+    ingest_max_queued_points: int = 1_000_000
 
 
 _ENV = {
@@ -36,6 +40,8 @@ _ENV = {
     "artifact_root": "TRACKD_ARTIFACT_ROOT",
     "grace_period": "TRACKD_GRACE_PERIOD",
     "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
+    "ingest_writers": "TRACKD_INGEST_WRITERS",
+    "ingest_max_queued_points": "TRACKD_INGEST_MAX_QUEUED_POINTS",
 }
 
 

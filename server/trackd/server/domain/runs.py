@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from trackd.server.clock import now_ms
-from trackd.server.domain import limits, names, paging, validation
+from trackd.server.domain import ingest, limits, names, paging, validation
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import experiments as experiment_store
@@ -22,6 +23,8 @@ RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
 RUNNING = 1
+HISTORY_CHUNK_DEFAULT = 50_000
+HISTORY_CHUNK_MAX = 200_000
 VALID_STATUSES = frozenset({1, 2, 3, 4, 5})
 
 
@@ -51,8 +54,9 @@ class RunView:
 class Runs:
     """Run operations over a database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, writers: ingest.Writers) -> None:
         self.db = db
+        self.writers = writers
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -287,6 +291,15 @@ class Runs:
         tag_keys, tag_values = _check_tags(v, "tags" if batch else "", tags)
         v.raise_if_any()
 
+        if metrics.keys and not param_keys and not tag_keys:
+            # Metrics alone go through the group-commit writers.
+            run_pk = await self.writers.resolve_run(run_id)
+            item = ingest.Item(_series_points(run_pk, run_id, metrics), len(metrics))
+            result = await self.writers.write(item, run_pk)
+            if result.error is not None:
+                raise result.error
+            return
+
         async def work(conn: Connection) -> None:
             run_pk = await _lock_writable(conn, run_id)
             if param_keys:
@@ -294,7 +307,7 @@ class Runs:
             if tag_keys:
                 await _write_tags(conn, run_pk, tag_keys, tag_values)
             if metrics.keys:
-                await _write_metrics(conn, run_pk, metrics)
+                await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))
 
         await self.db.transact(work)
 
@@ -367,6 +380,51 @@ class Runs:
         last = rows[-1]
         bits = struct.unpack("<q", struct.pack("<d", last["value"]))[0]
         return rows, paging.encode([last["step"], last["ts"], bits], fingerprint)
+
+    async def stream_history(
+        self, run_id: str, key: str, chunk_size: int
+    ) -> AsyncIterator[tuple[list[int], list[int], list[float]]]:
+        """The whole series in (step, timestamp, value) order, column-wise, `chunk_size`
+        points at a time. Each chunk is read on its own (a connection is held only while a
+        chunk is read, never while the client consumes it); keyset continuation keeps the
+        order whatever is appended meanwhile."""
+        validation.run_id(run_id)
+        v = Violations()
+        v.key("metric_key", key)
+        v.raise_if_any()
+        size = validation.page_size(
+            chunk_size,
+            default=HISTORY_CHUNK_DEFAULT,
+            maximum=HISTORY_CHUNK_MAX,
+            field="chunk_size",
+        )
+
+        async def find(conn: Connection) -> int | None:
+            ref = await store.ref(conn, run_id)
+            if ref is None:
+                raise _missing(run_id)
+            return await metric_store.series_id(conn, ref["run_pk"], key)
+
+        sid = await self.db.read(find)
+        if sid is None:
+            return
+        after: tuple[int, int, float] | None = None
+        while True:
+            steps, stamps, values = await self.db.read(
+                functools.partial(_history_chunk, sid=sid, after=after, size=size)
+            )
+            if not steps:
+                return
+            yield steps, stamps, values
+            if len(steps) < size:
+                return
+            after = (steps[-1], stamps[-1], values[-1])
+
+
+async def _history_chunk(
+    conn: Connection, *, sid: int, after: tuple[int, int, float] | None, size: int
+) -> tuple[list[int], list[int], list[float]]:
+    return await metric_store.history_chunk(conn, sid, after, size)
 
 
 # -- validation helpers ----------------------------------------------------------------------
@@ -506,8 +564,14 @@ async def _write_tags(conn: Connection, run_pk: int, keys: list[str], values: li
         await store.set_name(conn, run_pk, values[keys.index(RUN_NAME_TAG)])
 
 
-async def _write_metrics(conn: Connection, run_pk: int, m: MetricColumns) -> None:
-    series = await metric_store.ensure_series(conn, run_pk, sorted(set(m.keys)))
-    await metric_store.insert_points(
-        conn, [series[k] for k in m.keys], m.steps, m.timestamps, m.values
-    )
+def _series_points(run_pk: int, run_id: str, m: MetricColumns) -> list[ingest.SeriesPoints]:
+    """The points of a batch grouped by key, column-wise."""
+    by_key: dict[str, ingest.SeriesPoints] = {}
+    for key, value, ts, step in zip(m.keys, m.values, m.timestamps, m.steps, strict=True):
+        sp = by_key.get(key)
+        if sp is None:
+            sp = by_key[key] = ingest.SeriesPoints(run_pk, run_id, key, [], [], [])
+        sp.steps.append(step)
+        sp.timestamps.append(ts)
+        sp.values.append(value)
+    return list(by_key.values())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from trackd.server import convert
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
+from trackd.server.domain.streams import MetricStreams
 from trackd.server.service.rpc import Context
 from trackd.v1 import run_service_pb2 as pb
 from trackd.v1 import run_service_pb2_grpc
@@ -13,9 +16,10 @@ from trackd.v1 import run_service_pb2_grpc
 class RunService(run_service_pb2_grpc.RunServiceServicer):
     """trackd.v1.RunService over the runs domain."""
 
-    def __init__(self, runs: Runs, search: RunSearch) -> None:
+    def __init__(self, runs: Runs, search: RunSearch, streams: MetricStreams) -> None:
         self.runs = runs
         self.search = search
+        self.streams = streams
 
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: Context
@@ -125,3 +129,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             request.run_view_type,
         )
         return pb.SearchRunsResponse(runs=[convert.run(v) for v in views], next_page_token=token)
+
+    async def StreamMetrics(
+        self, request_iterator: AsyncIterator[pb.StreamMetricsRequest], context: Context
+    ) -> AsyncIterator[pb.StreamMetricsResponse]:
+        async for ack in self.streams.serve(request_iterator):
+            yield ack
+
+    async def StreamMetricHistory(
+        self, request: pb.StreamMetricHistoryRequest, context: Context
+    ) -> AsyncIterator[pb.StreamMetricHistoryResponse]:
+        chunks = self.runs.stream_history(request.run_id, request.metric_key, request.chunk_size)
+        async for steps, stamps, values in chunks:
+            yield pb.StreamMetricHistoryResponse(steps=steps, timestamps=stamps, values=values)

@@ -2,44 +2,58 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
 from trackd.server.store.pool import Connection
 
-# Creates the missing series of a run (keys sorted, so that concurrent creators meet the
-# unique index in one order) and returns the ids of all the asked keys.
+# Creates the missing series of (run, key) pairs, in (run, key) order so that concurrent
+# creators meet the unique index in one order, and returns the ids of all the pairs.
 ENSURE_SERIES = """
-WITH wanted AS (SELECT DISTINCT k FROM unnest($2::text[]) AS k),
+WITH wanted AS (
+    SELECT DISTINCT r, k FROM unnest($1::bigint[], $2::text[]) AS w(r, k)
+),
 created AS (
     INSERT INTO metric_series (run_pk, key)
-    SELECT $1, k FROM wanted ORDER BY k
+    SELECT r, k FROM wanted ORDER BY r, k
     ON CONFLICT (run_pk, key) DO NOTHING
-    RETURNING key, series_id
+    RETURNING run_pk, key, series_id
 )
-SELECT key, series_id FROM created
+SELECT run_pk, key, series_id FROM created
 UNION ALL
-SELECT s.key, s.series_id FROM metric_series s
-WHERE s.run_pk = $1 AND s.key IN (SELECT k FROM wanted)"""
+SELECT s.run_pk, s.key, s.series_id
+FROM metric_series s JOIN wanted w ON s.run_pk = w.r AND s.key = w.k"""
+
+# Locks series rows (in id order, the one lock order every writer of series uses) and
+# returns their summaries with the lifecycle stages of their runs and experiments.
+LOCK_SERIES = """
+SELECT s.series_id, s.count, s.nan_count, s.pos_inf_count, s.neg_inf_count, s.min_value,
+       s.max_value, s.finite_mean, s.finite_m2, s.first_step, s.last_step, s.latest_step,
+       s.latest_ts, s.latest_value, s.run_pk,
+       r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage
+FROM metric_series s
+JOIN runs r ON r.run_pk = s.run_pk
+JOIN experiments e ON e.experiment_id = r.experiment_id
+WHERE s.series_id = ANY($1::bigint[])
+ORDER BY s.series_id
+FOR NO KEY UPDATE OF s"""
 
 # Inserts points; an exact duplicate (of a stored point or of another point of the same
-# batch) is skipped. Returns the inserted points only, which insert_points folds into their
-# series' latest point and summary.
+# statement) is skipped, and only the inserted points come back.
 INSERT_POINTS = """
 INSERT INTO metric_points (series_id, step, ts, value)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::float8[])
 ON CONFLICT DO NOTHING
 RETURNING series_id, step, ts, value"""
-# The latest point and summary of series, locked until the transaction ends.
-LOCK_SUMMARIES = """
-SELECT series_id, count, nan_count, pos_inf_count, neg_inf_count, min_value, max_value,
-       finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts, latest_value
-FROM metric_series WHERE series_id = ANY($1::bigint[])
-ORDER BY series_id
-FOR NO KEY UPDATE"""
+POINT_COLUMNS = ["series_id", "step", "ts", "value"]
+
+# The columns of a series summary, in UPDATE_SUMMARIES' order.
+SUMMARY_COLUMNS = (
+    "series_id count nan_count pos_inf_count neg_inf_count min_value max_value finite_mean "
+    "finite_m2 first_step last_step latest_step latest_ts latest_value"
+).split()
 UPDATE_SUMMARIES = """
 UPDATE metric_series s SET
     count = u.count, nan_count = u.nan_count, pos_inf_count = u.pos_inf_count,
@@ -53,11 +67,36 @@ FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[]
     AS u(series_id, count, nan_count, pos_inf_count, neg_inf_count, min_value, max_value,
          finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts, latest_value)
 WHERE s.series_id = u.series_id"""
-# The columns of UPDATE_SUMMARIES' arrays, in order.
-_SUMMARY_COLUMNS = (
-    "series_id count nan_count pos_inf_count neg_inf_count min_value max_value finite_mean "
-    "finite_m2 first_step last_step latest_step latest_ts latest_value"
-).split()
+
+RUN_PKS = "SELECT run_id, run_pk FROM runs WHERE run_id = ANY($1::uuid[])"
+
+STREAMS_CREATE = """
+INSERT INTO ingest_streams (stream_id)
+SELECT id FROM unnest($1::text[]) AS id ORDER BY id
+ON CONFLICT (stream_id) DO NOTHING"""
+STREAMS_LOCK = """
+SELECT stream_id, last_sequence FROM ingest_streams
+WHERE stream_id = ANY($1::text[]) ORDER BY stream_id FOR UPDATE"""
+STREAMS_ADVANCE = """
+UPDATE ingest_streams t SET last_sequence = u.seq, updated_at = $3
+FROM unnest($1::text[], $2::bigint[]) AS u(id, seq)
+WHERE t.stream_id = u.id"""
+STREAM_MARK = "SELECT last_sequence FROM ingest_streams WHERE stream_id = $1"
+
+# One chunk of a series, as three arrays (asyncpg decodes them without a record per row).
+HISTORY_CHUNK_FIRST = """
+SELECT array_agg(step ORDER BY step, ts, value) AS steps,
+       array_agg(ts ORDER BY step, ts, value) AS timestamps,
+       array_agg(value ORDER BY step, ts, value) AS "values"
+FROM (SELECT step, ts, value FROM metric_points WHERE series_id = $1
+      ORDER BY step, ts, value LIMIT $2) AS c"""
+HISTORY_CHUNK_AFTER = """
+SELECT array_agg(step ORDER BY step, ts, value) AS steps,
+       array_agg(ts ORDER BY step, ts, value) AS timestamps,
+       array_agg(value ORDER BY step, ts, value) AS "values"
+FROM (SELECT step, ts, value FROM metric_points
+      WHERE series_id = $1 AND (step, ts, value) > ($3, $4, $5)
+      ORDER BY step, ts, value LIMIT $2) AS c"""
 
 SERIES_ID = "SELECT series_id FROM metric_series WHERE run_pk = $1 AND key = $2"
 LOAD_SERIES = """
@@ -75,86 +114,89 @@ WHERE series_id = $1 AND (step, ts, value) > ($3, $4, $5)
 ORDER BY step, ts, value LIMIT $2"""
 
 
-async def ensure_series(conn: Connection, run_pk: int, keys: Sequence[str]) -> dict[str, int]:
-    """Ids of the run's series for `keys`, creating the missing ones."""
-    return {r["key"]: r["series_id"] for r in await conn.fetch(ENSURE_SERIES, run_pk, keys)}
+async def ensure_series(
+    conn: Connection, pairs: Sequence[tuple[int, str]]
+) -> dict[tuple[int, str], int]:
+    """Ids of the series of (run_pk, key) pairs, creating the missing ones."""
+    rows = await conn.fetch(ENSURE_SERIES, [p[0] for p in pairs], [p[1] for p in pairs])
+    return {(r["run_pk"], r["key"]): r["series_id"] for r in rows}
+
+
+async def lock_series(conn: Connection, series_ids: Iterable[int]) -> list[asyncpg.Record]:
+    """Locks series rows in id order; returns their summaries and run/experiment stages."""
+    return list(await conn.fetch(LOCK_SERIES, sorted(series_ids)))
+
+
+# Batches of at least this many points go through COPY (in a savepoint, with a fallback
+# for duplicates); smaller ones through one INSERT.
+COPY_THRESHOLD = 2000
 
 
 async def insert_points(
     conn: Connection,
-    series_ids: Sequence[int],
-    steps: Sequence[int],
-    timestamps: Sequence[int],
-    values: Sequence[float],
-) -> None:
-    """Appends points column-wise and maintains their series' latest point and summary.
-
-    The summary arithmetic runs here rather than in SQL: PostgreSQL raises on float8
-    overflow and underflow (a square of 1e-200, a sum of two 1e308), which would reject
-    legitimate doubles. Python's floats saturate to +-Inf or 0 instead."""
-    inserted = await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values)
-    if not inserted:
-        return
-    points: dict[int, list[tuple[int, int, float]]] = {}
-    for r in inserted:
-        points.setdefault(r["series_id"], []).append((r["step"], r["ts"], r["value"]))
-    rows = await conn.fetch(LOCK_SUMMARIES, list(points))
-    folded = [_fold(dict(r), points[r["series_id"]]) for r in rows]
-    await conn.execute(UPDATE_SUMMARIES, *([f[c] for f in folded] for c in _SUMMARY_COLUMNS))
-
-
-def _order_key(point: tuple[int, int, float]) -> tuple[int, int, bool, float]:
-    """Sort key of (step, ts, value) in PostgreSQL's float8 order, where NaN is greatest."""
-    step, ts, value = point
-    nan = math.isnan(value)
-    return step, ts, nan, 0.0 if nan else value
-
-
-def _fold(s: dict[str, Any], points: Sequence[tuple[int, int, float]]) -> dict[str, Any]:
-    """Series row `s` with new points folded into its counts, extremes, finite mean and
-    sum of squared deviations (Chan et al.'s pairwise update), steps and latest point."""
-    n_old = s["count"] - s["nan_count"] - s["pos_inf_count"] - s["neg_inf_count"]
-    values = [v for _, _, v in points]
-    finite = [v for v in values if math.isfinite(v)]
-    numbers = [v for v in values if not math.isnan(v)]
-    s["count"] += len(values)
-    s["nan_count"] += len(values) - len(numbers)
-    s["pos_inf_count"] += sum(1 for v in numbers if v == math.inf)
-    s["neg_inf_count"] += sum(1 for v in numbers if v == -math.inf)
-    if numbers:
-        low, high = min(numbers), max(numbers)
-        s["min_value"] = low if s["min_value"] is None else min(s["min_value"], low)
-        s["max_value"] = high if s["max_value"] is None else max(s["max_value"], high)
-    if finite:
-        n_new = len(finite)
+    series_ids: list[int],
+    steps: list[int],
+    timestamps: list[int],
+    values: list[float],
+) -> list[asyncpg.Record] | None:
+    """Appends points column-wise. Returns None when every point was inserted, else the
+    points that were (an exact duplicate of a stored point, or of another point here, is
+    skipped)."""
+    if len(series_ids) >= COPY_THRESHOLD:
         try:
-            mean_new = math.fsum(finite) / n_new
-        except OverflowError:  # the sum leaves the double range; the mean cannot
-            mean_new = math.fsum(v / n_new for v in finite)
-        try:
-            m2_new = math.fsum((v - mean_new) * (v - mean_new) for v in finite)
-        except OverflowError:
-            m2_new = math.inf
-        if n_old == 0:
-            s["finite_mean"], s["finite_m2"] = mean_new, m2_new
-        else:
-            n = n_old + n_new
-            mean_old = s["finite_mean"]
-            delta = mean_new - mean_old  # +-Inf when the means are far apart
-            if math.isfinite(delta):
-                s["finite_mean"] = mean_old + delta * (n_new / n)
-            else:
-                s["finite_mean"] = mean_old * (n_old / n) + mean_new * (n_new / n)
-            s["finite_m2"] = s["finite_m2"] + m2_new + delta * delta * (n_old * n_new / n)
-    steps = [p[0] for p in points]
-    s["first_step"] = min(steps) if s["first_step"] is None else min(s["first_step"], *steps)
-    s["last_step"] = max(steps) if s["last_step"] is None else max(s["last_step"], *steps)
-    latest = max(points, key=_order_key)
-    if s["latest_step"] is None or _order_key(latest) > _order_key(
-        (s["latest_step"], s["latest_ts"], s["latest_value"])
-    ):
-        s["latest_step"], s["latest_ts"], s["latest_value"] = latest
-    return s
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "metric_points",
+                    records=zip(series_ids, steps, timestamps, values, strict=True),
+                    columns=POINT_COLUMNS,
+                )
+            return None
+        except asyncpg.UniqueViolationError:
+            pass  # a duplicate somewhere: take the path that skips duplicates
+    return list(await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values))
+
+
+async def update_summaries(conn: Connection, summaries: Sequence[dict[str, Any]]) -> None:
+    """Writes folded summaries back (dicts with every column of summaries.COLUMNS)."""
+    await conn.execute(UPDATE_SUMMARIES, *([s[c] for s in summaries] for c in SUMMARY_COLUMNS))
+
+
+async def run_pks(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:
+    """Internal keys of the runs that exist among `run_ids` (32-hex ids)."""
+    rows = await conn.fetch(RUN_PKS, list(run_ids))
+    return {r["run_id"].hex: r["run_pk"] for r in rows}
+
+
+async def lock_streams(conn: Connection, stream_ids: Sequence[str]) -> dict[str, int]:
+    """Creates missing stream rows and locks them all (in id order); returns each stream's
+    last committed sequence."""
+    ids = sorted(set(stream_ids))
+    await conn.execute(STREAMS_CREATE, ids)
+    return {r["stream_id"]: r["last_sequence"] for r in await conn.fetch(STREAMS_LOCK, ids)}
+
+
+async def advance_streams(conn: Connection, marks: dict[str, int], now: int) -> None:
+    """Records the last committed sequence of streams."""
+    await conn.execute(STREAMS_ADVANCE, list(marks), list(marks.values()), now)
+
+
+async def stream_mark(conn: Connection, stream_id: str) -> int:
+    """The last committed sequence of a stream (0 if it never committed)."""
+    mark: int | None = await conn.fetchval(STREAM_MARK, stream_id)
+    return mark or 0
+
+
+async def history_chunk(
+    conn: Connection, series_id: int, after: tuple[int, int, float] | None, limit: int
+) -> tuple[list[int], list[int], list[float]]:
+    """Up to `limit` points of a series after `after`, as (steps, timestamps, values)."""
+    if after is None:
+        row = await conn.fetchrow(HISTORY_CHUNK_FIRST, series_id, limit)
+    else:
+        row = await conn.fetchrow(HISTORY_CHUNK_AFTER, series_id, limit, *after)
+    if row is None or row["steps"] is None:
+        return [], [], []
+    return row["steps"], row["timestamps"], row["values"]
 
 
 async def series_id(conn: Connection, run_pk: int, key: str) -> int | None:

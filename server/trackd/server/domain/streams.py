@@ -1,0 +1,184 @@
+"""StreamMetrics: chunks in, cumulative acks out, each ack only after its commit.
+
+A reader task takes chunks off the request stream, validates them and queues them on the
+group-commit writers; a bounded window of chunks per stream is in flight, and when it is
+full the reader stops reading, so gRPC's flow control pushes back on the client. The
+response side waits for the chunks in order and acknowledges them cumulatively. A chunk
+that breaks a rule, names an unknown run or a deleted one is acknowledged as rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from trackd.server.clock import now_ms
+from trackd.server.domain import ingest, validation
+from trackd.server.domain.validation import Violations
+from trackd.server.errors import InvalidArgument, NotFound, TrackdError
+from trackd.server.store import metrics as store
+from trackd.v1 import run_service_pb2 as pb
+
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+CHUNK_POINTS_MAX = 100_000
+WINDOW_CHUNKS = 16
+
+
+@dataclass
+class _Pending:
+    sequence: int
+    future: asyncio.Future[ingest.Result] | None
+    error: TrackdError | None = None
+
+
+class MetricStreams:
+    """Serves StreamMetrics calls over the writers."""
+
+    def __init__(self, writers: ingest.Writers, window: int = WINDOW_CHUNKS) -> None:
+        self.writers = writers
+        self.window = window
+
+    async def serve(
+        self, requests: AsyncIterator[pb.StreamMetricsRequest]
+    ) -> AsyncIterator[pb.StreamMetricsResponse]:
+        """Acknowledgements for the chunks of one call."""
+        first = await anext(requests, None)
+        if first is None:
+            return
+        stream_id = first.stream_id
+        if not STREAM_ID_RE.fullmatch(stream_id):
+            raise InvalidArgument.for_field(
+                "stream_id", "must be 1 to 64 letters, digits, '_' or '-'"
+            )
+        committed = await self.writers.db.read(lambda conn: store.stream_mark(conn, stream_id))
+        pending: asyncio.Queue[_Pending | None] = asyncio.Queue(self.window)
+        state = {"next": committed + 1}
+
+        async def submit(req: pb.StreamMetricsRequest) -> None:
+            if req.stream_id != stream_id:
+                raise InvalidArgument.for_field(
+                    "stream_id", f"changed within the stream (was {stream_id!r})"
+                )
+            seq = req.sequence
+            if seq <= 0:
+                raise InvalidArgument.for_field(
+                    "sequence", f"is {seq}; chunks are numbered from 1 (0 is the handshake)"
+                )
+            if seq < state["next"]:
+                # Committed before (a resend after a reconnect): acknowledge, write nothing.
+                await pending.put(_Pending(seq, None))
+                return
+            if seq > state["next"]:
+                raise InvalidArgument.for_field(
+                    "sequence", f"is {seq}, but the next chunk of the stream is {state['next']}"
+                )
+            state["next"] = seq + 1
+            try:
+                item = await self._item(req, stream_id)
+            except TrackdError as err:
+                await pending.put(_Pending(seq, None, err))
+                return
+            future = await self.writers.enqueue(item, stream_id)
+            await pending.put(_Pending(seq, future))
+
+        async def read() -> None:
+            try:
+                if first.sequence != 0:
+                    await submit(first)
+                async for req in requests:
+                    await submit(req)
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        acked = committed
+        try:
+            if first.sequence == 0:
+                yield pb.StreamMetricsResponse(acked_sequence=committed)
+            while True:
+                p = await pending.get()
+                if p is None:
+                    break
+                batch = [p]
+                # Coalesce acknowledgements of chunks already settled.
+                while not pending.empty():
+                    nxt = pending.get_nowait()
+                    if nxt is None:
+                        pending.put_nowait(None)
+                        break
+                    batch.append(nxt)
+                rejections = []
+                for q in batch:
+                    error = q.error
+                    if q.future is not None:
+                        result = await q.future
+                        error = result.error
+                    if error is not None:
+                        rejections.append(
+                            pb.ChunkRejection(
+                                sequence=q.sequence,
+                                code=error.code.name,
+                                reason=error.reason,
+                                message=error.message,
+                            )
+                        )
+                # Acknowledgements never go backwards, even for a resent old chunk.
+                acked = max(acked, batch[-1].sequence)
+                yield pb.StreamMetricsResponse(acked_sequence=acked, rejections=rejections)
+            await reader  # re-raises a protocol error of the request stream
+        finally:
+            if not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+
+    async def _item(self, req: pb.StreamMetricsRequest, stream_id: str) -> ingest.Item:
+        """Validates a chunk and resolves its runs; raises InvalidArgument or NotFound."""
+        v = Violations()
+        total = 0
+        now = 0
+        for i, col in enumerate(req.series):
+            n = len(col.steps)
+            total += n
+            if not _valid_run_id(col.run_id):
+                v.add(f"series[{i}].run_id", f"{col.run_id[:40]!r} is not a run id")
+            v.key(f"series[{i}].key", col.key)
+            if len(col.values) != n:
+                v.add(f"series[{i}].values", f"has {len(col.values)} entries for {n} steps")
+            if col.timestamps and len(col.timestamps) != n:
+                v.add(
+                    f"series[{i}].timestamps",
+                    f"has {len(col.timestamps)} entries for {n} steps; give one per step or none",
+                )
+            elif col.timestamps and min(col.timestamps) < 0:
+                v.add(f"series[{i}].timestamps", "must be >= 0 (milliseconds since the epoch)")
+        if total > CHUNK_POINTS_MAX:
+            v.add("series", f"the chunk has {total} points; the limit is {CHUNK_POINTS_MAX}")
+        v.raise_if_any()
+        run_pks = await self.writers.resolve_runs([c.run_id for c in req.series])
+        series = []
+        for col in req.series:
+            pk = run_pks.get(col.run_id)
+            if pk is None:
+                raise NotFound(f"no run has id {col.run_id}", metadata={"run_id": col.run_id})
+            timestamps = list(col.timestamps)
+            if not timestamps or 0 in timestamps:
+                now = now or now_ms()
+                timestamps = (
+                    [t or now for t in timestamps] if timestamps else [now] * len(col.steps)
+                )
+            series.append(
+                ingest.SeriesPoints(
+                    pk, col.run_id, col.key, list(col.steps), timestamps, list(col.values)
+                )
+            )
+        return ingest.Item(series, total, stream=(stream_id, req.sequence))
+
+
+def _valid_run_id(value: str) -> bool:
+    try:
+        validation.run_id(value)
+    except InvalidArgument:
+        return False
+    return True
