@@ -7,9 +7,9 @@ import asyncio
 import datetime
 import platform
 
-from bench import common, search
+from bench import common, ingest, search
 
-SCENARIOS = {"search": search.run}
+SCENARIOS = {"ingest": ingest.run, "search": search.run}
 
 
 async def main(names: list[str]) -> None:

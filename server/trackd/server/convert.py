@@ -117,9 +117,10 @@ def metric_summary(s: asyncpg.Record) -> metric_pb2.MetricSummary:
     )
 
 
-def history(key: str, rows: Iterable[asyncpg.Record]) -> list[metric_pb2.Metric]:
-    """Metric messages for history rows (step, ts, value)."""
-    return [metric_pb2.Metric(key=key, value=v, timestamp=t, step=s) for s, t, v in rows]
+def history(key: str, columns: tuple[list[int], list[int], list[float]]) -> list[metric_pb2.Metric]:
+    """Metric messages for history columns (steps, timestamps, values)."""
+    metric = metric_pb2.Metric
+    return [metric(key=key, value=v, timestamp=t, step=s) for s, t, v in zip(*columns, strict=True)]
 
 
 def metric_columns(metrics: Sequence[metric_pb2.Metric]) -> MetricColumns:

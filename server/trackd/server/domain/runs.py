@@ -349,8 +349,9 @@ class Runs:
 
     async def metric_history(
         self, run_id: str, key: str, max_results: int, page_token: str
-    ) -> tuple[list[asyncpg.Record], str]:
-        """One page of a series in (step, timestamp, value) order and the next page's token."""
+    ) -> tuple[tuple[list[int], list[int], list[float]], str]:
+        """One page of a series in (step, timestamp, value) order, column-wise, and the next
+        page's token ('' on the last page)."""
         validation.run_id(run_id)
         v = Violations()
         v.key("metric_key", key)
@@ -364,22 +365,21 @@ class Runs:
         position = paging.decode(page_token, fingerprint)
         after = _history_position(position) if position is not None else None
 
-        async def work(conn: Connection) -> list[asyncpg.Record]:
+        async def work(conn: Connection) -> tuple[list[int], list[int], list[float]]:
             ref = await store.ref(conn, run_id)
             if ref is None:
                 raise _missing(run_id)
             sid = await metric_store.series_id(conn, ref["run_pk"], key)
             if sid is None:
-                return []
-            return await metric_store.history_page(conn, sid, after, size + 1)
+                return [], [], []
+            return await metric_store.history_chunk(conn, sid, after, size + 1)
 
-        rows = await self.db.read(work)
-        if len(rows) <= size:
-            return rows, ""
-        rows = rows[:size]
-        last = rows[-1]
-        bits = struct.unpack("<q", struct.pack("<d", last["value"]))[0]
-        return rows, paging.encode([last["step"], last["ts"], bits], fingerprint)
+        steps, stamps, values = await self.db.read(work)
+        if len(steps) <= size:
+            return (steps, stamps, values), ""
+        steps, stamps, values = steps[:size], stamps[:size], values[:size]
+        bits = struct.unpack("<q", struct.pack("<d", values[-1]))[0]
+        return (steps, stamps, values), paging.encode([steps[-1], stamps[-1], bits], fingerprint)
 
     async def stream_history(
         self, run_id: str, key: str, chunk_size: int

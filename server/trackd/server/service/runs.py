@@ -110,11 +110,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def GetMetricHistory(
         self, request: pb.GetMetricHistoryRequest, context: Context
     ) -> pb.GetMetricHistoryResponse:
-        rows, token = await self.runs.metric_history(
+        columns, token = await self.runs.metric_history(
             request.run_id, request.metric_key, request.max_results, request.page_token
         )
         return pb.GetMetricHistoryResponse(
-            metrics=convert.history(request.metric_key, rows), next_page_token=token
+            metrics=convert.history(request.metric_key, columns), next_page_token=token
         )
 
     async def SearchRuns(

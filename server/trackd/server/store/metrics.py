@@ -83,17 +83,16 @@ FROM unnest($1::text[], $2::bigint[]) AS u(id, seq)
 WHERE t.stream_id = u.id"""
 STREAM_MARK = "SELECT last_sequence FROM ingest_streams WHERE stream_id = $1"
 
-# One chunk of a series, as three arrays (asyncpg decodes them without a record per row).
+# One chunk of a series, as three arrays: asyncpg decodes arrays without a record per row.
+# The aggregates read the ordered subquery in its order (PostgreSQL feeds a plain aggregate
+# over a single sorted subquery in that order; an ORDER BY inside array_agg would sort the
+# chunk again and cost three times as much).
 HISTORY_CHUNK_FIRST = """
-SELECT array_agg(step ORDER BY step, ts, value) AS steps,
-       array_agg(ts ORDER BY step, ts, value) AS timestamps,
-       array_agg(value ORDER BY step, ts, value) AS "values"
+SELECT array_agg(step) AS steps, array_agg(ts) AS timestamps, array_agg(value) AS "values"
 FROM (SELECT step, ts, value FROM metric_points WHERE series_id = $1
       ORDER BY step, ts, value LIMIT $2) AS c"""
 HISTORY_CHUNK_AFTER = """
-SELECT array_agg(step ORDER BY step, ts, value) AS steps,
-       array_agg(ts ORDER BY step, ts, value) AS timestamps,
-       array_agg(value ORDER BY step, ts, value) AS "values"
+SELECT array_agg(step) AS steps, array_agg(ts) AS timestamps, array_agg(value) AS "values"
 FROM (SELECT step, ts, value FROM metric_points
       WHERE series_id = $1 AND (step, ts, value) > ($3, $4, $5)
       ORDER BY step, ts, value LIMIT $2) AS c"""
@@ -105,13 +104,6 @@ SELECT run_pk, key, count, nan_count, pos_inf_count, neg_inf_count, min_value, m
 FROM metric_series
 WHERE run_pk = ANY($1::bigint[]) AND count > 0
 ORDER BY run_pk, key"""
-HISTORY_FIRST = """
-SELECT step, ts, value FROM metric_points WHERE series_id = $1
-ORDER BY step, ts, value LIMIT $2"""
-HISTORY_AFTER = """
-SELECT step, ts, value FROM metric_points
-WHERE series_id = $1 AND (step, ts, value) > ($3, $4, $5)
-ORDER BY step, ts, value LIMIT $2"""
 
 
 async def ensure_series(
@@ -208,12 +200,3 @@ async def series_id(conn: Connection, run_pk: int, key: str) -> int | None:
 async def load_series(conn: Connection, run_pks: Sequence[int]) -> list[asyncpg.Record]:
     """Latest points and summaries of every series of many runs, ordered by run and key."""
     return list(await conn.fetch(LOAD_SERIES, run_pks))
-
-
-async def history_page(
-    conn: Connection, series_id: int, after: tuple[int, int, float] | None, limit: int
-) -> list[asyncpg.Record]:
-    """Up to `limit` points (step, ts, value) of a series after the key `after`."""
-    if after is None:
-        return list(await conn.fetch(HISTORY_FIRST, series_id, limit))
-    return list(await conn.fetch(HISTORY_AFTER, series_id, limit, *after))
