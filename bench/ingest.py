@@ -17,9 +17,8 @@ import asyncpg
 import grpc
 
 from bench.common import server_process, summary_ms
-from trackd.v1 import metric_pb2
+from trackd.v1 import metric_pb2, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
-from trackd.v1 import run_service_pb2_grpc
 
 CHUNK = 10_000
 
