@@ -113,9 +113,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         columns, token = await self.runs.metric_history(
             request.run_id, request.metric_key, request.max_results, request.page_token
         )
-        return pb.GetMetricHistoryResponse(
-            metrics=convert.history(request.metric_key, columns), next_page_token=token
-        )
+        response = pb.GetMetricHistoryResponse(next_page_token=token)
+        convert.add_history(response.metrics, request.metric_key, columns)
+        return response
 
     async def SearchRuns(
         self, request: pb.SearchRunsRequest, context: Context
