@@ -18,7 +18,9 @@ from trackd.server.domain.ingest import Writers
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
+from trackd.server.observability import Metrics
 from trackd.server.service.experiments import ExperimentService
+from trackd.server.service.guard import Guard, Limits
 from trackd.server.service.rpc import add_service
 from trackd.server.service.runs import RunService
 from trackd.server.store import migrate
@@ -42,6 +44,8 @@ class Running:
     db: Database
     health: health_aio.HealthServicer
     writers: Writers
+    metrics: Metrics
+    metrics_port: int | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -77,17 +81,30 @@ async def start(config: Config, database_url: str) -> Running:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
+            # Find dead peers: a ping after 30 s of silence, 10 s to answer it.
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.keepalive_permit_without_calls", 1),
         ]
     )
-    add_service(server, ExperimentService(experiments), SERVICES[0])
+    metrics = Metrics()
+    guard = Guard(Limits(config.client_rate_limit, config.client_max_concurrency), metrics)
+    add_service(server, ExperimentService(experiments), SERVICES[0], guard)
     writers = Writers(
         db,
         writers=config.ingest_writers,
         max_queued_points=config.ingest_max_queued_points,
+        on_commit=metrics.committed,
     )
     writers.start()
-    add_service(
-        server, RunService(Runs(db, writers), RunSearch(db), MetricStreams(writers)), SERVICES[1]
+    streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
+    add_service(server, RunService(Runs(db, writers), RunSearch(db), streams), SERVICES[1], guard)
+    metrics.watch(
+        queued=lambda: writers.queued_points,
+        pool_size=db.pool.get_size,
+        pool_idle=db.pool.get_idle_size,
+        streams=lambda: streams.open,
     )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -108,10 +125,11 @@ async def start(config: Config, database_url: str) -> Running:
         await writers.stop()
         await db.close()
         raise SystemExit(f"cannot listen on {config.listen} (in use, or not a local address)")
+    metrics_port = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, db, health_servicer, writers)
+    return Running(server, port, db, health_servicer, writers, metrics, metrics_port)
 
 
 async def serve(config: Config, database_url: str) -> None:

@@ -18,6 +18,8 @@ class Config:
     pool_min_size: int = 2
     pool_max_size: int = 10
     log_level: str = "INFO"
+    # "json" (one object per line) or "text".
+    log_format: str = "json"
     data_dir: str = ".trackd"
     artifact_root: str = "./trackd-artifacts"
     # Seconds in-flight calls get to finish after SIGTERM.
@@ -28,6 +30,13 @@ class Config:
     ingest_writers: int = 2
     # Metric points queued for the writers before new writes wait (backpressure).
     ingest_max_queued_points: int = 1_000_000
+    # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
+    metrics_listen: str = ""
+    # Per-client limits (a client is its x-client-id metadata, else its address); 0 is off.
+    client_rate_limit: float = 0.0
+    client_max_concurrency: int = 0
+    # Seconds a StreamMetrics call may stay silent before the server ends it.
+    stream_idle_timeout: float = 300.0
 
 
 _ENV = {
@@ -36,12 +45,17 @@ _ENV = {
     "pool_min_size": "TRACKD_POOL_MIN_SIZE",
     "pool_max_size": "TRACKD_POOL_MAX_SIZE",
     "log_level": "TRACKD_LOG_LEVEL",
+    "log_format": "TRACKD_LOG_FORMAT",
     "data_dir": "TRACKD_DATA_DIR",
     "artifact_root": "TRACKD_ARTIFACT_ROOT",
     "grace_period": "TRACKD_GRACE_PERIOD",
     "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
     "ingest_writers": "TRACKD_INGEST_WRITERS",
     "ingest_max_queued_points": "TRACKD_INGEST_MAX_QUEUED_POINTS",
+    "metrics_listen": "TRACKD_METRICS_LISTEN",
+    "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
+    "client_max_concurrency": "TRACKD_CLIENT_MAX_CONCURRENCY",
+    "stream_idle_timeout": "TRACKD_STREAM_IDLE_TIMEOUT",
 }
 
 

@@ -79,10 +79,11 @@ class FailedPrecondition(TrackdError):
 
 @dataclass
 class ResourceExhausted(TrackdError):
-    """A size or rate limit was hit."""
+    """A size or rate limit was hit; `retry_after` (seconds) says when a retry can pass."""
 
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason: str = "REQUEST_LIMIT_EXCEEDED"
+    retry_after: float | None = None
 
 
 @dataclass

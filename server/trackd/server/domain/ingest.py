@@ -16,10 +16,11 @@ way; runs are never locked by a writer, so there is no cycle.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,8 @@ class Item:
     series: list[SeriesPoints]
     points: int
     stream: tuple[str, int] | None = None
+    # Set when the caller gave up (deadline, cancellation) before a writer took the item.
+    cancelled: bool = False
     future: asyncio.Future[Result] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -97,8 +100,10 @@ class Writers:
         writers: int = 2,
         max_queued_points: int = 1_000_000,
         max_group_points: int = 100_000,
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self.db = db
+        self.on_commit = on_commit
         self.max_queued_points = max_queued_points
         self.max_group_points = max_group_points
         self.queues: list[asyncio.Queue[Item]] = [asyncio.Queue() for _ in range(writers)]
@@ -146,8 +151,14 @@ class Writers:
         return item.future
 
     async def write(self, item: Item, shard: str | int) -> Result:
-        """Queues an item and waits for its commit."""
-        return await asyncio.shield(await self.enqueue(item, shard))
+        """Queues an item and waits for its commit. If the caller is cancelled (its deadline
+        passed) before a writer takes the item, the item is dropped unwritten."""
+        future = await self.enqueue(item, shard)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            item.cancelled = True
+            raise
 
     async def resolve_runs(self, run_ids: Sequence[str]) -> dict[str, int]:
         """Internal keys of the existing runs among `run_ids` (cached; one query for the
@@ -202,17 +213,29 @@ class Writers:
 
     async def _commit(self, group: list[Item]) -> None:
         created: dict[tuple[int, str], int] = {}
-
-        async def work(conn: Connection) -> list[Result]:
-            created.clear()
-            return await self._write_group(conn, group, created)
-
-        results = await self.db.transact(work)
+        live = [it for it in group if not it.cancelled]
+        for it in group:
+            if it.cancelled:
+                it.future.cancel()
+        if not live:
+            return
+        results = await self.db.transact(functools.partial(self._write_group_in, live, created))
+        if self.on_commit is not None:
+            written = zip(live, results, strict=True)
+            self.on_commit(
+                sum(it.points for it, r in written if r.error is None and not r.duplicate)
+            )
         for pair, sid in created.items():
             self.series_ids.put(pair, sid)
-        for item, result in zip(group, results, strict=True):
+        for item, result in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
+
+    async def _write_group_in(
+        self, group: list[Item], created: dict[tuple[int, str], int], conn: Connection
+    ) -> list[Result]:
+        created.clear()
+        return await self._write_group(conn, group, created)
 
     async def _write_group(
         self, conn: Connection, group: list[Item], created: dict[tuple[int, str], int]

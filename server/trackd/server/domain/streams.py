@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from trackd.server.clock import now_ms
 from trackd.server.domain import ingest, validation
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import InvalidArgument, NotFound, TrackdError
+from trackd.server.errors import DeadlineExceeded, InvalidArgument, NotFound, TrackdError
 from trackd.server.store import metrics as store
 from trackd.v1 import run_service_pb2 as pb
 
@@ -36,14 +36,29 @@ class _Pending:
 class MetricStreams:
     """Serves StreamMetrics calls over the writers."""
 
-    def __init__(self, writers: ingest.Writers, window: int = WINDOW_CHUNKS) -> None:
+    def __init__(
+        self, writers: ingest.Writers, window: int = WINDOW_CHUNKS, idle_timeout: float = 300.0
+    ) -> None:
         self.writers = writers
         self.window = window
+        self.idle_timeout = idle_timeout
+        self.open = 0
 
     async def serve(
         self, requests: AsyncIterator[pb.StreamMetricsRequest]
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
-        """Acknowledgements for the chunks of one call."""
+        """Acknowledgements for the chunks of one call; the call ends with
+        DEADLINE_EXCEEDED when the client stays silent for idle_timeout seconds."""
+        self.open += 1
+        try:
+            async for ack in self._serve(_with_idle_timeout(requests, self.idle_timeout)):
+                yield ack
+        finally:
+            self.open -= 1
+
+    async def _serve(
+        self, requests: AsyncIterator[pb.StreamMetricsRequest]
+    ) -> AsyncIterator[pb.StreamMetricsResponse]:
         first = await anext(requests, None)
         if first is None:
             return
@@ -174,6 +189,22 @@ class MetricStreams:
                 )
             )
         return ingest.Item(series, total, stream=(stream_id, req.sequence))
+
+
+async def _with_idle_timeout(
+    requests: AsyncIterator[pb.StreamMetricsRequest], idle: float
+) -> AsyncIterator[pb.StreamMetricsRequest]:
+    """The requests, failing with DeadlineExceeded after `idle` seconds of silence."""
+    while True:
+        try:
+            req = await asyncio.wait_for(anext(requests), idle)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise DeadlineExceeded(
+                f"the stream sent nothing for {idle:g} s; reconnect to go on"
+            ) from exc
+        yield req
 
 
 def _valid_run_id(value: str) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from google.protobuf import any_pb2, message_factory
+from google.protobuf import any_pb2, duration_pb2, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
@@ -25,9 +25,11 @@ from grpc_status import rpc_status
 from trackd.server.errors import (
     DeadlineExceeded,
     InvalidArgument,
+    ResourceExhausted,
     TrackdError,
     Unavailable,
 )
+from trackd.server.service.guard import Call, Guard
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,12 @@ def to_status(err: TrackdError) -> grpc.Status:
             )
         )
         details.append(bad)
+    if isinstance(err, ResourceExhausted) and err.retry_after is not None:
+        retry = any_pb2.Any()
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(err.retry_after * 1e9))
+        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(retry)
     status = status_pb2.Status(code=err.code.value[0], message=err.message, details=details)
     return rpc_status.to_status(status)
 
@@ -94,17 +102,6 @@ def classify(exc: BaseException) -> TrackdError | None:
     return None
 
 
-async def abort(context: Context, exc: BaseException) -> None:
-    """Aborts the call with the status for `exc`; an unexpected one is INTERNAL, logged with
-    its traceback and an incident id, which alone reaches the caller."""
-    err = classify(exc)
-    if err is None:
-        incident = uuid.uuid4().hex[:12]
-        log.error("internal error, incident %s", incident, exc_info=exc)
-        err = TrackdError(f"internal error (incident {incident})", {"incident": incident})
-    await context.abort_with_status(to_status(err))  # type: ignore[attr-defined]
-
-
 def _safe_deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
@@ -115,69 +112,105 @@ def _safe_deserializer(cls: type[Message]) -> Callable[[bytes], Any]:
     return deserialize
 
 
-async def _reject_undecodable(request: Any, context: Context) -> None:
+def _undecodable(request: Any) -> InvalidArgument | None:
     if isinstance(request, _Undecodable):
-        await abort(
-            context,
-            InvalidArgument(
-                f"{request.type_name} could not be parsed (a string field must be valid "
-                f"UTF-8): {request.error}"
-            ),
+        return InvalidArgument(
+            f"{request.type_name} could not be parsed (a string field must be valid "
+            f"UTF-8): {request.error}"
         )
+    return None
 
 
-def _wrap_unary(fn: Callable[[Any, Context], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+async def _fail(call: Call, context: Context, exc: Exception) -> None:
+    """Records the status of a failed call and aborts it with that status."""
+    err = classify(exc)
+    if err is None:
+        incident = uuid.uuid4().hex[:12]
+        log.error("internal error, incident %s", incident, exc_info=exc)
+        err = TrackdError(f"internal error (incident {incident})", {"incident": incident})
+    call.code = err.code
+    await context.abort_with_status(to_status(err))  # type: ignore[attr-defined]
+
+
+def _wrap_unary(
+    name: str, fn: Callable[[Any, Context], Awaitable[Any]], guard: Guard
+) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        await _reject_undecodable(request, context)
+        call = guard.start(name, context)
         try:
+            await guard.admit(call, context)
+            bad = _undecodable(request)
+            if bad is not None:
+                raise bad
             return await fn(request, context)
         except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:  # noqa: BLE001 - every failure leaves through abort()
-            await abort(context, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure leaves through _fail()
+            await _fail(call, context, exc)
+        finally:
+            guard.finish(call)
 
     return handler
 
 
 def _wrap_stream_out(
-    fn: Callable[[Any, Context], AsyncIterator[Any]],
+    name: str, fn: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        await _reject_undecodable(request, context)
+        call = guard.start(name, context)
         try:
+            await guard.admit(call, context)
+            bad = _undecodable(request)
+            if bad is not None:
+                raise bad
             async for item in fn(request, context):
                 yield item
         except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:  # noqa: BLE001
-            await abort(context, exc)
+            await _fail(call, context, exc)
+        finally:
+            guard.finish(call)
 
     return handler
 
 
 def _wrap_stream_in(
+    name: str,
     fn: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
+    guard: Guard,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
-                await _reject_undecodable(request, context)
+                bad = _undecodable(request)
+                if bad is not None:
+                    raise bad
                 yield request
 
+        call = guard.start(name, context)
         try:
+            await guard.admit(call, context)
             async for item in fn(checked(), context):
                 yield item
         except asyncio.CancelledError:
+            call.code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:  # noqa: BLE001
-            await abort(context, exc)
+            await _fail(call, context, exc)
+        finally:
+            guard.finish(call)
 
     return handler
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+def add_service(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, guard: Guard
+) -> None:
     """Registers every method of `service` on `server`, implemented by the method of the
-    same name on `servicer`."""
+    same name on `servicer`, each call going through `guard`."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
@@ -189,16 +222,18 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
         }
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_in(impl), **kwargs
+                _wrap_stream_in(method.name, impl, guard), **kwargs
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(impl), **kwargs
+                _wrap_stream_out(method.name, impl, guard), **kwargs
             )
         elif method.client_streaming:
             raise NotImplementedError(f"client-streaming method {method.full_name}")
         else:
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(_wrap_unary(impl), **kwargs)
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method.name, impl, guard), **kwargs
+            )
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
