@@ -30,9 +30,11 @@ from trackd.server.errors import FailedPrecondition, NotFound, TrackdError, Unav
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
 from trackd.server.store import runs as run_store
-from trackd.server.store.pool import Connection, Database
+from trackd.server.store.pool import CONNECTION_ERRORS, Connection, Database
 
 log = logging.getLogger(__name__)
+
+CONNECTION_RETRIES = 3
 
 
 @dataclass
@@ -219,7 +221,19 @@ class Writers:
                 it.future.cancel()
         if not live:
             return
-        results = await self.db.transact(functools.partial(self._write_group_in, live, created))
+        work = functools.partial(self._write_group_in, live, created)
+        for attempt in range(CONNECTION_RETRIES):
+            try:
+                results = await self.db.transact(work)
+                break
+            except CONNECTION_ERRORS:
+                # A group write is idempotent (stream marks, and points that skip exact
+                # duplicates and fold only what they insert), so it may run again even if
+                # the lost connection had committed it.
+                if attempt == CONNECTION_RETRIES - 1:
+                    raise
+                log.warning("writer lost its connection; retrying the group")
+                await asyncio.sleep(0.05 * 2**attempt)
         if self.on_commit is not None:
             written = zip(live, results, strict=True)
             self.on_commit(

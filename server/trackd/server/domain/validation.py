@@ -10,6 +10,7 @@ from trackd.server.errors import FieldViolation, InvalidArgument
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]+")
 _RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
+_MODEL_ID_RE = re.compile(r"m-[0-9a-f]{32}")
 _EXPERIMENT_ID_RE = re.compile(r"(0|[1-9][0-9]{0,18})")
 
 
@@ -83,6 +84,20 @@ def run_id(value: str, field: str = "run_id") -> str:
     if not _RUN_ID_RE.fullmatch(value):
         raise InvalidArgument.for_field(
             field, f"{_shorten(value)!r} is not a run id (32 lowercase hex digits)"
+        )
+    return value
+
+
+def is_model_id(value: str) -> bool:
+    """Whether `value` is a well-formed logged model id ("m-" and 32 lowercase hex digits)."""
+    return _MODEL_ID_RE.fullmatch(value) is not None
+
+
+def model_id(value: str, field: str = "model_id") -> str:
+    """Returns a well-formed logged model id or raises InvalidArgument."""
+    if not is_model_id(value):
+        raise InvalidArgument.for_field(
+            field, f"{_shorten(value)!r} is not a model id ('m-' and 32 lowercase hex digits)"
         )
     return value
 

@@ -30,22 +30,11 @@ from trackd.server.errors import (
     Unavailable,
 )
 from trackd.server.service.guard import Call, Guard
+from trackd.server.store.pool import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "trackd.v1"
-
-# Failures that mean "the database cannot serve right now": the caller may retry.
-_UNAVAILABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.OperatorInterventionError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    ConnectionError,
-    OSError,
-    asyncio.TimeoutError,
-)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -97,7 +86,7 @@ def classify(exc: BaseException) -> TrackdError | None:
         return DeadlineExceeded("the database cancelled the statement (timeout)")
     if isinstance(exc, asyncpg.exceptions.CharacterNotInRepertoireError | asyncpg.DataError):
         return InvalidArgument(f"the database rejected a value: {exc}")
-    if isinstance(exc, _UNAVAILABLE):
+    if isinstance(exc, (*CONNECTION_ERRORS, TimeoutError)):
         return Unavailable(f"the database is unavailable: {type(exc).__name__}; retry the call")
     return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -19,6 +19,22 @@ T = TypeVar("T")
 # Conflicts PostgreSQL resolves by failing one transaction; rerunning it is correct.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
+# Dead connections a unit of work may meet before it gives up (after a database restart,
+# every idle pooled connection is dead).
+STALE_RETRIES = 4
+
+# Failures that leave a connection unusable (server restarted, backend terminated, socket
+# reset, protocol state lost). The connection is terminated so that the pool replaces it;
+# the caller sees them as UNAVAILABLE.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.CannotConnectNowError,
+    ConnectionError,
+    OSError,
+)
 
 # What a unit of work receives: a pooled connection (or a plain one, in `trackd migrate`).
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -54,22 +70,42 @@ class Database:
         """Closes every connection of the pool, waiting for those in use."""
         await self.pool.close()
 
+    async def _unit(
+        self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool, **transaction: Any
+    ) -> T:
+        """Runs `work` in a transaction on a pooled connection. A connection found dead is
+        discarded and the unit rerun on another one, as long as nothing of `work` can have
+        run (or `work` is idempotent); after that, its error is raised."""
+        for attempt in range(STALE_RETRIES):
+            conn = await self.pool.acquire()
+            started = False
+            try:
+                async with conn.transaction(**transaction):
+                    started = True
+                    return await work(conn)
+            except CONNECTION_ERRORS:
+                conn.terminate()  # released below; the pool opens a fresh one when needed
+                if (started and not idempotent) or attempt == STALE_RETRIES - 1:
+                    raise
+                log.info("discarded a dead pooled connection; retrying on another")
+            finally:
+                await self.pool.release(conn)
+        raise AssertionError("unreachable")
+
     async def transact(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Runs `work` in one transaction and commits; a deadlock or serialization failure
-        reruns it (a few times, with a short backoff) and then becomes ABORTED."""
+        reruns it (a few times, with a short backoff) and then becomes ABORTED. A connection
+        lost while `work` ran is discarded and its error raised (UNAVAILABLE for the
+        caller), since the commit may or may not have happened."""
         for attempt in range(RETRIES):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    return await work(conn)
+                return await self._unit(work, idempotent=False)
             except RETRYABLE as exc:
                 log.warning("transaction conflict (attempt %s): %s", attempt + 1, exc)
                 await asyncio.sleep(0.005 * 2**attempt)
         raise Aborted(f"the transaction conflicted with others {RETRIES} times; retry the call")
 
     async def read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
-        """Runs read-only `work` on a pooled connection, in one repeatable-read snapshot."""
-        async with (
-            self.pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            return await work(conn)
+        """Runs read-only `work` on a pooled connection, in one repeatable-read snapshot;
+        reruns it on another connection if its connection was dead."""
+        return await self._unit(work, idempotent=True, isolation="repeatable_read", readonly=True)
