@@ -44,6 +44,7 @@ class Running:
     db: Database
     health: health_aio.HealthServicer
     writers: Writers
+    streams: MetricStreams
     metrics: Metrics
     metrics_port: int | None = None
 
@@ -53,6 +54,7 @@ class Running:
         for svc in SERVICES:
             await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.streams.drain()
         await self.server.stop(grace)
         await self.writers.stop()
         await self.db.close()
@@ -129,7 +131,7 @@ async def start(config: Config, database_url: str) -> Running:
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, db, health_servicer, writers, metrics, metrics_port)
+    return Running(server, port, db, health_servicer, writers, streams, metrics, metrics_port)
 
 
 async def serve(config: Config, database_url: str) -> None:

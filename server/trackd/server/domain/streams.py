@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from trackd.server.clock import now_ms
 from trackd.server.domain import ingest, validation
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import DeadlineExceeded, InvalidArgument, NotFound, TrackdError
+from trackd.server.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    TrackdError,
+    Unavailable,
+)
 from trackd.server.store import metrics as store
 from trackd.v1 import run_service_pb2 as pb
 
@@ -43,6 +49,12 @@ class MetricStreams:
         self.window = window
         self.idle_timeout = idle_timeout
         self.open = 0
+        self.draining = asyncio.Event()
+
+    def drain(self) -> None:
+        """Stops taking chunks: every open stream acknowledges what it has taken, once
+        committed, and then ends with UNAVAILABLE so that its client reconnects."""
+        self.draining.set()
 
     async def serve(
         self, requests: AsyncIterator[pb.StreamMetricsRequest]
@@ -51,7 +63,7 @@ class MetricStreams:
         DEADLINE_EXCEEDED when the client stays silent for idle_timeout seconds."""
         self.open += 1
         try:
-            async for ack in self._serve(_with_idle_timeout(requests, self.idle_timeout)):
+            async for ack in self._serve(_requests(requests, self.idle_timeout, self.draining)):
                 yield ack
         finally:
             self.open -= 1
@@ -191,20 +203,32 @@ class MetricStreams:
         return ingest.Item(series, total, stream=(stream_id, req.sequence))
 
 
-async def _with_idle_timeout(
-    requests: AsyncIterator[pb.StreamMetricsRequest], idle: float
+async def _requests(
+    requests: AsyncIterator[pb.StreamMetricsRequest], idle: float, draining: asyncio.Event
 ) -> AsyncIterator[pb.StreamMetricsRequest]:
-    """The requests, failing with DeadlineExceeded after `idle` seconds of silence."""
-    while True:
-        try:
-            req = await asyncio.wait_for(anext(requests), idle)
-        except StopAsyncIteration:
-            return
-        except TimeoutError as exc:
-            raise DeadlineExceeded(
-                f"the stream sent nothing for {idle:g} s; reconnect to go on"
-            ) from exc
-        yield req
+    """The requests, until the client closes its side; fails with DeadlineExceeded after
+    `idle` seconds of silence, and with Unavailable once the server starts draining (the
+    chunks already taken are still committed and acknowledged first)."""
+    drain = asyncio.ensure_future(draining.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(anext(requests))
+            done, _ = await asyncio.wait(
+                {nxt, drain}, timeout=idle, return_when=asyncio.FIRST_COMPLETED
+            )
+            if nxt in done:
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:
+                    return
+                continue
+            nxt.cancel()
+            await asyncio.gather(nxt, return_exceptions=True)
+            if draining.is_set():
+                raise Unavailable("the server is shutting down; reconnect to go on")
+            raise DeadlineExceeded(f"the stream sent nothing for {idle:g} s; reconnect to go on")
+    finally:
+        drain.cancel()
 
 
 def _valid_run_id(value: str) -> bool:
