@@ -396,3 +396,21 @@ async def test_log_metric_and_batch_share_the_writers_and_reject_deleted_runs(
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await runs.LogMetric(rpb.LogMetricRequest(run_id=rid, key="c", value=1, step=1000))
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_rejected_chunks_count_in_the_committed_sequence(runs) -> None:
+    rid = (await new_run(runs)).info.run_id
+    sid = uuid.uuid4().hex
+    await stream_all(
+        runs,
+        [
+            chunk(sid, 0),
+            chunk(sid, 1, cols("f" * 32, "k", [1])),
+            chunk(sid, 2, cols(rid, "k*", [2])),
+        ],
+    )
+    # The handshake after a reconnect reports the rejected chunks as handled...
+    acks = await stream_all(runs, [chunk(sid, 0), chunk(sid, 3, cols(rid, "k", [3]))])
+    assert acks[0].acked_sequence == 2
+    assert acks[-1].acked_sequence == 3 and not acks[-1].rejections
+    assert [p[0] for p in await history(runs, rid, "k")] == [3]

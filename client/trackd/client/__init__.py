@@ -7,7 +7,11 @@ generated trackd.v1 stubs, with a run context manager.
         with client.start_run(experiment_id="0", run_name="baseline") as run:
             run.log_param("lr", "0.001")
             for step in range(1000):
-                run.log_metric("loss", 1 / (step + 1), step=step)
+                run.log_metric("loss", 1 / (step + 1), step=step)  # buffered, streamed
+
+`run.log_metric` does not wait for the server: points go to a bounded buffer and stream
+over StreamMetrics in the background, exactly once across reconnects; the `with` exit (or
+`run.flush()`) waits until the server has acknowledged them. See trackd.client.logger.
 """
 
 from trackd.client.aio import AsyncActiveRun, AsyncClient
@@ -18,6 +22,14 @@ from trackd.client.errors import (
     NotFoundError,
     TrackdError,
 )
+from trackd.client.logger import (
+    AsyncMetricLogger,
+    BufferFullError,
+    LoggerClosedError,
+    MetricLogger,
+    RejectedPointsError,
+    Rejection,
+)
 from trackd.client.sync import ActiveRun, Client
 from trackd.v1.common_pb2 import ViewType
 from trackd.v1.run_pb2 import RunStatus
@@ -27,10 +39,16 @@ __all__ = [
     "AlreadyExistsError",
     "AsyncActiveRun",
     "AsyncClient",
+    "AsyncMetricLogger",
+    "BufferFullError",
     "Client",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "LoggerClosedError",
+    "MetricLogger",
     "NotFoundError",
+    "RejectedPointsError",
+    "Rejection",
     "RunStatus",
     "TrackdError",
     "ViewType",

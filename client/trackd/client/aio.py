@@ -10,7 +10,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import grpc
 
-from trackd.client.errors import from_rpc_error
+from trackd.client.errors import TrackdError, from_rpc_error
+from trackd.client.logger import (
+    DEFAULT_CAPACITY,
+    DEFAULT_CHUNK_POINTS,
+    DEFAULT_MAX_INFLIGHT,
+    AsyncMetricLogger,
+    OnFull,
+)
 from trackd.v1 import (
     common_pb2,
     experiment_pb2,
@@ -71,16 +78,75 @@ class AsyncClient:
     ) -> None:
         self._owns_channel = channel is None
         self.channel = channel or grpc.aio.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                # Reconnect soon after a server restart (gRPC's default backoff grows to 120s).
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 2000),
+            ],
         )
         self.timeout = timeout
         self.experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
+        self._loggers: set[AsyncMetricLogger] = set()
+
+    def logger(
+        self,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        on_full: OnFull = "block",
+        chunk_points: int = DEFAULT_CHUNK_POINTS,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        **options: Any,
+    ) -> AsyncMetricLogger:
+        """A buffered logger streaming points of any runs over StreamMetrics; closed by
+        `close()` unless closed before. Call it with the event loop running.
+
+        Args:
+            capacity: most points held unacknowledged (buffered or in flight).
+            on_full: "block" (await room) or "raise" (BufferFullError) when full.
+            chunk_points: most points per chunk.
+            max_inflight: most chunks sent and not yet acknowledged.
+            **options: further AsyncMetricLogger options (ack_timeout, stream_id,
+                backoff_initial, backoff_max, chunk_bytes).
+
+        Returns:
+            The logger, already running.
+
+        Raises:
+            ValueError: an option is out of range.
+        """
+        lg = AsyncMetricLogger(
+            self.runs,
+            capacity=capacity,
+            on_full=on_full,
+            chunk_points=chunk_points,
+            max_inflight=max_inflight,
+            **options,
+        )
+        self._loggers.add(lg)
+        lg._on_close.append(self._loggers.discard)
+        return lg
 
     async def close(self) -> None:
-        """Closes the channel (if this client opened it)."""
+        """Closes the loggers this client made (flushing them), then the channel (if this
+        client opened it).
+
+        Raises:
+            TrackdError: a logger could not deliver every point (the channel is closed
+                anyway); the first such error.
+        """
+        first: TrackdError | None = None
+        for lg in list(self._loggers):
+            try:
+                await lg.close()
+            except TrackdError as exc:
+                first = first or exc
         if self._owns_channel:
             await self.channel.close(None)
+        if first is not None:
+            raise first
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -312,6 +378,49 @@ class AsyncClient:
         """Every point of a series in (step, timestamp, value) order (all pages)."""
         return [m async for m in self.iter_metric_history(run_id, key, page_size)]
 
+    async def iter_metric_columns(
+        self, run_id: str, key: str, chunk_size: int = 0
+    ) -> AsyncIterator[tuple[list[int], list[int], list[float]]]:
+        """A whole series in (step, timestamp, value) order, as column-wise chunks of one
+        StreamMetricHistory call (no deadline: a series may hold millions of points).
+
+        Args:
+            run_id: the run.
+            key: the series' key.
+            chunk_size: points per chunk; 0 means the server's default.
+
+        Yields:
+            (steps, timestamps, values) of each chunk.
+
+        Raises:
+            TrackdError: the call failed (NOT_FOUND for an unknown run...).
+        """
+        req = run_service_pb2.StreamMetricHistoryRequest(
+            run_id=run_id, metric_key=key, chunk_size=chunk_size
+        )
+        try:
+            async for resp in self.runs.StreamMetricHistory(req):
+                yield list(resp.steps), list(resp.timestamps), list(resp.values)
+        except grpc.aio.AioRpcError as err:
+            raise from_rpc_error(err) from None
+
+    async def get_metric_columns(
+        self, run_id: str, key: str
+    ) -> tuple[list[int], list[int], list[float]]:
+        """A whole series in (step, timestamp, value) order as (steps, timestamps, values).
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        steps: list[int] = []
+        stamps: list[int] = []
+        values: list[float] = []
+        async for s, t, v in self.iter_metric_columns(run_id, key):
+            steps += s
+            stamps += t
+            values += v
+        return steps, stamps, values
+
     def start_run(
         self,
         experiment_id: str = "0",
@@ -320,9 +429,27 @@ class AsyncClient:
         tags: Mapping[str, str] | None = None,
         user_id: str = "",
         parent_run_id: str = "",
+        buffer_points: int = DEFAULT_CAPACITY,
+        on_full: OnFull = "block",
+        logger: AsyncMetricLogger | None = None,
+        flush_timeout: float | None = None,
     ) -> AsyncActiveRun:
-        """A run for `async with`: created on entry, ended FINISHED on a clean exit and
-        FAILED when the block raises (KILLED on cancellation)."""
+        """A run for `async with`: created on entry; its metrics stream through a buffered
+        logger; on exit the logger is flushed, then the run is ended FINISHED on a clean
+        exit and FAILED when the block raises (KILLED on cancellation).
+
+        Args:
+            experiment_id, run_name, tags, user_id, parent_run_id: as create_run().
+            buffer_points: capacity of the run's own logger, in points.
+            on_full: "block" or "raise" when the run's logger is full.
+            logger: a logger (from `logger()`) to share instead of the run's own; the run
+                flushes it on exit but does not close it.
+            flush_timeout: most seconds the exit waits for acknowledgements; None waits
+                as long as it takes.
+
+        Returns:
+            The run context manager.
+        """
         return AsyncActiveRun(
             self,
             {
@@ -332,16 +459,40 @@ class AsyncClient:
                 "user_id": user_id,
                 "parent_run_id": parent_run_id,
             },
+            logger_options={"capacity": buffer_points, "on_full": on_full},
+            logger=logger,
+            flush_timeout=flush_timeout,
         )
 
 
 class AsyncActiveRun:
-    """A run being logged to; the methods log to it without repeating its id."""
+    """A run being logged to; the methods log to it without repeating its id. Metrics go
+    through a buffered logger (`self.logger`): log_metric returns at once unless the buffer
+    is full, and the exit flushes before ending the run."""
 
-    def __init__(self, client: AsyncClient, create_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: AsyncClient,
+        create_args: dict[str, Any],
+        *,
+        logger_options: dict[str, Any] | None = None,
+        logger: AsyncMetricLogger | None = None,
+        flush_timeout: float | None = None,
+    ) -> None:
         self.client = client
         self._create_args = create_args
+        self._logger_options = logger_options or {}
+        self._owns_logger = logger is None
+        self._logger = logger
+        self.flush_timeout = flush_timeout
         self.run: run_pb2.Run | None = None
+
+    @property
+    def logger(self) -> AsyncMetricLogger:
+        """The logger the run's metrics go through (once started)."""
+        if self._logger is None:
+            raise RuntimeError("the run has not started; use `async with`")
+        return self._logger
 
     @property
     def run_id(self) -> str:
@@ -352,6 +503,8 @@ class AsyncActiveRun:
 
     async def __aenter__(self) -> AsyncActiveRun:
         self.run = await self.client.create_run(**self._create_args)
+        if self._logger is None:
+            self._logger = self.client.logger(**self._logger_options)
         return self
 
     async def __aexit__(
@@ -360,19 +513,68 @@ class AsyncActiveRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        """Flushes the run's metrics, then ends the run: FINISHED, or FAILED when the block
+        raised or the flush failed (KILLED on cancellation). A flush failure is raised
+        after a clean block and noted on the block's exception otherwise."""
+        flush_error: Exception | None = None
+        if self.run is not None and self._logger is not None:
+            try:
+                if self._owns_logger:
+                    await self._logger.close(self.flush_timeout)
+                else:
+                    await self._logger.flush(self.flush_timeout)
+            except (TrackdError, TimeoutError) as err:
+                flush_error = err
         status = end_status(exc_type)
-        await self.client.end_run(self.run_id, status)
+        if exc_type is None and flush_error is not None:
+            status = run_pb2.RUN_STATUS_FAILED
+        try:
+            await self.client.end_run(self.run_id, status)
+        except TrackdError as end_error:
+            if flush_error is None:
+                raise
+            flush_error.add_note(f"trackd: ending the run failed too: {end_error}")
+        if flush_error is not None:
+            if exc is None:
+                raise flush_error
+            exc.add_note(f"trackd: flushing the run's metrics failed: {flush_error}")
 
     async def log_metric(
         self, key: str, value: float, step: int = 0, timestamp: int | None = None
     ) -> None:
-        """Appends one point to the run."""
-        await self.client.log_metric(self.run_id, key, value, step, timestamp)
+        """Buffers one point of the run; returns at once unless the buffer is full.
 
-    async def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Appends one point per key, all at `step`, in one batch."""
-        ts = now_ms()
-        await self.client.log_batch(self.run_id, [(k, v, step, ts) for k, v in metrics.items()])
+        Args:
+            key: the series' key.
+            value: the value.
+            step: training step.
+            timestamp: milliseconds since the Unix epoch; now if None.
+
+        Raises:
+            BufferFullError: the buffer is full and on_full is "raise".
+            TrackdError: the run's stream failed for good.
+        """
+        await self.logger.log(self.run_id, key, value, step, timestamp)
+
+    async def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None
+    ) -> None:
+        """Buffers one point per key, all at `step` and one timestamp (now if None).
+
+        Raises:
+            The same as log_metric().
+        """
+        await self.logger.log_many(self.run_id, metrics, step, timestamp)
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """Waits until the server has acknowledged every metric logged so far.
+
+        Raises:
+            RejectedPointsError: some points were rejected (unknown run, bad key...).
+            TimeoutError: not everything was acknowledged within `timeout` seconds.
+            TrackdError: the stream failed for good.
+        """
+        await self.logger.flush(timeout)
 
     async def log_param(self, key: str, value: object) -> None:
         """Logs one param of the run."""

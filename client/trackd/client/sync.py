@@ -10,6 +10,15 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from trackd.client.aio import DEFAULT_TARGET, AsyncClient, MetricLike, end_status
+from trackd.client.errors import TrackdError
+from trackd.client.logger import (
+    DEFAULT_CAPACITY,
+    DEFAULT_CHUNK_POINTS,
+    DEFAULT_MAX_INFLIGHT,
+    AsyncMetricLogger,
+    MetricLogger,
+    OnFull,
+)
 from trackd.v1 import common_pb2, experiment_pb2, metric_pb2, run_pb2
 
 T = TypeVar("T")
@@ -35,13 +44,60 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def close(self) -> None:
-        """Closes the channel and stops the client's thread."""
+        """Closes the loggers this client made (flushing them), the channel, and stops the
+        client's thread.
+
+        Raises:
+            TrackdError: a logger could not deliver every point (everything is closed
+                anyway).
+        """
         if self._loop.is_closed():
             return
-        self._call(self.aio.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        try:
+            self._call(self.aio.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def logger(
+        self,
+        *,
+        capacity: int = DEFAULT_CAPACITY,
+        on_full: OnFull = "block",
+        chunk_points: int = DEFAULT_CHUNK_POINTS,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        **options: Any,
+    ) -> MetricLogger:
+        """A buffered logger streaming points of any runs over StreamMetrics from the
+        client's thread; closed by `close()` unless closed before.
+
+        Args:
+            capacity: most points held unacknowledged (buffered or in flight).
+            on_full: "block" (the logging thread waits for room) or "raise"
+                (BufferFullError) when full.
+            chunk_points: most points per chunk.
+            max_inflight: most chunks sent and not yet acknowledged.
+            **options: further AsyncMetricLogger options (ack_timeout, stream_id,
+                backoff_initial, backoff_max, chunk_bytes).
+
+        Returns:
+            The logger, already running.
+
+        Raises:
+            ValueError: an option is out of range.
+        """
+
+        async def make() -> AsyncMetricLogger:
+            return self.aio.logger(
+                capacity=capacity,
+                on_full=on_full,
+                chunk_points=chunk_points,
+                max_inflight=max_inflight,
+                **options,
+            )
+
+        return MetricLogger(self._call(make()), self._loop)
 
     def __enter__(self) -> Client:
         return self
@@ -149,6 +205,15 @@ class Client:
         """Every point of a series in (step, timestamp, value) order (all pages)."""
         return self._call(self.aio.get_metric_history(run_id, key, page_size))
 
+    def get_metric_columns(self, run_id: str, key: str) -> tuple[list[int], list[int], list[float]]:
+        """A whole series in (step, timestamp, value) order as (steps, timestamps, values),
+        over one StreamMetricHistory call.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        return self._call(self.aio.get_metric_columns(run_id, key))
+
     def start_run(
         self,
         experiment_id: str = "0",
@@ -157,9 +222,27 @@ class Client:
         tags: Mapping[str, str] | None = None,
         user_id: str = "",
         parent_run_id: str = "",
+        buffer_points: int = DEFAULT_CAPACITY,
+        on_full: OnFull = "block",
+        logger: MetricLogger | None = None,
+        flush_timeout: float | None = None,
     ) -> ActiveRun:
-        """A run for `with`: created on entry, ended FINISHED on a clean exit and FAILED
-        when the block raises (KILLED on Ctrl-C)."""
+        """A run for `with`: created on entry; its metrics stream through a buffered
+        logger; on exit the logger is flushed, then the run is ended FINISHED on a clean
+        exit and FAILED when the block raises (KILLED on Ctrl-C).
+
+        Args:
+            experiment_id, run_name, tags, user_id, parent_run_id: as create_run().
+            buffer_points: capacity of the run's own logger, in points.
+            on_full: "block" or "raise" when the run's logger is full.
+            logger: a logger (from `logger()`) to share instead of the run's own; the run
+                flushes it on exit but does not close it.
+            flush_timeout: most seconds the exit waits for acknowledgements; None waits
+                as long as it takes.
+
+        Returns:
+            The run context manager.
+        """
         return ActiveRun(
             self,
             {
@@ -169,16 +252,40 @@ class Client:
                 "user_id": user_id,
                 "parent_run_id": parent_run_id,
             },
+            logger_options={"capacity": buffer_points, "on_full": on_full},
+            logger=logger,
+            flush_timeout=flush_timeout,
         )
 
 
 class ActiveRun:
-    """A run being logged to from synchronous code."""
+    """A run being logged to from synchronous code. Metrics go through a buffered logger
+    (`self.logger`): log_metric returns at once unless the buffer is full, and the exit
+    flushes before ending the run."""
 
-    def __init__(self, client: Client, create_args: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        client: Client,
+        create_args: dict[str, Any],
+        *,
+        logger_options: dict[str, Any] | None = None,
+        logger: MetricLogger | None = None,
+        flush_timeout: float | None = None,
+    ) -> None:
         self.client = client
         self._create_args = create_args
+        self._logger_options = logger_options or {}
+        self._owns_logger = logger is None
+        self._logger = logger
+        self.flush_timeout = flush_timeout
         self.run: run_pb2.Run | None = None
+
+    @property
+    def logger(self) -> MetricLogger:
+        """The logger the run's metrics go through (once started)."""
+        if self._logger is None:
+            raise RuntimeError("the run has not started; use `with`")
+        return self._logger
 
     @property
     def run_id(self) -> str:
@@ -189,6 +296,8 @@ class ActiveRun:
 
     def __enter__(self) -> ActiveRun:
         self.run = self.client.create_run(**self._create_args)
+        if self._logger is None:
+            self._logger = self.client.logger(**self._logger_options)
         return self
 
     def __exit__(
@@ -197,17 +306,69 @@ class ActiveRun:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.client.end_run(self.run_id, end_status(exc_type))
+        """Flushes the run's metrics, then ends the run: FINISHED, or FAILED when the block
+        raised or the flush failed (KILLED on Ctrl-C). A flush failure is raised after a
+        clean block and noted on the block's exception otherwise."""
+        flush_error: Exception | None = None
+        if self.run is not None and self._logger is not None:
+            try:
+                if self._owns_logger:
+                    self._logger.close(self.flush_timeout)
+                else:
+                    self._logger.flush(self.flush_timeout)
+            except (TrackdError, TimeoutError) as err:
+                flush_error = err
+        status = end_status(exc_type)
+        if exc_type is None and flush_error is not None:
+            status = run_pb2.RUN_STATUS_FAILED
+        try:
+            self.client.end_run(self.run_id, status)
+        except TrackdError as end_error:
+            if flush_error is None:
+                raise
+            flush_error.add_note(f"trackd: ending the run failed too: {end_error}")
+        if flush_error is not None:
+            if exc is None:
+                raise flush_error
+            exc.add_note(f"trackd: flushing the run's metrics failed: {flush_error}")
 
     def log_metric(
         self, key: str, value: float, step: int = 0, timestamp: int | None = None
     ) -> None:
-        """Appends one point to the run."""
-        self.client.log_metric(self.run_id, key, value, step, timestamp)
+        """Buffers one point of the run; returns at once unless the buffer is full (then
+        it blocks, or raises with on_full="raise").
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """Appends one point per key, all at `step`, in one batch."""
-        self.client.log_batch(self.run_id, [(k, v, step) for k, v in metrics.items()])
+        Args:
+            key: the series' key.
+            value: the value.
+            step: training step.
+            timestamp: milliseconds since the Unix epoch; now if None.
+
+        Raises:
+            BufferFullError: the buffer is full and on_full is "raise".
+            TrackdError: the run's stream failed for good.
+        """
+        self.logger.log(self.run_id, key, value, step, timestamp)
+
+    def log_metrics(
+        self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None
+    ) -> None:
+        """Buffers one point per key, all at `step` and one timestamp (now if None).
+
+        Raises:
+            The same as log_metric().
+        """
+        self.logger.log_many(self.run_id, metrics, step, timestamp)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Blocks until the server has acknowledged every metric logged so far.
+
+        Raises:
+            RejectedPointsError: some points were rejected (unknown run, bad key...).
+            TimeoutError: not everything was acknowledged within `timeout` seconds.
+            TrackdError: the stream failed for good.
+        """
+        self.logger.flush(timeout)
 
     def log_param(self, key: str, value: object) -> None:
         """Logs one param of the run."""

@@ -104,11 +104,14 @@ class MetricStreams:
             state["next"] = seq + 1
             try:
                 item = await self._item(req, stream_id)
+                error = None
             except TrackdError as err:
-                await pending.put(_Pending(seq, None, err))
-                return
+                # A rejected chunk still takes its place in the stream: an empty item
+                # records its sequence, so that a reconnect resumes after it.
+                item = ingest.Item([], 0, stream=(stream_id, seq))
+                error = err
             future = await self.writers.enqueue(item, stream_id)
-            await pending.put(_Pending(seq, future))
+            await pending.put(_Pending(seq, future, error))
 
         async def read() -> None:
             try:
@@ -141,7 +144,7 @@ class MetricStreams:
                     error = q.error
                     if q.future is not None:
                         result = await q.future
-                        error = result.error
+                        error = error or result.error
                     if error is not None:
                         rejections.append(
                             pb.ChunkRejection(
