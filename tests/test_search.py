@@ -508,7 +508,8 @@ FILTER_CASES: list[tuple[str, S]] = [
     ("params.lr = '0.01' AnD tags.stage = 'prod'", {"alpha"}),
     ("tags.stage = 'dev' or tags.stage = 'staging'", {"beta", "delta"}),
     ("not tags.stage = 'dev' and tags.stage is not null", {"alpha", "gamma", "delta", "zeta"}),
-    # datasets: accepted; no run has datasets
+    # datasets: no run of this data set consumed one, so every comparison is false (runs
+    # with datasets are searched in test_datasets.py)
     ("datasets.name = 'x'", set()),
     ("dataset.digest IN ('x', 'y')", set()),
     ("datasets.context LIKE 'train%'", set()),

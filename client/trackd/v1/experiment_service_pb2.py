@@ -23,52 +23,57 @@ _sym_db = _symbol_database.Default()
 
 
 from trackd.v1 import common_pb2 as trackd_dot_v1_dot_common__pb2
+from trackd.v1 import dataset_pb2 as trackd_dot_v1_dot_dataset__pb2
 from trackd.v1 import experiment_pb2 as trackd_dot_v1_dot_experiment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"trackd/v1/experiment_service.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x1atrackd/v1/experiment.proto\"j\n\x17\x43reateExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x02 \x01(\t\x12&\n\x04tags\x18\x03 \x03(\x0b\x32\x18.trackd.v1.ExperimentTag\"1\n\x18\x43reateExperimentResponse\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"B\n\x15GetExperimentResponse\x12)\n\nexperiment\x18\x01 \x01(\x0b\x32\x15.trackd.v1.Experiment\"5\n\x1aGetExperimentByNameRequest\x12\x17\n\x0f\x65xperiment_name\x18\x01 \x01(\t\"H\n\x1bGetExperimentByNameResponse\x12)\n\nexperiment\x18\x01 \x01(\x0b\x32\x15.trackd.v1.Experiment\"\x8d\x01\n\x18SearchExperimentsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08order_by\x18\x02 \x03(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12&\n\tview_type\x18\x05 \x01(\x0e\x32\x13.trackd.v1.ViewType\"`\n\x19SearchExperimentsResponse\x12*\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x15.trackd.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x17UpdateExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t\"\x1a\n\x18UpdateExperimentResponse\"0\n\x17\x44\x65leteExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteExperimentResponse\"1\n\x18RestoreExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x1b\n\x19RestoreExperimentResponse\"L\n\x17SetExperimentTagRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x1a\n\x18SetExperimentTagResponse\"@\n\x1a\x44\x65leteExperimentTagRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x1d\n\x1b\x44\x65leteExperimentTagResponse2\xe7\x06\n\x11\x45xperimentService\x12[\n\x10\x43reateExperiment\x12\".trackd.v1.CreateExperimentRequest\x1a#.trackd.v1.CreateExperimentResponse\x12R\n\rGetExperiment\x12\x1f.trackd.v1.GetExperimentRequest\x1a .trackd.v1.GetExperimentResponse\x12\x64\n\x13GetExperimentByName\x12%.trackd.v1.GetExperimentByNameRequest\x1a&.trackd.v1.GetExperimentByNameResponse\x12^\n\x11SearchExperiments\x12#.trackd.v1.SearchExperimentsRequest\x1a$.trackd.v1.SearchExperimentsResponse\x12[\n\x10UpdateExperiment\x12\".trackd.v1.UpdateExperimentRequest\x1a#.trackd.v1.UpdateExperimentResponse\x12[\n\x10\x44\x65leteExperiment\x12\".trackd.v1.DeleteExperimentRequest\x1a#.trackd.v1.DeleteExperimentResponse\x12^\n\x11RestoreExperiment\x12#.trackd.v1.RestoreExperimentRequest\x1a$.trackd.v1.RestoreExperimentResponse\x12[\n\x10SetExperimentTag\x12\".trackd.v1.SetExperimentTagRequest\x1a#.trackd.v1.SetExperimentTagResponse\x12\x64\n\x13\x44\x65leteExperimentTag\x12%.trackd.v1.DeleteExperimentTagRequest\x1a&.trackd.v1.DeleteExperimentTagResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"trackd/v1/experiment_service.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x1atrackd/v1/experiment.proto\"j\n\x17\x43reateExperimentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x02 \x01(\t\x12&\n\x04tags\x18\x03 \x03(\x0b\x32\x18.trackd.v1.ExperimentTag\"1\n\x18\x43reateExperimentResponse\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"-\n\x14GetExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"B\n\x15GetExperimentResponse\x12)\n\nexperiment\x18\x01 \x01(\x0b\x32\x15.trackd.v1.Experiment\"5\n\x1aGetExperimentByNameRequest\x12\x17\n\x0f\x65xperiment_name\x18\x01 \x01(\t\"H\n\x1bGetExperimentByNameResponse\x12)\n\nexperiment\x18\x01 \x01(\x0b\x32\x15.trackd.v1.Experiment\"\x8d\x01\n\x18SearchExperimentsRequest\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x10\n\x08order_by\x18\x02 \x03(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12&\n\tview_type\x18\x05 \x01(\x0e\x32\x13.trackd.v1.ViewType\"`\n\x19SearchExperimentsResponse\x12*\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x15.trackd.v1.Experiment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"B\n\x17UpdateExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08new_name\x18\x02 \x01(\t\"\x1a\n\x18UpdateExperimentResponse\"0\n\x17\x44\x65leteExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteExperimentResponse\"1\n\x18RestoreExperimentRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"\x1b\n\x19RestoreExperimentResponse\"L\n\x17SetExperimentTagRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x1a\n\x18SetExperimentTagResponse\"@\n\x1a\x44\x65leteExperimentTagRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x1d\n\x1b\x44\x65leteExperimentTagResponse\"X\n\x15SearchDatasetsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x13\n\x0bmax_results\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x16SearchDatasetsResponse\x12\x34\n\x11\x64\x61taset_summaries\x18\x01 \x03(\x0b\x32\x19.trackd.v1.DatasetSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xbe\x07\n\x11\x45xperimentService\x12[\n\x10\x43reateExperiment\x12\".trackd.v1.CreateExperimentRequest\x1a#.trackd.v1.CreateExperimentResponse\x12R\n\rGetExperiment\x12\x1f.trackd.v1.GetExperimentRequest\x1a .trackd.v1.GetExperimentResponse\x12\x64\n\x13GetExperimentByName\x12%.trackd.v1.GetExperimentByNameRequest\x1a&.trackd.v1.GetExperimentByNameResponse\x12^\n\x11SearchExperiments\x12#.trackd.v1.SearchExperimentsRequest\x1a$.trackd.v1.SearchExperimentsResponse\x12[\n\x10UpdateExperiment\x12\".trackd.v1.UpdateExperimentRequest\x1a#.trackd.v1.UpdateExperimentResponse\x12[\n\x10\x44\x65leteExperiment\x12\".trackd.v1.DeleteExperimentRequest\x1a#.trackd.v1.DeleteExperimentResponse\x12^\n\x11RestoreExperiment\x12#.trackd.v1.RestoreExperimentRequest\x1a$.trackd.v1.RestoreExperimentResponse\x12[\n\x10SetExperimentTag\x12\".trackd.v1.SetExperimentTagRequest\x1a#.trackd.v1.SetExperimentTagResponse\x12\x64\n\x13\x44\x65leteExperimentTag\x12%.trackd.v1.DeleteExperimentTagRequest\x1a&.trackd.v1.DeleteExperimentTagResponse\x12U\n\x0eSearchDatasets\x12 .trackd.v1.SearchDatasetsRequest\x1a!.trackd.v1.SearchDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.experiment_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=101
-  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=207
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=209
-  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=258
-  _globals['_GETEXPERIMENTREQUEST']._serialized_start=260
-  _globals['_GETEXPERIMENTREQUEST']._serialized_end=305
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=307
-  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=373
-  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_start=375
-  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_end=428
-  _globals['_GETEXPERIMENTBYNAMERESPONSE']._serialized_start=430
-  _globals['_GETEXPERIMENTBYNAMERESPONSE']._serialized_end=502
-  _globals['_SEARCHEXPERIMENTSREQUEST']._serialized_start=505
-  _globals['_SEARCHEXPERIMENTSREQUEST']._serialized_end=646
-  _globals['_SEARCHEXPERIMENTSRESPONSE']._serialized_start=648
-  _globals['_SEARCHEXPERIMENTSRESPONSE']._serialized_end=744
-  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_start=746
-  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_end=812
-  _globals['_UPDATEEXPERIMENTRESPONSE']._serialized_start=814
-  _globals['_UPDATEEXPERIMENTRESPONSE']._serialized_end=840
-  _globals['_DELETEEXPERIMENTREQUEST']._serialized_start=842
-  _globals['_DELETEEXPERIMENTREQUEST']._serialized_end=890
-  _globals['_DELETEEXPERIMENTRESPONSE']._serialized_start=892
-  _globals['_DELETEEXPERIMENTRESPONSE']._serialized_end=918
-  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_start=920
-  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_end=969
-  _globals['_RESTOREEXPERIMENTRESPONSE']._serialized_start=971
-  _globals['_RESTOREEXPERIMENTRESPONSE']._serialized_end=998
-  _globals['_SETEXPERIMENTTAGREQUEST']._serialized_start=1000
-  _globals['_SETEXPERIMENTTAGREQUEST']._serialized_end=1076
-  _globals['_SETEXPERIMENTTAGRESPONSE']._serialized_start=1078
-  _globals['_SETEXPERIMENTTAGRESPONSE']._serialized_end=1104
-  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_start=1106
-  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_end=1170
-  _globals['_DELETEEXPERIMENTTAGRESPONSE']._serialized_start=1172
-  _globals['_DELETEEXPERIMENTTAGRESPONSE']._serialized_end=1201
-  _globals['_EXPERIMENTSERVICE']._serialized_start=1204
-  _globals['_EXPERIMENTSERVICE']._serialized_end=2075
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_start=126
+  _globals['_CREATEEXPERIMENTREQUEST']._serialized_end=232
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_start=234
+  _globals['_CREATEEXPERIMENTRESPONSE']._serialized_end=283
+  _globals['_GETEXPERIMENTREQUEST']._serialized_start=285
+  _globals['_GETEXPERIMENTREQUEST']._serialized_end=330
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_start=332
+  _globals['_GETEXPERIMENTRESPONSE']._serialized_end=398
+  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_start=400
+  _globals['_GETEXPERIMENTBYNAMEREQUEST']._serialized_end=453
+  _globals['_GETEXPERIMENTBYNAMERESPONSE']._serialized_start=455
+  _globals['_GETEXPERIMENTBYNAMERESPONSE']._serialized_end=527
+  _globals['_SEARCHEXPERIMENTSREQUEST']._serialized_start=530
+  _globals['_SEARCHEXPERIMENTSREQUEST']._serialized_end=671
+  _globals['_SEARCHEXPERIMENTSRESPONSE']._serialized_start=673
+  _globals['_SEARCHEXPERIMENTSRESPONSE']._serialized_end=769
+  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_start=771
+  _globals['_UPDATEEXPERIMENTREQUEST']._serialized_end=837
+  _globals['_UPDATEEXPERIMENTRESPONSE']._serialized_start=839
+  _globals['_UPDATEEXPERIMENTRESPONSE']._serialized_end=865
+  _globals['_DELETEEXPERIMENTREQUEST']._serialized_start=867
+  _globals['_DELETEEXPERIMENTREQUEST']._serialized_end=915
+  _globals['_DELETEEXPERIMENTRESPONSE']._serialized_start=917
+  _globals['_DELETEEXPERIMENTRESPONSE']._serialized_end=943
+  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_start=945
+  _globals['_RESTOREEXPERIMENTREQUEST']._serialized_end=994
+  _globals['_RESTOREEXPERIMENTRESPONSE']._serialized_start=996
+  _globals['_RESTOREEXPERIMENTRESPONSE']._serialized_end=1023
+  _globals['_SETEXPERIMENTTAGREQUEST']._serialized_start=1025
+  _globals['_SETEXPERIMENTTAGREQUEST']._serialized_end=1101
+  _globals['_SETEXPERIMENTTAGRESPONSE']._serialized_start=1103
+  _globals['_SETEXPERIMENTTAGRESPONSE']._serialized_end=1129
+  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_start=1131
+  _globals['_DELETEEXPERIMENTTAGREQUEST']._serialized_end=1195
+  _globals['_DELETEEXPERIMENTTAGRESPONSE']._serialized_start=1197
+  _globals['_DELETEEXPERIMENTTAGRESPONSE']._serialized_end=1226
+  _globals['_SEARCHDATASETSREQUEST']._serialized_start=1228
+  _globals['_SEARCHDATASETSREQUEST']._serialized_end=1316
+  _globals['_SEARCHDATASETSRESPONSE']._serialized_start=1318
+  _globals['_SEARCHDATASETSRESPONSE']._serialized_end=1421
+  _globals['_EXPERIMENTSERVICE']._serialized_start=1424
+  _globals['_EXPERIMENTSERVICE']._serialized_end=2382
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from trackd.v1 import common_pb2 as _common_pb2
+from trackd.v1 import dataset_pb2 as _dataset_pb2
 from trackd.v1 import experiment_pb2 as _experiment_pb2
 import builtins as _builtins
 import sys
@@ -450,3 +451,67 @@ class DeleteExperimentTagResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteExperimentTagResponse: _TypeAlias = DeleteExperimentTagResponse  # noqa: Y015
+
+@_typing.final
+class SearchDatasetsRequest(_message.Message):
+    """SearchDatasetsRequest names the experiments whose datasets to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_IDS_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    max_results: _builtins.int
+    """Page size; 0 means the default of 1000; at most 50000."""
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page. A token is
+    only valid with the same experiment_ids.
+    """
+    @_builtins.property
+    def experiment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Experiments whose datasets to list; at least one, at most 100."""
+
+    def __init__(
+        self,
+        *,
+        experiment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_results: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_ids", b"experiment_ids", "max_results", b"max_results", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchDatasetsRequest: _TypeAlias = SearchDatasetsRequest  # noqa: Y015
+
+@_typing.final
+class SearchDatasetsResponse(_message.Message):
+    """SearchDatasetsResponse is one page of dataset summaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_SUMMARIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def dataset_summaries(self) -> _containers.RepeatedCompositeFieldContainer[_dataset_pb2.DatasetSummary]:
+        """One entry per (experiment, name, digest, context) used by an active run of the
+        experiments.
+        """
+
+    def __init__(
+        self,
+        *,
+        dataset_summaries: _abc.Iterable[_dataset_pb2.DatasetSummary] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_summaries", b"dataset_summaries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchDatasetsResponse: _TypeAlias = SearchDatasetsResponse  # noqa: Y015

@@ -84,6 +84,11 @@ class ExperimentServiceStub:
                 request_serializer=trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagResponse.FromString,
                 _registered_method=True)
+        self.SearchDatasets = channel.unary_unary(
+                '/trackd.v1.ExperimentService/SearchDatasets',
+                request_serializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.FromString,
+                _registered_method=True)
 
 
 class ExperimentServiceServicer:
@@ -160,6 +165,14 @@ class ExperimentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchDatasets(self, request, context):
+        """Lists the datasets that active runs of some experiments consumed, once per (experiment,
+        name, digest, context), ordered by experiment id, name, digest and context.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExperimentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -207,6 +220,11 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     servicer.DeleteExperimentTag,
                     request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagResponse.SerializeToString,
+            ),
+            'SearchDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchDatasets,
+                    request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -457,6 +475,33 @@ class ExperimentService:
             '/trackd.v1.ExperimentService/DeleteExperimentTag',
             trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagRequest.SerializeToString,
             trackd_dot_v1_dot_experiment__service__pb2.DeleteExperimentTagResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.ExperimentService/SearchDatasets',
+            trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.SerializeToString,
+            trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,10 @@ class ExperimentServiceStub:
     """Sets (creates or replaces) a tag of an experiment."""
     DeleteExperimentTag: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentTagRequest, _experiment_service_pb2.DeleteExperimentTagResponse]
     """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+    SearchDatasets: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchDatasetsRequest, _experiment_service_pb2.SearchDatasetsResponse]
+    """Lists the datasets that active runs of some experiments consumed, once per (experiment,
+    name, digest, context), ordered by experiment id, name, digest and context.
+    """
 
 @_typing.type_check_only
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
@@ -97,6 +101,10 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     """Sets (creates or replaces) a tag of an experiment."""
     DeleteExperimentTag: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentTagRequest, _experiment_service_pb2.DeleteExperimentTagResponse]  # type: ignore[assignment]
     """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+    SearchDatasets: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchDatasetsRequest, _experiment_service_pb2.SearchDatasetsResponse]  # type: ignore[assignment]
+    """Lists the datasets that active runs of some experiments consumed, once per (experiment,
+    name, digest, context), ordered by experiment id, name, digest and context.
+    """
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
@@ -183,5 +191,15 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.DeleteExperimentTagResponse, _abc.Awaitable[_experiment_service_pb2.DeleteExperimentTagResponse]]:
         """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+
+    @_abc_1.abstractmethod
+    def SearchDatasets(
+        self,
+        request: _experiment_service_pb2.SearchDatasetsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.SearchDatasetsResponse, _abc.Awaitable[_experiment_service_pb2.SearchDatasetsResponse]]:
+        """Lists the datasets that active runs of some experiments consumed, once per (experiment,
+        name, digest, context), ordered by experiment id, name, digest and context.
+        """
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

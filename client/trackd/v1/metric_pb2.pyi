@@ -26,6 +26,10 @@ class Metric(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    DATASET_DIGEST_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Key naming the series; 1 to 250 characters of letters, digits and `_ - . space / :`,
     with no `..` and no leading `/`.
@@ -38,6 +42,24 @@ class Metric(_message.Message):
     """
     step: _builtins.int
     """Training step of the measurement; any int64, 0 by default."""
+    model_id: _builtins.str
+    """Identifier of the logged model the point measures ("m-" followed by 32 lowercase hex
+    digits); empty for a metric of the run alone. In a write the model must be a live model
+    of the run's experiment; the point then also updates the model's latest metric for
+    (key, dataset). Run histories and run metrics do not keep this field.
+    """
+    dataset_name: _builtins.str
+    """Name of the dataset the point was measured on; 1 to 500 characters, or empty. Given
+    together with dataset_digest, and only with model_id.
+    """
+    dataset_digest: _builtins.str
+    """Digest of the dataset the point was measured on; 1 to 36 characters, or empty. Given
+    together with dataset_name, and only with model_id.
+    """
+    run_id: _builtins.str
+    """Identifier of the run that logged the point; set in LoggedModel metrics, ignored in
+    writes.
+    """
     def __init__(
         self,
         *,
@@ -45,10 +67,14 @@ class Metric(_message.Message):
         value: _builtins.float = ...,
         timestamp: _builtins.int = ...,
         step: _builtins.int = ...,
+        model_id: _builtins.str = ...,
+        dataset_name: _builtins.str = ...,
+        dataset_digest: _builtins.str = ...,
+        run_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "step", b"step", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_digest", b"dataset_digest", "dataset_name", b"dataset_name", "key", b"key", "model_id", b"model_id", "run_id", b"run_id", "step", b"step", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from trackd.v1 import common_pb2 as _common_pb2
+from trackd.v1 import dataset_pb2 as _dataset_pb2
 from trackd.v1 import metric_pb2 as _metric_pb2
 import builtins as _builtins
 import sys
@@ -65,6 +66,8 @@ class Run(_message.Message):
 
     INFO_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def info(self) -> Global___RunInfo:
         """Identity, status and times of the run."""
@@ -73,15 +76,25 @@ class Run(_message.Message):
     def data(self) -> Global___RunData:
         """Latest metrics, params and tags of the run."""
 
+    @_builtins.property
+    def inputs(self) -> _dataset_pb2.RunInputs:
+        """Datasets and logged models the run consumed."""
+
+    @_builtins.property
+    def outputs(self) -> _dataset_pb2.RunOutputs:
+        """Logged models the run produced."""
+
     def __init__(
         self,
         *,
         info: Global___RunInfo | None = ...,
         data: Global___RunData | None = ...,
+        inputs: _dataset_pb2.RunInputs | None = ...,
+        outputs: _dataset_pb2.RunOutputs | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from trackd.v1 import common_pb2 as _common_pb2
+from trackd.v1 import dataset_pb2 as _dataset_pb2
 from trackd.v1 import metric_pb2 as _metric_pb2
 from trackd.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
@@ -401,6 +402,9 @@ class LogMetricRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    DATASET_NAME_FIELD_NUMBER: _builtins.int
+    DATASET_DIGEST_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Identifier of the run."""
     key: _builtins.str
@@ -411,6 +415,12 @@ class LogMetricRequest(_message.Message):
     """Time of the measurement, in milliseconds since the Unix epoch; 0 means now."""
     step: _builtins.int
     """Training step; any int64."""
+    model_id: _builtins.str
+    """Identifier of the logged model the point measures; empty for none. See Metric.model_id."""
+    dataset_name: _builtins.str
+    """Name of the dataset the point was measured on; see Metric.dataset_name."""
+    dataset_digest: _builtins.str
+    """Digest of the dataset the point was measured on; see Metric.dataset_digest."""
     def __init__(
         self,
         *,
@@ -419,10 +429,13 @@ class LogMetricRequest(_message.Message):
         value: _builtins.float = ...,
         timestamp: _builtins.int = ...,
         step: _builtins.int = ...,
+        model_id: _builtins.str = ...,
+        dataset_name: _builtins.str = ...,
+        dataset_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "run_id", b"run_id", "step", b"step", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset_digest", b"dataset_digest", "dataset_name", b"dataset_name", "key", b"key", "model_id", b"model_id", "run_id", b"run_id", "step", b"step", "timestamp", b"timestamp", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -997,3 +1010,101 @@ class StreamMetricHistoryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamMetricHistoryResponse: _TypeAlias = StreamMetricHistoryResponse  # noqa: Y015
+
+@_typing.final
+class LogInputsRequest(_message.Message):
+    """LogInputsRequest records what a run consumed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DATASETS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    @_builtins.property
+    def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_dataset_pb2.DatasetInput]:
+        """Datasets with the tags of their use; at most 1000. A (name, digest) repeated in the
+        request is one input whose tags are merged (the last value of a key wins).
+        """
+
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_dataset_pb2.ModelInput]:
+        """Logged models; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        datasets: _abc.Iterable[_dataset_pb2.DatasetInput] | None = ...,
+        models: _abc.Iterable[_dataset_pb2.ModelInput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["datasets", b"datasets", "models", b"models", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogInputsRequest: _TypeAlias = LogInputsRequest  # noqa: Y015
+
+@_typing.final
+class LogInputsResponse(_message.Message):
+    """LogInputsResponse is empty; it exists so that the response can grow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogInputsResponse: _TypeAlias = LogInputsResponse  # noqa: Y015
+
+@_typing.final
+class LogOutputsRequest(_message.Message):
+    """LogOutputsRequest records what a run produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_dataset_pb2.ModelOutput]:
+        """Logged models with the step that produced them; at most 1000."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        models: _abc.Iterable[_dataset_pb2.ModelOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogOutputsRequest: _TypeAlias = LogOutputsRequest  # noqa: Y015
+
+@_typing.final
+class LogOutputsResponse(_message.Message):
+    """LogOutputsResponse is empty; it exists so that the response can grow."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogOutputsResponse: _TypeAlias = LogOutputsResponse  # noqa: Y015

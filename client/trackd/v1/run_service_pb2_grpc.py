@@ -120,6 +120,16 @@ class RunServiceStub:
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.FromString,
                 _registered_method=True)
+        self.LogInputs = channel.unary_unary(
+                '/trackd.v1.RunService/LogInputs',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.LogInputsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.LogInputsResponse.FromString,
+                _registered_method=True)
+        self.LogOutputs = channel.unary_unary(
+                '/trackd.v1.RunService/LogOutputs',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -256,6 +266,23 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LogInputs(self, request, context):
+        """Records datasets and logged models a run consumed, in one transaction. A dataset is
+        stored once per experiment by (name, digest); logging an input again merges its tags
+        (the last value of a key wins). Models must be live; they may belong to any experiment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogOutputs(self, request, context):
+        """Records logged models a run produced, in one transaction. Each model must be a live
+        model of the run's experiment; an output logged again is a no-op.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -338,6 +365,16 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.StreamMetricHistory,
                     request_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.SerializeToString,
+            ),
+            'LogInputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogInputs,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.LogInputsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.LogInputsResponse.SerializeToString,
+            ),
+            'LogOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogOutputs,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -778,6 +815,60 @@ class RunService:
             '/trackd.v1.RunService/StreamMetricHistory',
             trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryRequest.SerializeToString,
             trackd_dot_v1_dot_run__service__pb2.StreamMetricHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogInputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.RunService/LogInputs',
+            trackd_dot_v1_dot_run__service__pb2.LogInputsRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.LogInputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.RunService/LogOutputs',
+            trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.FromString,
             options,
             channel_credentials,
             insecure,

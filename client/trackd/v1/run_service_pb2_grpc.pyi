@@ -89,6 +89,15 @@ class RunServiceStub:
     """Streams the whole history of one metric series in (step, timestamp, value) order as
     column-wise chunks, so that a series of millions of points is one call.
     """
+    LogInputs: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogInputsRequest, _run_service_pb2.LogInputsResponse]
+    """Records datasets and logged models a run consumed, in one transaction. A dataset is
+    stored once per experiment by (name, digest); logging an input again merges its tags
+    (the last value of a key wins). Models must be live; they may belong to any experiment.
+    """
+    LogOutputs: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogOutputsRequest, _run_service_pb2.LogOutputsResponse]
+    """Records logged models a run produced, in one transaction. Each model must be a live
+    model of the run's experiment; an output logged again is a no-op.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -150,6 +159,15 @@ class RunServiceAsyncStub(RunServiceStub):
     StreamMetricHistory: _aio.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricHistoryRequest, _run_service_pb2.StreamMetricHistoryResponse]  # type: ignore[assignment]
     """Streams the whole history of one metric series in (step, timestamp, value) order as
     column-wise chunks, so that a series of millions of points is one call.
+    """
+    LogInputs: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogInputsRequest, _run_service_pb2.LogInputsResponse]  # type: ignore[assignment]
+    """Records datasets and logged models a run consumed, in one transaction. A dataset is
+    stored once per experiment by (name, digest); logging an input again merges its tags
+    (the last value of a key wins). Models must be live; they may belong to any experiment.
+    """
+    LogOutputs: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogOutputsRequest, _run_service_pb2.LogOutputsResponse]  # type: ignore[assignment]
+    """Records logged models a run produced, in one transaction. Each model must be a live
+    model of the run's experiment; an output logged again is a no-op.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -305,6 +323,27 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.StreamMetricHistoryResponse], _abc.AsyncIterator[_run_service_pb2.StreamMetricHistoryResponse]]:
         """Streams the whole history of one metric series in (step, timestamp, value) order as
         column-wise chunks, so that a series of millions of points is one call.
+        """
+
+    @_abc_1.abstractmethod
+    def LogInputs(
+        self,
+        request: _run_service_pb2.LogInputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.LogInputsResponse, _abc.Awaitable[_run_service_pb2.LogInputsResponse]]:
+        """Records datasets and logged models a run consumed, in one transaction. A dataset is
+        stored once per experiment by (name, digest); logging an input again merges its tags
+        (the last value of a key wins). Models must be live; they may belong to any experiment.
+        """
+
+    @_abc_1.abstractmethod
+    def LogOutputs(
+        self,
+        request: _run_service_pb2.LogOutputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.LogOutputsResponse, _abc.Awaitable[_run_service_pb2.LogOutputsResponse]]:
+        """Records logged models a run produced, in one transaction. Each model must be a live
+        model of the run's experiment; an output logged again is a no-op.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

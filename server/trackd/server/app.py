@@ -13,25 +13,29 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from trackd.server.config import Config
+from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.ingest import Writers
+from trackd.server.domain.logged_models import LoggedModels
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
 from trackd.server.observability import Metrics
 from trackd.server.service.experiments import ExperimentService
 from trackd.server.service.guard import Guard, Limits
+from trackd.server.service.logged_models import LoggedModelService
 from trackd.server.service.rpc import add_service
 from trackd.server.service.runs import RunService
 from trackd.server.store import migrate
 from trackd.server.store.pool import Database
-from trackd.v1 import experiment_service_pb2, run_service_pb2
+from trackd.v1 import experiment_service_pb2, logged_model_service_pb2, run_service_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICES = (
     experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
     run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
+    logged_model_service_pb2.DESCRIPTOR.services_by_name["LoggedModelService"],
 )
 
 
@@ -92,7 +96,7 @@ async def start(config: Config, database_url: str) -> Running:
     )
     metrics = Metrics()
     guard = Guard(Limits(config.client_rate_limit, config.client_max_concurrency), metrics)
-    add_service(server, ExperimentService(experiments), SERVICES[0], guard)
+    add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
     writers = Writers(
         db,
         writers=config.ingest_writers,
@@ -102,6 +106,7 @@ async def start(config: Config, database_url: str) -> Running:
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
     add_service(server, RunService(Runs(db, writers), RunSearch(db), streams), SERVICES[1], guard)
+    add_service(server, LoggedModelService(LoggedModels(db)), SERVICES[2], guard)
     metrics.watch(
         queued=lambda: writers.queued_points,
         pool_size=db.pool.get_size,

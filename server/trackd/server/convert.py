@@ -9,8 +9,10 @@ from typing import Any
 
 import asyncpg
 
+from trackd.server.domain.datasets import DatasetInput
+from trackd.server.domain.logged_models import LoggedModelView
 from trackd.server.domain.runs import MetricColumns, RunView
-from trackd.v1 import experiment_pb2, metric_pb2, run_pb2
+from trackd.v1 import dataset_pb2, experiment_pb2, logged_model_pb2, metric_pb2, run_pb2
 
 
 def experiment(row: asyncpg.Record) -> experiment_pb2.Experiment:
@@ -61,7 +63,100 @@ def run(view: RunView) -> run_pb2.Run:
             key=s["key"], value=s["latest_value"], timestamp=s["latest_ts"], step=s["latest_step"]
         )
         add_summary(**summary_fields(s))
+    if view.dataset_inputs or view.model_inputs or view.model_outputs:
+        add_inputs_and_outputs(out, view)
     return out
+
+
+def add_inputs_and_outputs(out: run_pb2.Run, view: RunView) -> None:
+    """Fills a Run's inputs (datasets with their tags, models) and outputs (models)."""
+    add_input = out.inputs.dataset_inputs.add
+    for d in view.dataset_inputs:
+        add_input(
+            dataset=dataset_pb2.Dataset(
+                name=d["name"],
+                digest=d["digest"],
+                source_type=d["source_type"],
+                source=d["source"],
+                schema=d["schema"],
+                profile=d["profile"],
+            ),
+            tags=[
+                dataset_pb2.InputTag(key=k, value=v)
+                for k, v in zip(d["tag_keys"], d["tag_values"], strict=True)
+            ],
+        )
+    add_model_input = out.inputs.model_inputs.add
+    for m in view.model_inputs:
+        add_model_input(model_id=m["model_id"])
+    add_model_output = out.outputs.model_outputs.add
+    for m in view.model_outputs:
+        add_model_output(model_id=m["model_id"], step=m["step"])
+
+
+def logged_model(view: LoggedModelView) -> logged_model_pb2.LoggedModel:
+    """A LoggedModel with its tags, params and latest metrics per dataset."""
+    row = view.info
+    out = logged_model_pb2.LoggedModel(
+        info=logged_model_pb2.LoggedModelInfo(
+            model_id=row["model_id"],
+            experiment_id=str(row["experiment_id"]),
+            name=row["name"],
+            model_type=row["model_type"],
+            source_run_id=row["source_run_id"].hex if row["source_run_id"] else "",
+            status=row["status"],
+            status_message=row["status_message"],
+            creation_timestamp=row["creation_timestamp"],
+            last_updated_timestamp=row["last_updated_timestamp"],
+            artifact_uri=row["artifact_uri"],
+        )
+    )
+    add_tag = out.info.tags.add
+    for _, k, v in view.tags:
+        add_tag(key=k, value=v)
+    add_param = out.data.params.add
+    for _, k, v in view.params:
+        add_param(key=k, value=v)
+    add_metric = out.data.metrics.add
+    for m in view.metrics:
+        add_metric(
+            key=m["key"],
+            value=m["latest_value"],
+            timestamp=m["latest_ts"],
+            step=m["latest_step"],
+            model_id=row["model_id"],
+            dataset_name=m["dataset_name"],
+            dataset_digest=m["dataset_digest"],
+            run_id=m["run_id"].hex,
+        )
+    return out
+
+
+def dataset_inputs(items: Iterable[dataset_pb2.DatasetInput]) -> list[DatasetInput]:
+    """The domain's dataset inputs from DatasetInput messages (a missing dataset reads as
+    empty fields, which validation reports)."""
+    return [
+        DatasetInput(
+            name=i.dataset.name,
+            digest=i.dataset.digest,
+            source_type=i.dataset.source_type,
+            source=i.dataset.source,
+            schema=i.dataset.schema,
+            profile=i.dataset.profile,
+            tags=[(t.key, t.value) for t in i.tags],
+        )
+        for i in items
+    ]
+
+
+def dataset_summary(row: asyncpg.Record) -> dataset_pb2.DatasetSummary:
+    """A DatasetSummary from a row of store.datasets.summaries."""
+    return dataset_pb2.DatasetSummary(
+        experiment_id=str(row["experiment_id"]),
+        name=row["name"],
+        digest=row["digest"],
+        context=row["context"],
+    )
 
 
 def metric_summary(s: asyncpg.Record) -> metric_pb2.MetricSummary:
@@ -129,17 +224,29 @@ def add_history(out: Any, key: str, columns: tuple[list[int], list[int], list[fl
 
 
 def metric_columns(metrics: Sequence[metric_pb2.Metric]) -> MetricColumns:
-    """Column-wise points from repeated Metric messages."""
-    return MetricColumns(
+    """Column-wise points from repeated Metric messages; the model columns are filled only
+    when some point names a model or a dataset."""
+    columns = MetricColumns(
         keys=[m.key for m in metrics],
         values=[m.value for m in metrics],
         timestamps=[m.timestamp for m in metrics],
         steps=[m.step for m in metrics],
     )
+    if any(m.model_id or m.dataset_name or m.dataset_digest for m in metrics):
+        columns.model_ids = [m.model_id for m in metrics]
+        columns.dataset_names = [m.dataset_name for m in metrics]
+        columns.dataset_digests = [m.dataset_digest for m in metrics]
+    return columns
 
 
 def pairs(
-    items: Iterable[run_pb2.Param | run_pb2.RunTag | experiment_pb2.ExperimentTag],
+    items: Iterable[
+        run_pb2.Param
+        | run_pb2.RunTag
+        | experiment_pb2.ExperimentTag
+        | logged_model_pb2.LoggedModelParameter
+        | logged_model_pb2.LoggedModelTag
+    ],
 ) -> list[tuple[str, str]]:
     """(key, value) pairs from params or tags."""
     return [(i.key, i.value) for i in items]

@@ -3,8 +3,9 @@ number of queries."""
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -15,6 +16,8 @@ from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.runs import RunView
 from trackd.server.domain.search import parser
 from trackd.server.errors import InvalidArgument
+from trackd.server.store import datasets as dataset_store
+from trackd.server.store import logged_models as model_store
 from trackd.server.store import metrics as metric_store
 from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
@@ -42,19 +45,7 @@ class RunSearch:
     ) -> tuple[list[RunView], str]:
         """One page of matching runs with their data, and the next page's token ('' on the
         last page). Raises InvalidArgument for a bad filter, order, size or token."""
-        if not experiment_ids:
-            raise InvalidArgument.for_field("experiment_ids", "must name at least one experiment")
-        if len(experiment_ids) > EXPERIMENT_IDS_MAX:
-            raise InvalidArgument.for_field(
-                "experiment_ids",
-                f"has {len(experiment_ids)} entries; the limit is {EXPERIMENT_IDS_MAX}",
-            )
-        eids = sorted(
-            {
-                validation.experiment_id(e, f"experiment_ids[{i}]")
-                for i, e in enumerate(experiment_ids)
-            }
-        )
+        eids = validation.experiment_ids(experiment_ids, maximum=EXPERIMENT_IDS_MAX)
         if len(filter_) > FILTER_MAX:
             raise InvalidArgument.for_field(
                 "filter", f"is {len(filter_)} characters long; the limit is {FILTER_MAX}"
@@ -98,19 +89,35 @@ class RunSearch:
 
 
 async def load_views(conn: Connection, rows: Sequence[asyncpg.Record]) -> list[RunView]:
-    """Runs with their params, tags and series, in three queries whatever the page size."""
+    """Runs with their params, tags, series, dataset inputs (without schema and profile)
+    and model inputs and outputs, in six queries whatever the page size."""
     pks = [r["run_pk"] for r in rows]
-    params: dict[int, list[asyncpg.Record]] = defaultdict(list)
-    tags: dict[int, list[asyncpg.Record]] = defaultdict(list)
-    series: dict[int, list[asyncpg.Record]] = defaultdict(list)
+    loaded: list[dict[int, list[asyncpg.Record]]] = [defaultdict(list) for _ in range(6)]
     if pks:
-        for r in await run_store.load_params(conn, pks):
-            params[r["run_pk"]].append(r)
-        for r in await run_store.load_tags(conn, pks):
-            tags[r["run_pk"]].append(r)
-        for r in await metric_store.load_series(conn, pks):
-            series[r["run_pk"]].append(r)
-    return [RunView(r, params[r["run_pk"]], tags[r["run_pk"]], series[r["run_pk"]]) for r in rows]
+        loads: tuple[Callable[[Connection, list[int]], Awaitable[list[asyncpg.Record]]], ...] = (
+            run_store.load_params,
+            run_store.load_tags,
+            metric_store.load_series,
+            functools.partial(dataset_store.load_inputs, brief=True),
+            model_store.load_run_inputs,
+            model_store.load_run_outputs,
+        )
+        for by_run, load in zip(loaded, loads, strict=True):
+            for r in await load(conn, pks):
+                by_run[r["run_pk"]].append(r)
+    params, tags, series, dataset_inputs, model_inputs, model_outputs = loaded
+    return [
+        RunView(
+            r,
+            params[r["run_pk"]],
+            tags[r["run_pk"]],
+            series[r["run_pk"]],
+            dataset_inputs[r["run_pk"]],
+            model_inputs[r["run_pk"]],
+            model_outputs[r["run_pk"]],
+        )
+        for r in rows
+    ]
 
 
 __all__ = ["RunSearch", "load_views"]

@@ -1,8 +1,10 @@
-"""Rules for runs: lifecycle, immutable params, upserted tags, appended metrics, batches."""
+"""Rules for runs: lifecycle, immutable params, upserted tags, appended metrics, batches,
+and what runs consume and produce (datasets and logged models)."""
 
 from __future__ import annotations
 
 import functools
+import math
 import struct
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -11,10 +13,12 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from trackd.server.clock import now_ms
-from trackd.server.domain import ingest, limits, names, paging, validation
+from trackd.server.domain import datasets, ingest, limits, logged_models, names, paging, validation
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.store import datasets as dataset_store
 from trackd.server.store import experiments as experiment_store
+from trackd.server.store import logged_models as model_store
 from trackd.server.store import metrics as metric_store
 from trackd.server.store import runs as store
 from trackd.server.store.pool import Connection, Database
@@ -30,25 +34,37 @@ VALID_STATUSES = frozenset({1, 2, 3, 4, 5})
 
 @dataclass
 class MetricColumns:
-    """Metric points column-wise, as they travel from the wire to the database."""
+    """Metric points column-wise, as they travel from the wire to the database. The model
+    columns are either empty (no point names a model) or as long as `keys`."""
 
     keys: list[str] = field(default_factory=list)
     values: list[float] = field(default_factory=list)
     timestamps: list[int] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
+    model_ids: list[str] = field(default_factory=list)
+    dataset_names: list[str] = field(default_factory=list)
+    dataset_digests: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
 
+    def names_models(self) -> bool:
+        """Whether some point carries a model id or a dataset."""
+        return any(self.model_ids) or any(self.dataset_names) or any(self.dataset_digests)
+
 
 @dataclass
 class RunView:
-    """A run as read: its info row, params, tags and metric series rows."""
+    """A run as read: its info row, params, tags and metric series rows, and the datasets
+    and models it consumed and produced."""
 
     info: asyncpg.Record
     params: list[asyncpg.Record]
     tags: list[asyncpg.Record]
     series: list[asyncpg.Record]
+    dataset_inputs: list[asyncpg.Record] = field(default_factory=list)
+    model_inputs: list[asyncpg.Record] = field(default_factory=list)
+    model_outputs: list[asyncpg.Record] = field(default_factory=list)
 
 
 class Runs:
@@ -156,6 +172,9 @@ class Runs:
                 params=await store.load_params(conn, pks),
                 tags=await store.load_tags(conn, pks),
                 series=await metric_store.load_series(conn, pks),
+                dataset_inputs=await dataset_store.load_inputs(conn, pks),
+                model_inputs=await model_store.load_run_inputs(conn, pks),
+                model_outputs=await model_store.load_run_outputs(conn, pks),
             )
 
         return await self.db.read(work)
@@ -287,12 +306,14 @@ class Runs:
         of a single-item request (violations name its own `key`, `value`, `timestamp`)."""
         v = Violations()
         _check_metrics(v, "metrics" if batch else "", metrics)
-        param_keys, param_values = _check_params(v, "params" if batch else "", params)
+        param_keys, param_values = validation.params(v, "params" if batch else "", params)
         tag_keys, tag_values = _check_tags(v, "tags" if batch else "", tags)
         v.raise_if_any()
+        with_models = metrics.names_models()
 
-        if metrics.keys and not param_keys and not tag_keys:
-            # Metrics alone go through the group-commit writers.
+        if metrics.keys and not param_keys and not tag_keys and not with_models:
+            # Metrics alone go through the group-commit writers; metrics of models take the
+            # locked path below, which also folds them into the models' latest metrics.
             run_pk = await self.writers.resolve_run(run_id)
             item = ingest.Item(_series_points(run_pk, run_id, metrics), len(metrics))
             result = await self.writers.write(item, run_pk)
@@ -301,22 +322,40 @@ class Runs:
             return
 
         async def work(conn: Connection) -> None:
-            run_pk = await _lock_writable(conn, run_id)
+            row = await _lock_writable_row(conn, run_id)
+            run_pk: int = row["run_pk"]
             if param_keys:
                 await _write_params(conn, run_pk, run_id, param_keys, param_values)
             if tag_keys:
                 await _write_tags(conn, run_pk, tag_keys, tag_values)
             if metrics.keys:
                 await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))
+            if with_models:
+                await _write_model_metrics(
+                    conn, run_pk, row["experiment_id"], metrics, "metrics" if batch else ""
+                )
 
         await self.db.transact(work)
 
     async def log_metric(
-        self, run_id: str, key: str, value: float, timestamp: int, step: int
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        timestamp: int,
+        step: int,
+        model_id: str = "",
+        dataset_name: str = "",
+        dataset_digest: str = "",
     ) -> None:
-        """Appends one metric point; see log_batch for the errors."""
+        """Appends one metric point, of the run and, with a model id, of that model on the
+        dataset if one is named; see log_batch for the errors."""
         validation.run_id(run_id)
         metrics = MetricColumns([key], [value], [timestamp], [step])
+        if model_id or dataset_name or dataset_digest:
+            metrics.model_ids = [model_id]
+            metrics.dataset_names = [dataset_name]
+            metrics.dataset_digests = [dataset_digest]
         await self._log(run_id, metrics, (), (), batch=False)
 
     async def log_param(self, run_id: str, key: str, value: str) -> None:
@@ -342,6 +381,63 @@ class Runs:
                 raise NotFound(
                     f"run {run_id} has no tag {key!r}", metadata={"run_id": run_id, "key": key}
                 )
+
+        await self.db.transact(work)
+
+    # -- inputs and outputs ----------------------------------------------------------------
+
+    async def log_inputs(
+        self,
+        run_id: str,
+        dataset_inputs: Sequence[datasets.DatasetInput],
+        model_ids: Sequence[str],
+    ) -> None:
+        """Records datasets (with the tags of their use) and logged models the run consumed,
+        in one transaction. A dataset is stored once per experiment by (name, digest);
+        logging an input again merges its tags.
+
+        Raises InvalidArgument naming every bad field, NotFound for an unknown run or an
+        unknown or deleted model, FailedPrecondition for a deleted run."""
+        validation.run_id(run_id)
+        v = Violations()
+        merged = datasets.check_inputs(v, "datasets", dataset_inputs)
+        v.count("models", len(model_ids), max_count=limits.INPUTS_MODELS_MAX)
+        wanted = _model_refs(v, "models", model_ids)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            row = await _lock_writable_row(conn, run_id)
+            run_pk: int = row["run_pk"]
+            if merged:
+                await datasets.add_inputs(conn, run_pk, row["experiment_id"], merged)
+            if wanted:
+                # A run may consume a model of any experiment (to fine-tune or evaluate it).
+                found = await logged_models.resolve(conn, wanted, experiment_id=None)
+                await model_store.add_run_inputs(conn, run_pk, list(found.values()))
+
+        await self.db.transact(work)
+
+    async def log_outputs(self, run_id: str, outputs: Sequence[tuple[str, int]]) -> None:
+        """Records logged models (model_id, step) the run produced, in one transaction; each
+        must be a live model of the run's experiment. An output logged again is a no-op.
+
+        Raises InvalidArgument naming every bad field (a model of another experiment
+        included), NotFound for an unknown run or an unknown or deleted model,
+        FailedPrecondition for a deleted run."""
+        validation.run_id(run_id)
+        v = Violations()
+        v.count("models", len(outputs), max_count=limits.OUTPUTS_MODELS_MAX)
+        wanted = _model_refs(v, "models", [m for m, _ in outputs])
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> None:
+            row = await _lock_writable_row(conn, run_id)
+            if not wanted:
+                return
+            found = await logged_models.resolve(conn, wanted, experiment_id=row["experiment_id"])
+            await model_store.add_run_outputs(
+                conn, row["run_pk"], [(found[m], step) for m, step in outputs]
+            )
 
         await self.db.transact(work)
 
@@ -430,14 +526,12 @@ async def _history_chunk(
 # -- validation helpers ----------------------------------------------------------------------
 
 
-def _item(field: str, i: int, name: str) -> str:
-    """Path of a field of item i of a repeated field (`metrics[3].key`); just `name` when
-    `field` is empty, for a single-item request such as LogParam."""
-    return f"{field}[{i}].{name}" if field else name
+_item = validation.item
 
 
 def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
-    """Validates keys and timestamps; a 0 timestamp becomes the server's now."""
+    """Validates keys, timestamps and model fields; a 0 timestamp becomes the server's
+    now."""
     bad_keys: set[str] = set()
     good_keys: set[str] = set()
     now = 0
@@ -453,39 +547,68 @@ def _check_metrics(v: Violations, field: str, m: MetricColumns) -> None:
             m.timestamps[i] = now
         elif ts < 0:
             v.add(_item(field, i, "timestamp"), f"is {ts}; it must be >= 0 (milliseconds)")
+    if m.names_models():
+        for i, (model_id, name, digest) in enumerate(
+            zip(m.model_ids, m.dataset_names, m.dataset_digests, strict=True)
+        ):
+            _check_metric_model(v, field, i, model_id, name, digest)
 
 
-def _check_params(
-    v: Violations, field: str, params: Sequence[tuple[str, str]]
-) -> tuple[list[str], list[str]]:
-    merged: dict[str, str] = {}
-    for i, (key, value) in enumerate(params):
-        ok = v.key(_item(field, i, "key"), key)
-        ok = v.text(_item(field, i, "value"), value, max_len=limits.PARAM_VALUE_MAX) and ok
-        if not ok:
-            continue
-        if key in merged and merged[key] != value:
+def _check_metric_model(
+    v: Violations, field: str, i: int, model_id: str, name: str, digest: str
+) -> None:
+    """A point's model fields: a well-formed model id, and a dataset only with a model and
+    given by both its name and digest (trackd keeps per-dataset metrics for models only)."""
+    if model_id and not validation.is_model_id(model_id):
+        v.add(
+            _item(field, i, "model_id"),
+            f"{model_id[:60]!r} is not a model id ('m-' and 32 lowercase hex digits)",
+        )
+    if not (name or digest):
+        return
+    if not model_id:
+        v.add(
+            _item(field, i, "model_id"),
+            "is required with dataset_name and dataset_digest (per-dataset metrics belong "
+            "to logged models)",
+        )
+    if not name:
+        v.add(_item(field, i, "dataset_name"), "must be given with dataset_digest")
+    else:
+        v.text(_item(field, i, "dataset_name"), name, max_len=limits.DATASET_NAME_MAX)
+    if not digest:
+        v.add(_item(field, i, "dataset_digest"), "must be given with dataset_name")
+    else:
+        v.text(_item(field, i, "dataset_digest"), digest, max_len=limits.DATASET_DIGEST_MAX)
+
+
+def _model_refs(v: Violations, field: str, model_ids: Sequence[str]) -> list[tuple[str, str]]:
+    """(field path, model id) of each well-formed id of a repeated field; malformed ones are
+    recorded as violations."""
+    wanted = []
+    for i, model_id in enumerate(model_ids):
+        if validation.is_model_id(model_id):
+            wanted.append((_item(field, i, "model_id"), model_id))
+        else:
             v.add(
-                _item(field, i, "value"),
-                f"param {key!r} appears twice in the batch, with {merged[key]!r} and {value!r}",
+                _item(field, i, "model_id"),
+                f"{model_id[:60]!r} is not a model id ('m-' and 32 lowercase hex digits)",
             )
-        merged[key] = value
-    return list(merged), list(merged.values())
+    return wanted
 
 
 def _check_tags(
     v: Violations, field: str, tags: Sequence[tuple[str, str]]
 ) -> tuple[list[str], list[str]]:
     v.count(field, len(tags), max_count=limits.BATCH_TAGS_MAX)
-    merged: dict[str, str] = {}
-    for i, (key, value) in enumerate(tags):
-        ok = v.key(_item(field, i, "key"), key)
-        # The run name tag mirrors RunInfo.run_name, so it has the run name's limit.
-        limit = limits.RUN_NAME_MAX if key == RUN_NAME_TAG else limits.TAG_VALUE_MAX
-        ok = v.text(_item(field, i, "value"), value, max_len=limit) and ok
-        if ok:
-            merged[key] = value  # the last value of a repeated key wins
-    return list(merged), list(merged.values())
+    # The run name tag mirrors RunInfo.run_name, so it has the run name's limit.
+    return validation.tags(
+        v,
+        field,
+        tags,
+        value_max=limits.TAG_VALUE_MAX,
+        value_max_of={RUN_NAME_TAG: limits.RUN_NAME_MAX},
+    )
 
 
 def _history_position(position: list[object]) -> tuple[int, int, float]:
@@ -516,6 +639,13 @@ async def _lock(conn: Connection, run_id: str) -> asyncpg.Record:
 async def _lock_writable(conn: Connection, run_id: str) -> int:
     """Locks a run for writing and returns its key; FailedPrecondition if it, or its
     experiment, is deleted."""
+    run_pk: int = (await _lock_writable_row(conn, run_id))["run_pk"]
+    return run_pk
+
+
+async def _lock_writable_row(conn: Connection, run_id: str) -> asyncpg.Record:
+    """Locks a run for writing and returns its run_pk and experiment_id; FailedPrecondition
+    if it, or its experiment, is deleted."""
     row = await _lock(conn, run_id)
     if row["lifecycle_stage"] != store.ACTIVE:
         raise FailedPrecondition(
@@ -527,8 +657,7 @@ async def _lock_writable(conn: Connection, run_id: str) -> int:
             f"run {run_id} belongs to deleted experiment {row['experiment_id']}",
             metadata={"run_id": run_id, "experiment_id": str(row["experiment_id"])},
         )
-    run_pk: int = row["run_pk"]
-    return run_pk
+    return row
 
 
 async def _lock_active_experiment(conn: Connection, eid: int) -> None:
@@ -545,17 +674,11 @@ async def _write_params(
     conn: Connection, run_pk: int, run_id: str, keys: list[str], values: list[str]
 ) -> None:
     stored = await store.params_of(conn, run_pk, keys)
-    for key, value in zip(keys, values, strict=True):
-        old = stored.get(key)
-        if old is not None and old != value:
-            raise FailedPrecondition(
-                f"param {key!r} of run {run_id} is {old!r}; params are immutable, so it "
-                f"cannot become {value!r}",
-                metadata={"run_id": run_id, "key": key},
-            )
-    fresh = [(k, val) for k, val in zip(keys, values, strict=True) if k not in stored]
-    if fresh:
-        await store.insert_params(conn, run_pk, [k for k, _ in fresh], [val for _, val in fresh])
+    fresh_keys, fresh_values = validation.fresh_params(
+        stored, keys, values, f"run {run_id}", {"run_id": run_id}
+    )
+    if fresh_keys:
+        await store.insert_params(conn, run_pk, fresh_keys, fresh_values)
 
 
 async def _write_tags(conn: Connection, run_pk: int, keys: list[str], values: list[str]) -> None:
@@ -575,3 +698,31 @@ def _series_points(run_pk: int, run_id: str, m: MetricColumns) -> list[ingest.Se
         sp.timestamps.append(ts)
         sp.values.append(value)
     return list(by_key.values())
+
+
+async def _write_model_metrics(
+    conn: Connection, run_pk: int, experiment_id: int, m: MetricColumns, field: str
+) -> None:
+    """Folds the points that name a model into the models' latest metrics per (key,
+    dataset). Each model must be a live model of the run's experiment."""
+    wanted = [(_item(field, i, "model_id"), mid) for i, mid in enumerate(m.model_ids) if mid]
+    found = await logged_models.resolve(conn, wanted, experiment_id=experiment_id)
+    latest: dict[tuple[int, str, str, str], tuple[int, int, float]] = {}
+    for i, model_id in enumerate(m.model_ids):
+        if not model_id:
+            continue
+        slot = (found[model_id], m.keys[i], m.dataset_names[i], m.dataset_digests[i])
+        point = (m.steps[i], m.timestamps[i], m.values[i])
+        old = latest.get(slot)
+        if old is None or _point_order(point) > _point_order(old):
+            latest[slot] = point
+    await model_store.upsert_metrics(
+        conn, [(*slot, *point, run_pk) for slot, point in sorted(latest.items())]
+    )
+
+
+def _point_order(point: tuple[int, int, float]) -> tuple[int, int, int, float]:
+    """A sort key for (step, timestamp, value) that puts NaN above every number, as
+    PostgreSQL orders float8."""
+    step, ts, value = point
+    return (step, ts, 1, 0.0) if math.isnan(value) else (step, ts, 0, value)

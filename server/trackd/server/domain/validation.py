@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from trackd.server.domain import limits
-from trackd.server.errors import FieldViolation, InvalidArgument
+from trackd.server.errors import FailedPrecondition, FieldViolation, InvalidArgument
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_\-. /:]+")
 _RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -77,6 +77,88 @@ class Violations:
             self.add(field, f"is {value}; it must be >= 0")
             return False
         return True
+
+
+def item(field: str, i: int, name: str) -> str:
+    """Path of a field of item i of a repeated field (`metrics[3].key`); just `name` when
+    `field` is empty, for a single-item request such as LogParam."""
+    return f"{field}[{i}].{name}" if field else name
+
+
+def params(
+    v: Violations, field: str, items: Sequence[tuple[str, str]]
+) -> tuple[list[str], list[str]]:
+    """Checks params (key rules, value <= 6000 characters, no key with two values) and
+    returns their distinct keys and values."""
+    merged: dict[str, str] = {}
+    for i, (key, value) in enumerate(items):
+        ok = v.key(item(field, i, "key"), key)
+        ok = v.text(item(field, i, "value"), value, max_len=limits.PARAM_VALUE_MAX) and ok
+        if not ok:
+            continue
+        if key in merged and merged[key] != value:
+            v.add(
+                item(field, i, "value"),
+                f"param {key!r} appears twice in the batch, with {merged[key]!r} and {value!r}",
+            )
+        merged[key] = value
+    return list(merged), list(merged.values())
+
+
+def tags(
+    v: Violations,
+    field: str,
+    items: Sequence[tuple[str, str]],
+    *,
+    value_max: int,
+    value_max_of: Mapping[str, int] | None = None,
+) -> tuple[list[str], list[str]]:
+    """Checks tags (key rules, values within `value_max`, or the limit `value_max_of` gives
+    a key) and returns their distinct keys and values, the last value of a key winning."""
+    merged: dict[str, str] = {}
+    for i, (key, value) in enumerate(items):
+        ok = v.key(item(field, i, "key"), key)
+        limit = value_max_of.get(key, value_max) if value_max_of else value_max
+        ok = v.text(item(field, i, "value"), value, max_len=limit) and ok
+        if ok:
+            merged[key] = value
+    return list(merged), list(merged.values())
+
+
+def fresh_params(
+    stored: Mapping[str, str],
+    keys: Sequence[str],
+    values: Sequence[str],
+    owner: str,
+    metadata: dict[str, str],
+) -> tuple[list[str], list[str]]:
+    """The params not stored yet among keys/values. Params are immutable: a stored key with
+    another value raises FailedPrecondition naming `owner` ("run 0a1b...")."""
+    fresh_keys: list[str] = []
+    fresh_values: list[str] = []
+    for key, value in zip(keys, values, strict=True):
+        old = stored.get(key)
+        if old is None:
+            fresh_keys.append(key)
+            fresh_values.append(value)
+        elif old != value:
+            raise FailedPrecondition(
+                f"param {key!r} of {owner} is {old!r}; params are immutable, so it "
+                f"cannot become {value!r}",
+                metadata={**metadata, "key": key},
+            )
+    return fresh_keys, fresh_values
+
+
+def experiment_ids(values: Sequence[str], *, maximum: int) -> list[int]:
+    """Parses 1 to `maximum` experiment ids (field `experiment_ids`); sorted, distinct."""
+    if not values:
+        raise InvalidArgument.for_field("experiment_ids", "must name at least one experiment")
+    if len(values) > maximum:
+        raise InvalidArgument.for_field(
+            "experiment_ids", f"has {len(values)} entries; the limit is {maximum}"
+        )
+    return sorted({experiment_id(e, f"experiment_ids[{i}]") for i, e in enumerate(values)})
 
 
 def run_id(value: str, field: str = "run_id") -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trackd.server import convert
+from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.service.rpc import Context
 from trackd.v1 import experiment_service_pb2 as pb
@@ -12,8 +13,9 @@ from trackd.v1 import experiment_service_pb2_grpc
 class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
     """trackd.v1.ExperimentService over the experiments domain."""
 
-    def __init__(self, experiments: Experiments) -> None:
+    def __init__(self, experiments: Experiments, datasets: Datasets) -> None:
         self.experiments = experiments
+        self.datasets = datasets
 
     async def CreateExperiment(
         self, request: pb.CreateExperimentRequest, context: Context
@@ -78,3 +80,13 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
     ) -> pb.DeleteExperimentTagResponse:
         await self.experiments.delete_tag(request.experiment_id, request.key)
         return pb.DeleteExperimentTagResponse()
+
+    async def SearchDatasets(
+        self, request: pb.SearchDatasetsRequest, context: Context
+    ) -> pb.SearchDatasetsResponse:
+        rows, token = await self.datasets.search(
+            list(request.experiment_ids), request.max_results, request.page_token
+        )
+        return pb.SearchDatasetsResponse(
+            dataset_summaries=[convert.dataset_summary(r) for r in rows], next_page_token=token
+        )

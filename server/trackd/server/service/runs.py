@@ -80,7 +80,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.LogMetricRequest, context: Context
     ) -> pb.LogMetricResponse:
         await self.runs.log_metric(
-            request.run_id, request.key, request.value, request.timestamp, request.step
+            request.run_id,
+            request.key,
+            request.value,
+            request.timestamp,
+            request.step,
+            request.model_id,
+            request.dataset_name,
+            request.dataset_digest,
         )
         return pb.LogMetricResponse()
 
@@ -106,6 +113,22 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             convert.pairs(request.tags),
         )
         return pb.LogBatchResponse()
+
+    async def LogInputs(
+        self, request: pb.LogInputsRequest, context: Context
+    ) -> pb.LogInputsResponse:
+        await self.runs.log_inputs(
+            request.run_id,
+            convert.dataset_inputs(request.datasets),
+            [m.model_id for m in request.models],
+        )
+        return pb.LogInputsResponse()
+
+    async def LogOutputs(
+        self, request: pb.LogOutputsRequest, context: Context
+    ) -> pb.LogOutputsResponse:
+        await self.runs.log_outputs(request.run_id, [(m.model_id, m.step) for m in request.models])
+        return pb.LogOutputsResponse()
 
     async def GetMetricHistory(
         self, request: pb.GetMetricHistoryRequest, context: Context

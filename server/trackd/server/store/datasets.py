@@ -64,8 +64,11 @@ JOIN runs r ON r.run_pk = i.run_pk AND r.lifecycle_stage = 1
 LEFT JOIN run_dataset_input_tags t
     ON t.run_pk = i.run_pk AND t.dataset_pk = i.dataset_pk AND t.key = $2
 WHERE d.experiment_id = ANY($1::bigint[])"""
-SUMMARIES_FIRST = _SUMMARIES + """
+SUMMARIES_FIRST = (
+    _SUMMARIES
+    + """
 ORDER BY 1, 2, 3, 4 LIMIT $3"""
+)
 SUMMARIES_AFTER = (
     _SUMMARIES
     + """
@@ -125,6 +128,4 @@ async def summaries(
     experiments, in that order, strictly after `after`."""
     if after is None:
         return list(await conn.fetch(SUMMARIES_FIRST, list(experiment_ids), CONTEXT_TAG, limit))
-    return list(
-        await conn.fetch(SUMMARIES_AFTER, list(experiment_ids), CONTEXT_TAG, limit, *after)
-    )
+    return list(await conn.fetch(SUMMARIES_AFTER, list(experiment_ids), CONTEXT_TAG, limit, *after))

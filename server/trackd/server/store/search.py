@@ -15,6 +15,7 @@ import asyncpg
 
 from trackd.server.domain.search.ast import And, Compare, Ident, Node, Not, Or, OrderKey
 from trackd.server.store import experiments as experiment_store
+from trackd.server.store import logged_models as logged_model_store
 from trackd.server.store.pool import Connection
 
 # SQL for each metric summary over a metric_series row `s` (see convert.metric_summary).
@@ -44,36 +45,56 @@ SUMMARY_SQL = {
 
 _NUMERIC_OP = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _STATUS_SQL = "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED'])[r.status]"
+_MODEL_STATUS_SQL = "(ARRAY['PENDING','READY','UPLOAD_FAILED'])[m.status]"
+_CONTEXT_TAG = "mlflow.data.context"
 
 
 @dataclass(frozen=True)
 class Column:
-    """A searchable attribute: its SQL expression and PostgreSQL type."""
+    """A searchable attribute: its SQL expression, PostgreSQL type and whether it may be
+    NULL (a NULL matches no comparison and sorts last)."""
 
     sql: str
     pg_type: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class MetricSource:
+    """Where a target's metrics live: `table` holds rows of `latest_step`, `latest_ts` and
+    `latest_value` by (`owner`, key), with the run series' summaries, or, `per_dataset`, by
+    (`owner`, key, dataset_name, dataset_digest). `present` is a condition (with `{a}` for
+    the row alias) a row must meet to count."""
+
+    table: str
+    owner: str
+    present: str
+    per_dataset: bool
 
 
 @dataclass(frozen=True)
 class Target:
-    """What is searched: the row alias and key, its attributes, and the tables holding its
-    metrics, params and tags (each with `{pk}` standing for the row key)."""
+    """What is searched: the row alias and key, its attributes, the tables holding its
+    params and tags (keyed by `key_column`) and its metrics; whether it has dataset inputs."""
 
     table: str
     alias: str
     pk: str
+    key_column: str
     attributes: dict[str, Column]
     tags_table: str
     params_table: str | None
-    series_table: str | None
+    metrics: MetricSource | None
     tiebreak: tuple[tuple[Column, bool], ...]
     default_order: tuple[tuple[Column, bool], ...]
+    datasets: bool = False
 
 
 RUNS = Target(
     table="runs",
     alias="r",
     pk="r.run_pk",
+    key_column="run_pk",
     attributes={
         "run_id": Column("r.run_id", "uuid"),
         "run_name": Column("r.run_name", "text"),
@@ -81,19 +102,21 @@ RUNS = Target(
         "user_id": Column("r.user_id", "text"),
         "artifact_uri": Column("r.artifact_uri", "text"),
         "start_time": Column("r.start_time", "bigint"),
-        "end_time": Column("r.end_time", "bigint"),
+        "end_time": Column("r.end_time", "bigint", nullable=True),
     },
     tags_table="run_tags",
     params_table="params",
-    series_table="metric_series",
+    metrics=MetricSource("metric_series", "run_pk", "{a}.count > 0", per_dataset=False),
     tiebreak=((Column("r.start_time", "bigint"), True), (Column("r.run_id", "uuid"), False)),
     default_order=(),
+    datasets=True,
 )
 
 EXPERIMENTS = Target(
     table="experiments",
     alias="e",
     pk="e.experiment_id",
+    key_column="experiment_id",
     attributes={
         "experiment_id": Column("e.experiment_id", "bigint"),
         "name": Column("e.name", "text"),
@@ -102,9 +125,30 @@ EXPERIMENTS = Target(
     },
     tags_table="experiment_tags",
     params_table=None,
-    series_table=None,
+    metrics=None,
     tiebreak=((Column("e.experiment_id", "bigint"), False),),
     default_order=((Column("e.creation_time", "bigint"), True),),
+)
+
+LOGGED_MODELS = Target(
+    table="logged_models",
+    alias="m",
+    pk="m.model_pk",
+    key_column="model_pk",
+    attributes={
+        "name": Column("m.name", "text"),
+        "model_id": Column("m.model_id", "text"),
+        "model_type": Column("m.model_type", "text"),
+        "status": Column(_MODEL_STATUS_SQL, "text"),
+        "source_run_id": Column("m.source_run_id", "uuid", nullable=True),
+        "creation_timestamp": Column("m.creation_timestamp", "bigint"),
+        "last_updated_timestamp": Column("m.last_updated_timestamp", "bigint"),
+    },
+    tags_table="logged_model_tags",
+    params_table="logged_model_params",
+    metrics=MetricSource("logged_model_metrics", "model_pk", "", per_dataset=True),
+    tiebreak=((Column("m.model_id", "text"), False),),
+    default_order=((Column("m.creation_timestamp", "bigint"), True),),
 )
 
 
@@ -119,14 +163,28 @@ class Binds:
         return f"${len(self.values)}::{pg_type}"
 
 
-def _key_column(target: Target) -> str:
-    return "run_pk" if target is RUNS else "experiment_id"
+def _metric_where(target: Target, datasets: Sequence[tuple[str, str]], binds: Binds) -> str:
+    """The conditions (with `{a}` for the row alias) a metric row must meet to count: the
+    target's own and, for per-dataset metrics, membership in `datasets` ((name, digest)
+    pairs, an empty digest meaning any digest of the name)."""
+    src = target.metrics
+    assert src is not None
+    where = f" AND {src.present}" if src.present else ""
+    if datasets and src.per_dataset:
+        names = binds.add([n for n, _ in datasets], "text[]")
+        digests = binds.add([d for _, d in datasets], "text[]")
+        where += (
+            f" AND EXISTS (SELECT 1 FROM unnest({names}, {digests}) AS f(n, d)"  # noqa: S608
+            " WHERE {a}.dataset_name = f.n AND (f.d = '' OR {a}.dataset_digest = f.d))"
+        )
+    return where
 
 
 class _Compiler:
-    def __init__(self, target: Target, binds: Binds) -> None:
+    def __init__(self, target: Target, binds: Binds, metric_where: str = "") -> None:
         self.t = target
         self.b = binds
+        self.metric_where = metric_where
 
     def node(self, n: Node) -> str:
         if isinstance(n, And):
@@ -145,15 +203,15 @@ class _Compiler:
             return self.keyed_string(c)
         if e == "attribute":
             return self.attribute(c)
-        # datasets.*: accepted; no run has datasets yet, so nothing matches.
-        return "FALSE"
+        return self.dataset(c)
 
     def metric(self, c: Compare) -> str:
-        assert self.t.series_table is not None
+        src = self.t.metrics
+        assert src is not None
         key = self.b.add(c.ident.key, "text")
         exists = (
-            f"SELECT 1 FROM {self.t.series_table} s WHERE s.run_pk = {self.t.pk}"  # noqa: S608
-            f" AND s.key = {key} AND s.count > 0"
+            f"SELECT 1 FROM {src.table} s WHERE s.{src.owner} = {self.t.pk}"  # noqa: S608
+            f" AND s.key = {key}" + self.metric_where.replace("{a}", "s")
         )
         if c.op == "IS_NULL":
             return f"NOT EXISTS ({exists})"
@@ -186,7 +244,7 @@ class _Compiler:
         key = self.b.add(c.ident.key, "text")
         exists = (
             f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; `key` is a placeholder
-            f" WHERE p.{_key_column(self.t)} = {self.t.pk} AND p.key = {key}"
+            f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {key}"
         )
         if c.op == "IS_NULL":
             return f"NOT EXISTS ({exists})"
@@ -201,12 +259,33 @@ class _Compiler:
         if c.op == "IS_NOT_NULL":
             return f"{col.sql} IS NOT NULL"
         if col.pg_type == "uuid":
-            return self.run_id(col.sql, c.op, c.value)
-        if col.pg_type in ("bigint", "float8"):
-            return self.numeric(
+            cond = self.run_id(col.sql, c.op, c.value)
+        elif col.pg_type in ("bigint", "float8"):
+            cond = self.numeric(
                 col.sql, c.op, c.value, "float8" if isinstance(c.value, float) else "bigint"
             )
-        return self.string(col.sql, c.op, c.value)
+        else:
+            cond = self.string(col.sql, c.op, c.value)
+        # A missing value matches no comparison (`<> ALL` of no ids would hold for NULL).
+        return f"({col.sql} IS NOT NULL AND {cond})" if col.nullable else cond
+
+    def dataset(self, c: Compare) -> str:
+        """`datasets.name|digest|context op value`: some dataset input of the run matches
+        (so a run without datasets matches no comparison)."""
+        assert self.t.datasets
+        if c.ident.key == "context":
+            tag = self.b.add(_CONTEXT_TAG, "text")
+            return (
+                "EXISTS (SELECT 1 FROM run_dataset_input_tags t"  # noqa: S608 - placeholders only
+                f" WHERE t.run_pk = {self.t.pk} AND t.key = {tag}"
+                f" AND {self.string('t.value', c.op, c.value)})"
+            )
+        column = {"name": "d.name", "digest": "d.digest"}[c.ident.key]
+        return (
+            "EXISTS (SELECT 1 FROM run_dataset_inputs i"  # noqa: S608 - placeholders only
+            " JOIN datasets d ON d.dataset_pk = i.dataset_pk"
+            f" WHERE i.run_pk = {self.t.pk} AND {self.string(column, c.op, c.value)})"
+        )
 
     def run_id(self, expr: str, op: str, value: Any) -> str:
         if op in ("LIKE", "ILIKE"):
@@ -238,7 +317,7 @@ class _SortKey:
 
 
 def _order_keys(
-    target: Target, keys: Sequence[OrderKey], binds: Binds
+    target: Target, keys: Sequence[OrderKey], binds: Binds, metric_where: str = ""
 ) -> tuple[list[_SortKey], list[str]]:
     """Sort expressions (with the joins they need) for order_by keys plus the tiebreak."""
     sort: list[_SortKey] = []
@@ -247,11 +326,23 @@ def _order_keys(
         ident: Ident = k.ident
         alias = f"o{i}"
         if ident.entity == "metric":
+            src = target.metrics
+            assert src is not None
             key = binds.add(ident.key, "text")
-            joins.append(
-                f"LEFT JOIN {target.series_table} {alias} ON {alias}.run_pk = {target.pk}"
-                f" AND {alias}.key = {key} AND {alias}.count > 0"
-            )
+            where = metric_where.replace("{a}", alias)
+            if src.per_dataset:
+                # Several rows (one per dataset) may match: the latest point among them.
+                joins.append(
+                    f"LEFT JOIN LATERAL (SELECT {alias}.latest_value FROM {src.table} {alias}"  # noqa: S608
+                    f" WHERE {alias}.{src.owner} = {target.pk} AND {alias}.key = {key}{where}"
+                    f" ORDER BY {alias}.latest_step DESC, {alias}.latest_ts DESC,"
+                    f" {alias}.latest_value DESC LIMIT 1) {alias} ON TRUE"
+                )
+            else:
+                joins.append(
+                    f"LEFT JOIN {src.table} {alias} ON {alias}.{src.owner} = {target.pk}"
+                    f" AND {alias}.key = {key}{where}"
+                )
             expr = SUMMARY_SQL[ident.aggregate or "latest"].replace("s.", f"{alias}.")
             # As in MLflow, NaN comes after every number and before missing values in both
             # directions (PostgreSQL alone would put it first in DESC): 0 number, 1 NaN.
@@ -261,13 +352,13 @@ def _order_keys(
             table = target.params_table if ident.entity == "param" else target.tags_table
             key = binds.add(ident.key, "text")
             joins.append(
-                f"LEFT JOIN {table} {alias} ON {alias}.{_key_column(target)} = {target.pk}"
+                f"LEFT JOIN {table} {alias} ON {alias}.{target.key_column} = {target.pk}"
                 f" AND {alias}.key = {key}"
             )
             sort.append(_SortKey(f"{alias}.value", "text", k.descending, True))
         else:
             col = target.attributes[ident.key]
-            sort.append(_SortKey(col.sql, col.pg_type, k.descending, col.sql.endswith("end_time")))
+            sort.append(_SortKey(col.sql, col.pg_type, k.descending, col.nullable))
     if not keys:
         sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.default_order)
     sort.extend(_SortKey(c.sql, c.pg_type, d, False) for c, d in target.tiebreak)
@@ -318,14 +409,17 @@ def build_query(
     after: Sequence[Any] | None,
     limit: int,
     columns: str,
+    datasets: Sequence[tuple[str, str]] = (),
 ) -> tuple[str, list[Any], int]:
     """The page query and its arguments, and how many sort-key columns (named sk0...) it
-    returns after `columns`."""
+    returns after `columns`. `datasets` ((name, digest) pairs, an empty digest meaning any)
+    restricts per-dataset metrics, in comparisons and in ordering, to those datasets."""
     binds = Binds(scope_args)
+    metric_where = _metric_where(target, datasets, binds) if target.metrics else ""
     where = [scope_sql]
     if node is not None:
-        where.append(_Compiler(target, binds).node(node))
-    sort, joins = _order_keys(target, order, binds)
+        where.append(_Compiler(target, binds, metric_where).node(node))
+    sort, joins = _order_keys(target, order, binds, metric_where)
     if after is not None:
         _check_position(sort, after)
         where.append(_after(sort, after, binds))
@@ -389,5 +483,32 @@ async def search_experiments(
         after,
         limit,
         experiment_store.COLUMNS,
+    )
+    return list(await conn.fetch(sql, *args)), n_sort
+
+
+async def search_logged_models(
+    conn: Connection,
+    experiment_ids: Sequence[int],
+    node: Node | None,
+    order: Sequence[OrderKey],
+    datasets: Sequence[tuple[str, str]],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of live logged models of the experiments that match `node`, in `order`
+    (default creation_timestamp DESC), ties by model_id, strictly after `after`, with metric
+    comparisons and ordering restricted to `datasets` when given; and the number of sort
+    columns."""
+    sql, args, n_sort = build_query(
+        LOGGED_MODELS,
+        "m.experiment_id = ANY($1::bigint[]) AND m.lifecycle_stage = 1",
+        [list(experiment_ids)],
+        node,
+        order,
+        after,
+        limit,
+        logged_model_store.COLUMNS,
+        datasets,
     )
     return list(await conn.fetch(sql, *args)), n_sort

@@ -51,10 +51,12 @@ METRIC_AGGREGATES = {
 
 @dataclass(frozen=True)
 class Attribute:
-    """A searchable attribute: its canonical name and kind ("string" or "number")."""
+    """A searchable attribute: its canonical name, kind ("string" or "number") and whether
+    it may be missing (and so takes IS NULL)."""
 
     name: str
     kind: str
+    nullable: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,36 @@ RUNS = Vocabulary(
         "artifact_uri": Attribute("artifact_uri", "string"),
         "start_time": Attribute("start_time", "number"),
         "created": Attribute("start_time", "number"),
-        "end_time": Attribute("end_time", "number"),
+        "end_time": Attribute("end_time", "number", nullable=True),
     },
     dataset_fields=("name", "digest", "context"),
+)
+
+LOGGED_MODELS = Vocabulary(
+    prefixes={
+        "metrics": "metric",
+        "metric": "metric",
+        "params": "param",
+        "param": "param",
+        "parameters": "param",
+        "tags": "tag",
+        "tag": "tag",
+        "attributes": "attribute",
+        "attribute": "attribute",
+        "attr": "attribute",
+    },
+    attributes={
+        "name": Attribute("name", "string"),
+        "model_id": Attribute("model_id", "string"),
+        "model_type": Attribute("model_type", "string"),
+        "status": Attribute("status", "string"),
+        "source_run_id": Attribute("source_run_id", "string", nullable=True),
+        "creation_timestamp": Attribute("creation_timestamp", "number"),
+        "creation_time": Attribute("creation_timestamp", "number"),
+        "last_updated_timestamp": Attribute("last_updated_timestamp", "number"),
+        "last_update_time": Attribute("last_updated_timestamp", "number"),
+    },
+    metric_aggregates=False,
 )
 
 EXPERIMENTS = Vocabulary(
@@ -304,12 +333,14 @@ class _Parser:
         else:
             key = rest
             head, dot, last = rest.rpartition(".")
-            if dot and entity == "metric" and last.lower() in METRIC_AGGREGATES:
+            # Where metrics have no summaries (logged models), a dotted key is the key itself.
+            if (
+                dot
+                and entity == "metric"
+                and self.vocab.metric_aggregates
+                and last.lower() in METRIC_AGGREGATES
+            ):
                 key, aggregate = head, METRIC_AGGREGATES[last.lower()]
-                if not self.vocab.metric_aggregates:
-                    raise _fail(
-                        self.field, f"metric summaries are not searchable here (column {start.col})"
-                    )
         if not key:
             raise _fail(self.field, f"empty key in {text!r} at column {start.col}")
         if entity == "attribute":
@@ -325,8 +356,10 @@ class _Parser:
         return Ident(entity, key, aggregate, text)
 
     def aggregate(self, entity: Entity, name: str, col: int) -> str:
-        if entity != "metric" or not self.vocab.metric_aggregates:
+        if entity != "metric":
             raise _fail(self.field, f"only metrics have summaries (.{name} at column {col})")
+        if not self.vocab.metric_aggregates:
+            raise _fail(self.field, f"metric summaries are not searchable here (column {col})")
         agg = METRIC_AGGREGATES.get(name.lower())
         if agg is None:
             names = ", ".join(sorted(METRIC_AGGREGATES))
@@ -346,13 +379,19 @@ class _Parser:
             )
         return Ident("attribute", attr.name, None, text)
 
+    def canonical(self, ident: Ident) -> Attribute | None:
+        for attr in self.vocab.attributes.values():
+            if attr.name == ident.key:
+                return attr
+        return None
+
     def kind_of(self, ident: Ident) -> str:
         if ident.entity == "metric":
             return "number"
         if ident.entity == "attribute":
-            for attr in self.vocab.attributes.values():
-                if attr.name == ident.key:
-                    return attr.kind
+            attr = self.canonical(ident)
+            if attr is not None:
+                return attr.kind
         return "string"
 
     def comparison(self) -> Compare:
@@ -362,9 +401,11 @@ class _Parser:
         tok = self.peek()
         if tok is None:
             raise self.error("a comparator", after=label)
-        nullable = ident.entity != "dataset" and not (
-            ident.entity == "attribute" and ident.key not in ("end_time",)
-        )
+        if ident.entity == "attribute":
+            attr = self.canonical(ident)
+            nullable = attr is not None and attr.nullable
+        else:
+            nullable = ident.entity != "dataset"
         if self.keyword("IS"):
             self.next()
             negate = False
@@ -375,10 +416,12 @@ class _Parser:
                 raise self.error("NULL", after=label + " IS" + (" NOT" if negate else ""))
             self.next()
             if not nullable:
+                missing = sorted({a.name for a in self.vocab.attributes.values() if a.nullable})
                 raise _fail(
                     self.field,
                     f"{label} cannot be NULL; IS NULL applies to metrics, "
-                    f"params, tags and end_time (column {tok.col})",
+                    f"params, tags and {', '.join(missing) or 'no attribute'} "
+                    f"(column {tok.col})",
                 )
             return Compare(ident, "IS_NOT_NULL" if negate else "IS_NULL", None)
         if self.keyword("NOT") and self.keyword("IN", offset=1):
