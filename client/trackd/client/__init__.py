@@ -32,6 +32,8 @@ from trackd.client.logger import (
 )
 from trackd.client.sync import ActiveRun, Client
 from trackd.v1.common_pb2 import ViewType
+from trackd.v1.dataset_pb2 import Dataset
+from trackd.v1.logged_model_pb2 import LoggedModelStatus
 from trackd.v1.run_pb2 import RunStatus
 
 __all__ = [
@@ -42,8 +44,10 @@ __all__ = [
     "AsyncMetricLogger",
     "BufferFullError",
     "Client",
+    "Dataset",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "LoggedModelStatus",
     "LoggerClosedError",
     "MetricLogger",
     "NotFoundError",

@@ -20,9 +20,13 @@ from trackd.client.logger import (
 )
 from trackd.v1 import (
     common_pb2,
+    dataset_pb2,
     experiment_pb2,
     experiment_service_pb2,
     experiment_service_pb2_grpc,
+    logged_model_pb2,
+    logged_model_service_pb2,
+    logged_model_service_pb2_grpc,
     metric_pb2,
     run_pb2,
     run_service_pb2,
@@ -36,6 +40,8 @@ T = TypeVar("T")
 MetricLike = metric_pb2.Metric | tuple[Any, ...]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# The input tag that says what a dataset was used for (MLflow's name).
+DATASET_CONTEXT_TAG = "mlflow.data.context"
 
 
 def now_ms() -> int:
@@ -89,6 +95,7 @@ class AsyncClient:
         self.timeout = timeout
         self.experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
+        self.models = logged_model_service_pb2_grpc.LoggedModelServiceStub(self.channel)
         self._loggers: set[AsyncMetricLogger] = set()
 
     def logger(
@@ -306,15 +313,28 @@ class AsyncClient:
 
     @_rpc
     async def log_metric(
-        self, run_id: str, key: str, value: float, step: int = 0, timestamp: int | None = None
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        step: int = 0,
+        timestamp: int | None = None,
+        *,
+        model_id: str = "",
+        dataset_name: str = "",
+        dataset_digest: str = "",
     ) -> None:
-        """Appends one metric point (timestamp defaults to now)."""
+        """Appends one metric point (timestamp defaults to now). With `model_id` (and a
+        dataset), the point also counts as that logged model's metric on that dataset."""
         req = run_service_pb2.LogMetricRequest(
             run_id=run_id,
             key=key,
             value=float(value),
             step=step,
             timestamp=now_ms() if timestamp is None else timestamp,
+            model_id=model_id,
+            dataset_name=dataset_name,
+            dataset_digest=dataset_digest,
         )
         await self.runs.LogMetric(req, timeout=self.timeout)
 
@@ -420,6 +440,199 @@ class AsyncClient:
             stamps += t
             values += v
         return steps, stamps, values
+
+    # -- datasets, inputs and outputs --------------------------------------------------------
+
+    @_rpc
+    async def log_inputs(
+        self,
+        run_id: str,
+        datasets: Sequence[dataset_pb2.DatasetInput] = (),
+        model_ids: Sequence[str] = (),
+    ) -> None:
+        """Records datasets (with the tags of their use) and logged models a run consumed.
+
+        Raises:
+            TrackdError: the call failed (INVALID_ARGUMENT names the offending field).
+        """
+        req = run_service_pb2.LogInputsRequest(
+            run_id=run_id,
+            datasets=list(datasets),
+            models=[dataset_pb2.ModelInput(model_id=m) for m in model_ids],
+        )
+        await self.runs.LogInputs(req, timeout=self.timeout)
+
+    async def log_input(
+        self,
+        run_id: str,
+        dataset: dataset_pb2.Dataset,
+        context: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Records one dataset a run consumed; `context` ("training", "evaluation", ...)
+        becomes the `mlflow.data.context` input tag.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        all_tags = dict(tags or {})
+        if context is not None:
+            all_tags[DATASET_CONTEXT_TAG] = context
+        use = dataset_pb2.DatasetInput(
+            dataset=dataset,
+            tags=[dataset_pb2.InputTag(key=k, value=v) for k, v in all_tags.items()],
+        )
+        await self.log_inputs(run_id, [use])
+
+    @_rpc
+    async def log_output(self, run_id: str, model_id: str, step: int = 0) -> None:
+        """Records a logged model a run produced, with the step that produced it.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        req = run_service_pb2.LogOutputsRequest(
+            run_id=run_id, models=[dataset_pb2.ModelOutput(model_id=model_id, step=step)]
+        )
+        await self.runs.LogOutputs(req, timeout=self.timeout)
+
+    # -- logged models -----------------------------------------------------------------------
+
+    @_rpc
+    async def create_logged_model(
+        self,
+        experiment_id: str,
+        name: str = "",
+        model_type: str = "",
+        source_run_id: str = "",
+        params: Mapping[str, object] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> logged_model_pb2.LoggedModel:
+        """Creates a logged model (status PENDING); returns it with its `m-...` id.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        req = logged_model_service_pb2.CreateLoggedModelRequest(
+            experiment_id=experiment_id,
+            name=name,
+            model_type=model_type,
+            source_run_id=source_run_id,
+            params=[
+                logged_model_pb2.LoggedModelParameter(key=k, value=str(v))
+                for k, v in (params or {}).items()
+            ],
+            tags=[logged_model_pb2.LoggedModelTag(key=k, value=v) for k, v in (tags or {}).items()],
+        )
+        return (await self.models.CreateLoggedModel(req, timeout=self.timeout)).model
+
+    @_rpc
+    async def get_logged_model(self, model_id: str) -> logged_model_pb2.LoggedModel:
+        """The logged model with its params, tags and latest metrics per dataset.
+
+        Raises:
+            TrackdError: the call failed (NOT_FOUND for an unknown or deleted model).
+        """
+        req = logged_model_service_pb2.GetLoggedModelRequest(model_id=model_id)
+        return (await self.models.GetLoggedModel(req, timeout=self.timeout)).model
+
+    @_rpc
+    async def finalize_logged_model(
+        self,
+        model_id: str,
+        status: logged_model_pb2.LoggedModelStatus.ValueType = (
+            logged_model_pb2.LOGGED_MODEL_STATUS_READY
+        ),
+        status_message: str = "",
+    ) -> logged_model_pb2.LoggedModel:
+        """Marks a model READY (default) or UPLOAD_FAILED; returns it.
+
+        Raises:
+            TrackdError: FAILED_PRECONDITION if it was finalized with another status.
+        """
+        req = logged_model_service_pb2.FinalizeLoggedModelRequest(
+            model_id=model_id, status=status, status_message=status_message
+        )
+        return (await self.models.FinalizeLoggedModel(req, timeout=self.timeout)).model
+
+    @_rpc
+    async def delete_logged_model(self, model_id: str) -> None:
+        """Soft-deletes a logged model.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        req = logged_model_service_pb2.DeleteLoggedModelRequest(model_id=model_id)
+        await self.models.DeleteLoggedModel(req, timeout=self.timeout)
+
+    @_rpc
+    async def set_logged_model_tags(self, model_id: str, tags: Mapping[str, str]) -> None:
+        """Sets tags of a logged model.
+
+        Raises:
+            TrackdError: the call failed.
+        """
+        req = logged_model_service_pb2.SetLoggedModelTagsRequest(
+            model_id=model_id,
+            tags=[logged_model_pb2.LoggedModelTag(key=k, value=v) for k, v in tags.items()],
+        )
+        await self.models.SetLoggedModelTags(req, timeout=self.timeout)
+
+    @_rpc
+    async def log_logged_model_params(self, model_id: str, params: Mapping[str, object]) -> None:
+        """Logs immutable params of a logged model.
+
+        Raises:
+            TrackdError: FAILED_PRECONDITION if a param had another value.
+        """
+        req = logged_model_service_pb2.LogLoggedModelParamsRequest(
+            model_id=model_id,
+            params=[
+                logged_model_pb2.LoggedModelParameter(key=k, value=str(v))
+                for k, v in params.items()
+            ],
+        )
+        await self.models.LogLoggedModelParams(req, timeout=self.timeout)
+
+    async def search_logged_models(
+        self,
+        experiment_ids: Sequence[str],
+        filter: str = "",
+        datasets: Sequence[tuple[str, str]] = (),
+        order_by: Sequence[str] = (),
+        page_size: int = 100,
+    ) -> list[logged_model_pb2.LoggedModel]:
+        """Every live logged model of the experiments matching `filter`, in `order_by`
+        (default newest first), fetching all pages. `datasets` is (name, digest) pairs (an
+        empty digest means any) restricting metric clauses and ordering.
+
+        Raises:
+            TrackdError: the call failed (INVALID_ARGUMENT for a bad filter).
+        """
+        out: list[logged_model_pb2.LoggedModel] = []
+        token = ""
+        while True:
+            req = logged_model_service_pb2.SearchLoggedModelsRequest(
+                experiment_ids=list(experiment_ids),
+                filter=filter,
+                datasets=[
+                    logged_model_service_pb2.SearchLoggedModelsRequest.DatasetFilter(
+                        dataset_name=n, dataset_digest=d
+                    )
+                    for n, d in datasets
+                ],
+                order_by=list(order_by),
+                max_results=page_size,
+                page_token=token,
+            )
+            try:
+                resp = await self.models.SearchLoggedModels(req, timeout=self.timeout)
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err) from None
+            out.extend(resp.models)
+            token = resp.next_page_token
+            if not token:
+                return out
 
     def start_run(
         self,
@@ -575,6 +788,19 @@ class AsyncActiveRun:
             TrackdError: the stream failed for good.
         """
         await self.logger.flush(timeout)
+
+    async def log_input(
+        self,
+        dataset: dataset_pb2.Dataset,
+        context: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Records a dataset the run consumed (context: "training", "evaluation", ...)."""
+        await self.client.log_input(self.run_id, dataset, context, tags)
+
+    async def log_output(self, model_id: str, step: int = 0) -> None:
+        """Records a logged model the run produced."""
+        await self.client.log_output(self.run_id, model_id, step)
 
     async def log_param(self, key: str, value: object) -> None:
         """Logs one param of the run."""

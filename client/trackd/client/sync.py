@@ -19,7 +19,7 @@ from trackd.client.logger import (
     MetricLogger,
     OnFull,
 )
-from trackd.v1 import common_pb2, experiment_pb2, metric_pb2, run_pb2
+from trackd.v1 import common_pb2, dataset_pb2, experiment_pb2, logged_model_pb2, metric_pb2, run_pb2
 
 T = TypeVar("T")
 
@@ -172,10 +172,17 @@ class Client:
         self._call(self.aio.restore_run(run_id))
 
     def log_metric(
-        self, run_id: str, key: str, value: float, step: int = 0, timestamp: int | None = None
+        self,
+        run_id: str,
+        key: str,
+        value: float,
+        step: int = 0,
+        timestamp: int | None = None,
+        **model: str,
     ) -> None:
-        """Appends one metric point (timestamp defaults to now)."""
-        self._call(self.aio.log_metric(run_id, key, value, step, timestamp))
+        """Appends one metric point (timestamp defaults to now); keywords model_id,
+        dataset_name, dataset_digest make it a logged model's metric too."""
+        self._call(self.aio.log_metric(run_id, key, value, step, timestamp, **model))
 
     def log_param(self, run_id: str, key: str, value: object) -> None:
         """Logs one immutable param."""
@@ -213,6 +220,68 @@ class Client:
             TrackdError: the call failed.
         """
         return self._call(self.aio.get_metric_columns(run_id, key))
+
+    # -- datasets, inputs, outputs and logged models -----------------------------------------
+
+    def log_inputs(
+        self,
+        run_id: str,
+        datasets: Sequence[dataset_pb2.DatasetInput] = (),
+        model_ids: Sequence[str] = (),
+    ) -> None:
+        """Records datasets and logged models a run consumed."""
+        self._call(self.aio.log_inputs(run_id, datasets, model_ids))
+
+    def log_input(
+        self,
+        run_id: str,
+        dataset: dataset_pb2.Dataset,
+        context: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Records one dataset a run consumed; `context` becomes mlflow.data.context."""
+        self._call(self.aio.log_input(run_id, dataset, context, tags))
+
+    def log_output(self, run_id: str, model_id: str, step: int = 0) -> None:
+        """Records a logged model a run produced."""
+        self._call(self.aio.log_output(run_id, model_id, step))
+
+    def create_logged_model(self, experiment_id: str, **kw: Any) -> logged_model_pb2.LoggedModel:
+        """Creates a logged model (keywords: name, model_type, source_run_id, params, tags)."""
+        return self._call(self.aio.create_logged_model(experiment_id, **kw))
+
+    def get_logged_model(self, model_id: str) -> logged_model_pb2.LoggedModel:
+        """The logged model with its params, tags and latest metrics per dataset."""
+        return self._call(self.aio.get_logged_model(model_id))
+
+    def finalize_logged_model(
+        self,
+        model_id: str,
+        status: logged_model_pb2.LoggedModelStatus.ValueType = (
+            logged_model_pb2.LOGGED_MODEL_STATUS_READY
+        ),
+        status_message: str = "",
+    ) -> logged_model_pb2.LoggedModel:
+        """Marks a model READY (default) or UPLOAD_FAILED."""
+        return self._call(self.aio.finalize_logged_model(model_id, status, status_message))
+
+    def delete_logged_model(self, model_id: str) -> None:
+        """Soft-deletes a logged model."""
+        self._call(self.aio.delete_logged_model(model_id))
+
+    def set_logged_model_tags(self, model_id: str, tags: Mapping[str, str]) -> None:
+        """Sets tags of a logged model."""
+        self._call(self.aio.set_logged_model_tags(model_id, tags))
+
+    def log_logged_model_params(self, model_id: str, params: Mapping[str, object]) -> None:
+        """Logs immutable params of a logged model."""
+        self._call(self.aio.log_logged_model_params(model_id, params))
+
+    def search_logged_models(
+        self, experiment_ids: Sequence[str], **kw: Any
+    ) -> list[logged_model_pb2.LoggedModel]:
+        """Every live logged model matching (keywords: filter, datasets, order_by)."""
+        return self._call(self.aio.search_logged_models(experiment_ids, **kw))
 
     def start_run(
         self,
@@ -381,6 +450,19 @@ class ActiveRun:
     def set_tag(self, key: str, value: str) -> None:
         """Sets one tag of the run."""
         self.client.set_tag(self.run_id, key, value)
+
+    def log_input(
+        self,
+        dataset: dataset_pb2.Dataset,
+        context: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Records a dataset the run consumed (context: "training", "evaluation", ...)."""
+        self.client.log_input(self.run_id, dataset, context, tags)
+
+    def log_output(self, model_id: str, step: int = 0) -> None:
+        """Records a logged model the run produced."""
+        self.client.log_output(self.run_id, model_id, step)
 
     def log_batch(
         self,
