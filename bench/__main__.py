@@ -30,5 +30,6 @@ async def main(names: list[str]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS), choices=list(SCENARIOS))
-    asyncio.run(main(parser.parse_args().scenarios))
+    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario",
+                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    asyncio.run(main(parser.parse_args().scenarios or list(SCENARIOS)))

@@ -22,14 +22,14 @@ async def test_request_id_is_taken_from_metadata_and_returned(runs) -> None:
     call = runs.GetRun(rpb.GetRunRequest(run_id="0" * 32), metadata=(("x-request-id", "req-42"),))
     with pytest.raises(grpc.aio.AioRpcError):
         await call
-    assert ("x-request-id", "req-42") in tuple(await call.initial_metadata())
+    assert ("x-request-id", "req-42") in tuple(await call.trailing_metadata())
 
 
 async def test_request_id_is_generated_when_absent(runs) -> None:
     run = await new_run(runs)
     call = runs.GetRun(rpb.GetRunRequest(run_id=run.info.run_id))
     await call
-    ids = [v for k, v in await call.initial_metadata() if k == "x-request-id"]
+    ids = [v for k, v in await call.trailing_metadata() if k == "x-request-id"]
     assert len(ids) == 1 and len(ids[0]) == 32
 
 

@@ -95,7 +95,11 @@ async def start(config: Config, database_url: str) -> Running:
         ]
     )
     metrics = Metrics()
-    guard = Guard(Limits(config.client_rate_limit, config.client_max_concurrency), metrics)
+    guard = Guard(
+        Limits(config.client_rate_limit, config.client_max_concurrency),
+        metrics,
+        access_log=config.access_log,
+    )
     add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
     writers = Writers(
         db,

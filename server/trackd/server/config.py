@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -20,6 +20,8 @@ class Config:
     log_level: str = "INFO"
     # "json" (one object per line) or "text".
     log_format: str = "json"
+    # One access-log line per call (INFO for OK and expected client errors).
+    access_log: bool = True
     data_dir: str = ".trackd"
     artifact_root: str = "./trackd-artifacts"
     # Seconds in-flight calls get to finish after SIGTERM.
@@ -46,6 +48,7 @@ _ENV = {
     "pool_max_size": "TRACKD_POOL_MAX_SIZE",
     "log_level": "TRACKD_LOG_LEVEL",
     "log_format": "TRACKD_LOG_FORMAT",
+    "access_log": "TRACKD_ACCESS_LOG",
     "data_dir": "TRACKD_DATA_DIR",
     "artifact_root": "TRACKD_ARTIFACT_ROOT",
     "grace_period": "TRACKD_GRACE_PERIOD",
@@ -59,6 +62,30 @@ _ENV = {
 }
 
 
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _parse_bool(text: str) -> bool:
+    try:
+        return _BOOLS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(f"{text!r} is not a boolean (true/false, on/off, 1/0)") from None
+
+
+def _parser(kind: type) -> Callable[[str], object]:
+    """The function that reads a value of `kind` from text."""
+    return _parse_bool if kind is bool else kind
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per Config field; each flag's default is unset, so that the
     environment and then the built-in default apply."""
@@ -69,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag,
             dest=name,
             default=None,
-            type=type(getattr(defaults, name)),
+            type=_parser(type(getattr(defaults, name))),
             help=f"(env {env}; default {getattr(defaults, name)!r})",
         )
 
@@ -87,7 +114,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             values[name] = flag_value
         elif env.get(var):
             try:
-                values[name] = kind(env[var])
+                values[name] = _parser(kind)(env[var])
             except ValueError as exc:
                 raise SystemExit(f"{var}={env[var]!r} is not a valid {kind.__name__}") from exc
     return Config(**values)  # type: ignore[arg-type]

@@ -2,7 +2,7 @@
 limits), Prometheus metrics and one structured access-log line.
 
 The request id comes from the caller's `x-request-id` metadata (or is generated), is sent
-back in the response's initial metadata, and is attached to every log record written while
+back in the response's trailing metadata, and is attached to every log record written while
 the call runs (see RequestIdFilter).
 """
 
@@ -111,9 +111,12 @@ class Limits:
 class Guard:
     """Starts and finishes calls: request ids, limits, metrics, access log."""
 
-    def __init__(self, limits: Limits | None = None, metrics: Any = None) -> None:
+    def __init__(
+        self, limits: Limits | None = None, metrics: Any = None, access_log: bool = True
+    ) -> None:
         self.limits = limits or Limits()
         self.metrics = metrics
+        self.access_log = access_log
 
     def start(self, method: str, context: Any) -> Call:
         """Begins a call: takes or makes its request id and names its client."""
@@ -132,8 +135,9 @@ class Guard:
         return call
 
     async def admit(self, call: Call, context: Any) -> None:
-        """Sends the request id back and applies the client's limits."""
-        await context.send_initial_metadata((("x-request-id", call.request_id),))
+        """Returns the request id in the response's trailing metadata (sent with the
+        status, so it costs no extra write) and applies the client's limits."""
+        context.set_trailing_metadata((("x-request-id", call.request_id),))
         self.limits.admit(call.client, time.monotonic())
         call.admitted = True
 
@@ -145,7 +149,7 @@ class Guard:
         if self.metrics is not None:
             self.metrics.observe(call.method, call.code.name, elapsed)
         level = logging.INFO if call.code in _QUIET else logging.WARNING
-        if log.isEnabledFor(level):
+        if (self.access_log or level > logging.INFO) and log.isEnabledFor(level):
             log.log(
                 level,
                 "%s %s %.2fms",

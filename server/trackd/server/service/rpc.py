@@ -47,6 +47,16 @@ class _Undecodable:
         self.error = error
 
 
+class _WithRequestId(grpc.Status):
+    """A status whose trailing metadata also carries the call's request id (aborting
+    replaces the trailing metadata set earlier)."""
+
+    def __init__(self, status: grpc.Status, request_id: str) -> None:
+        self.code = status.code
+        self.details = status.details
+        self.trailing_metadata = (*status.trailing_metadata, ("x-request-id", request_id))
+
+
 def to_status(err: TrackdError) -> grpc.Status:
     """The gRPC status for a domain error, with ErrorInfo and, if any, BadRequest details."""
     info = any_pb2.Any()
@@ -118,7 +128,9 @@ async def _fail(call: Call, context: Context, exc: Exception) -> None:
         log.error("internal error, incident %s", incident, exc_info=exc)
         err = TrackdError(f"internal error (incident {incident})", {"incident": incident})
     call.code = err.code
-    await context.abort_with_status(to_status(err))  # type: ignore[attr-defined]
+    await context.abort_with_status(  # type: ignore[attr-defined]
+        _WithRequestId(to_status(err), call.request_id)
+    )
 
 
 def _wrap_unary(

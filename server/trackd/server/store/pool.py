@@ -40,6 +40,15 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 
 
+class _Connection(asyncpg.Connection):
+    """A connection that skips asyncpg's reset query on release (a round trip per unit of
+    work): trackd changes no session state (only SET LOCAL, no LISTEN, no cursors kept,
+    advisory locks released explicitly). An open transaction is still rolled back."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
 class Database:
     """Owns the connection pool; `transact` runs one unit of work in a transaction."""
 
@@ -55,6 +64,7 @@ class Database:
             max_size=max_size,
             # Statements are few and fixed; cache them all.
             statement_cache_size=1024,
+            connection_class=_Connection,
             server_settings={
                 "application_name": "trackd",
                 # Parallel workers take milliseconds to start: worth it for searches over
