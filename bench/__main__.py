@@ -30,6 +30,11 @@ async def main(names: list[str]) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenarios", nargs="*", choices=[*SCENARIOS, []], metavar="scenario",
-                        help=f"any of {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument(
+        "scenarios",
+        nargs="*",
+        choices=[*SCENARIOS, []],
+        metavar="scenario",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
+    )
     asyncio.run(main(parser.parse_args().scenarios or list(SCENARIOS)))
