@@ -211,6 +211,14 @@ async def run(database_url: str) -> dict[str, dict[str, str]]:
                         "StreamMetricHistory": f"{streamed:.3f} s",
                     }
                 out["server"] = {"peak RSS": f"{server.rss_mb():.0f} MB"}
+        # The per-call access log line costs CPU at thousands of calls a second: the same
+        # LogMetric load against a server with it switched off.
+        async with server_process(database_url, "--access-log", "off") as quiet:
+            async with grpc.aio.insecure_channel(quiet.target) as ch:
+                stub = run_service_pb2_grpc.RunServiceStub(ch)
+                await log_metric_latency(stub, 120)
+                conc = await log_metric_concurrent(stub, 64, 5.0)
+                out["LogMetric"]["64 concurrent callers, --access-log off"] = f"{conc:,.0f} calls/s"
     finally:
         await conn.close()
     return out
