@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import limits, paging, validation
-from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -102,25 +102,16 @@ class Experiments:
         )
         stages = VIEW_STAGES[view_type]
         fingerprint = paging.query_fingerprint("experiments", filter_, list(order_by), stages)
-        position = paging.decode(page_token, fingerprint)
-        after = decode_position(position) if position is not None else None
 
-        async def work(conn: Connection) -> tuple[list[asyncpg.Record], int]:
-            try:
-                return await search_store.search_experiments(
-                    conn, stages, node, order, after, size + 1
-                )
-            except (ValueError, asyncpg.DataError) as exc:
-                raise InvalidArgument.for_field(
-                    "page_token", "is not a token this server issued"
-                ) from exc
+        async def fetch(
+            conn: Connection, after: list[Any] | None, limit: int
+        ) -> tuple[list[asyncpg.Record], int]:
+            return await search_store.search_experiments(conn, stages, node, order, after, limit)
 
-        rows, n_sort = await self.db.read(work)
-        if len(rows) <= size:
-            return rows, ""
-        rows = rows[:size]
-        last = [rows[-1][f"sk{i}"] for i in range(n_sort)]
-        return rows, paging.encode(encode_position(last), fingerprint)
+        async def keep(conn: Connection, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
+            return rows
+
+        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, keep)
 
     async def rename(self, experiment_id: str, new_name: str) -> None:
         """Renames an experiment; AlreadyExists if an active experiment holds the name."""

@@ -13,7 +13,6 @@ import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import limits, names, paging, validation
-from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -252,27 +251,15 @@ class LoggedModels:
         fingerprint = paging.query_fingerprint(
             "logged_models", eids, filter_, wanted, list(order_by)
         )
-        position = paging.decode(page_token, fingerprint)
-        after = decode_position(position) if position is not None else None
 
-        async def work(conn: Connection) -> tuple[list[LoggedModelView], list[Any] | None]:
-            try:
-                rows, n_sort = await search_store.search_logged_models(
-                    conn, eids, node, order, wanted, after, size + 1
-                )
-            except ValueError as exc:
-                raise InvalidArgument.for_field(
-                    "page_token", "is not a token this server issued"
-                ) from exc
-            last_key = None
-            if len(rows) > size:
-                rows = rows[:size]
-                last_key = [rows[-1][f"sk{i}"] for i in range(n_sort)]
-            return await load_views(conn, rows), last_key
+        async def fetch(
+            conn: Connection, after: list[Any] | None, limit: int
+        ) -> tuple[list[asyncpg.Record], int]:
+            return await search_store.search_logged_models(
+                conn, eids, node, order, wanted, after, limit
+            )
 
-        views, last_key = await self.db.read(work)
-        token = paging.encode(encode_position(last_key), fingerprint) if last_key else ""
-        return views, token
+        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load_views)
 
 
 async def load_views(conn: Connection, rows: Sequence[asyncpg.Record]) -> list[LoggedModelView]:

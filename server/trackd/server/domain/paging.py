@@ -7,10 +7,15 @@ import hashlib
 import json
 import struct
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
 
 from trackd.server.errors import InvalidArgument
+from trackd.server.store.pool import Connection, Database
+
+V = TypeVar("V")
 
 
 def query_fingerprint(*parts: object) -> str:
@@ -85,3 +90,41 @@ def decode_position(position: list[Any]) -> list[Any]:
     except (ValueError, TypeError, IndexError, struct.error) as exc:
         raise InvalidArgument.for_field("page_token", "is not a token this server issued") from exc
     return values
+
+
+async def keyset_page(
+    db: Database,
+    page_token: str,
+    fingerprint: str,
+    size: int,
+    fetch: Callable[
+        [Connection, list[Any] | None, int], Awaitable[tuple[list[asyncpg.Record], int]]
+    ],
+    load: Callable[[Connection, list[asyncpg.Record]], Awaitable[list[V]]],
+) -> tuple[list[V], str]:
+    """One page of a keyset-paginated search, in one read-only snapshot.
+
+    `fetch(conn, after, limit)` returns rows in sort order strictly after the position
+    `after` (None for the first page) with their sort keys as columns sk0, sk1, ..., and
+    how many there are; `load(conn, rows)` turns the page's rows into results. Returns
+    the results and the next page's token ('' on the last page). A malformed or foreign
+    token is INVALID_ARGUMENT on page_token."""
+    position = decode(page_token, fingerprint)
+    after = decode_position(position) if position is not None else None
+
+    async def work(conn: Connection) -> tuple[list[V], list[Any] | None]:
+        try:
+            rows, n_sort = await fetch(conn, after, size + 1)
+        except (ValueError, asyncpg.DataError) as exc:
+            raise InvalidArgument.for_field(
+                "page_token", "is not a token this server issued"
+            ) from exc
+        last_key = None
+        if len(rows) > size:
+            rows = rows[:size]
+            last_key = [rows[-1][f"sk{i}"] for i in range(n_sort)]
+        return await load(conn, rows), last_key
+
+    results, last_key = await db.read(work)
+    token = encode(encode_position(last_key), fingerprint) if last_key else ""
+    return results, token

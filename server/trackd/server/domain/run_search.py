@@ -12,7 +12,6 @@ import asyncpg
 
 from trackd.server.domain import limits, paging, validation
 from trackd.server.domain.experiments import VIEW_STAGES
-from trackd.server.domain.paging import decode_position, encode_position
 from trackd.server.domain.runs import RunView
 from trackd.server.domain.search import parser
 from trackd.server.errors import InvalidArgument
@@ -65,27 +64,13 @@ class RunSearch:
         )
         stages = VIEW_STAGES[view_type]
         fingerprint = paging.query_fingerprint("runs", eids, filter_, list(order_by), stages)
-        position = paging.decode(page_token, fingerprint)
-        after = decode_position(position) if position is not None else None
 
-        async def work(conn: Connection) -> tuple[list[RunView], list[Any] | None]:
-            try:
-                rows, n_sort = await search_store.search_runs(
-                    conn, eids, stages, node, order, after, size + 1
-                )
-            except ValueError as exc:
-                raise InvalidArgument.for_field(
-                    "page_token", "is not a token this server issued"
-                ) from exc
-            last_key = None
-            if len(rows) > size:
-                rows = rows[:size]
-                last_key = [rows[-1][f"sk{i}"] for i in range(n_sort)]
-            return await load_views(conn, rows), last_key
+        async def fetch(
+            conn: Connection, after: list[Any] | None, limit: int
+        ) -> tuple[list[asyncpg.Record], int]:
+            return await search_store.search_runs(conn, eids, stages, node, order, after, limit)
 
-        views, last_key = await self.db.read(work)
-        token = paging.encode(encode_position(last_key), fingerprint) if last_key else ""
-        return views, token
+        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load_views)
 
 
 async def load_views(conn: Connection, rows: Sequence[asyncpg.Record]) -> list[RunView]:
