@@ -118,3 +118,12 @@ def experiments(channel: grpc.aio.Channel) -> experiment_service_pb2_grpc.Experi
 def runs(channel: grpc.aio.Channel) -> run_service_pb2_grpc.RunServiceStub:
     """RunService stub over the module's channel."""
     return run_service_pb2_grpc.RunServiceStub(channel)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """Reports how many faults the fault suite injected and how many generated inputs the
+    property tests tried."""
+    from helpers import STATS
+
+    if any(STATS.values()):
+        terminalreporter.write_line("trackd: " + ", ".join(f"{k}: {v}" for k, v in STATS.items()))

@@ -12,6 +12,9 @@ from grpc_status import rpc_status
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import run_service_pb2 as rpb
 
+# Counts the fault and property suites add to; printed at the end of the run.
+STATS: dict[str, int] = {"faults injected": 0, "generated inputs tried": 0}
+
 
 def unique(prefix: str = "exp") -> str:
     """A name no other test uses."""

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from conftest import server_config
-from helpers import error_info, new_experiment, new_run
+from helpers import STATS, error_info, new_experiment, new_run
 from trackd.server import app
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import experiment_service_pb2_grpc, metric_pb2, run_pb2, run_service_pb2_grpc
@@ -85,6 +85,7 @@ async def test_killed_connections_fail_calls_unavailable_and_the_pool_recovers(
         results = await asyncio.gather(*(writer(w) for w in range(4)), killer())
         sent, killed = results[:4], results[4]
         assert killed > 0
+        STATS["faults injected"] += killed
         # Each kill was met either by a call (UNAVAILABLE, retried by the client) or by
         # the server itself (a writer rerunning its idempotent group, or a dead pooled
         # connection replaced before any work ran on it).
@@ -122,6 +123,7 @@ async def test_expired_deadline_cancels_database_work_and_leaks_no_connection(
                     rpb.LogParamRequest(run_id=run_id, key=f"p{i}", value="v"), timeout=0.3
                 )
             assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            STATS["faults injected"] += 1
         await asyncio.sleep(0.3)
         waiting = await blocker.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'trackd'"
@@ -169,6 +171,7 @@ async def test_stalled_stream_holds_no_connection_and_is_ended(database_url: str
             await asyncio.wait_for(call.read(), 5)
         assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "nothing for 0.5 s" in (exc.value.details() or "")
+        STATS["faults injected"] += 1
         go_on.set()
     finally:
         await ch.close()
@@ -192,6 +195,7 @@ async def test_two_servers_racing_on_a_param_leave_one_value(database_url: str) 
             )
             failures = [r for r in results if isinstance(r, BaseException)]
             assert len(failures) == 1, (round_, results)
+            STATS["faults injected"] += 1
             err = failures[0]
             assert isinstance(err, grpc.aio.AioRpcError)
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION

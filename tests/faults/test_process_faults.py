@@ -12,6 +12,7 @@ import asyncpg
 import grpc
 from procs import running
 
+from helpers import STATS
 from trackd.v1 import run_service_pb2 as rpb
 from trackd.v1 import run_service_pb2_grpc
 
@@ -76,6 +77,7 @@ async def test_sigterm_under_streaming_load_drains_and_exits_zero(database_url: 
             assert all(len(a) > 1 for a in acked), "streams did not get going"
             started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
+            STATS["faults injected"] += 1
             codes = await asyncio.wait_for(asyncio.gather(*tasks), 15)
             assert await server.wait(15) == 0
             assert time.monotonic() - started < 5 + 2
@@ -104,6 +106,7 @@ async def test_acknowledged_points_survive_sigkill(database_url: str) -> None:
             ]
             await asyncio.sleep(1.0)
             server.proc.send_signal(signal.SIGKILL)
+            STATS["faults injected"] += 1
             codes = await asyncio.wait_for(asyncio.gather(*tasks), 15)
     # A killed peer ends the calls client-side: UNAVAILABLE, or INTERNAL when gRPC's
     # transport sees the HTTP/2 stream reset mid-message (no server answered either).

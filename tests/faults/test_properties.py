@@ -12,7 +12,7 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import new_experiment, new_run
+from helpers import STATS, new_experiment, new_run
 from trackd.v1 import experiment_pb2, metric_pb2, run_pb2
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import run_service_pb2 as rpb
@@ -48,6 +48,7 @@ tried = {"count": 0}
 async def call(coro) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
     """Awaits a call; returns its status code, failing on a code trackd never answers."""
     tried["count"] += 1
+    STATS["generated inputs tried"] += 1
     try:
         await coro
         return grpc.StatusCode.OK

@@ -11,6 +11,7 @@ import socket
 import asyncpg
 from procs import running
 
+from helpers import STATS
 from trackd.client import AsyncClient
 
 CLIENTS = 8
@@ -64,6 +65,7 @@ async def test_points_held_by_loggers_arrive_exactly_once_across_sigkill(
         producers = [asyncio.create_task(produce(i)) for i in range(CLIENTS)]
         await asyncio.wait_for(halfway.wait(), 30)
         server.proc.send_signal(signal.SIGKILL)
+        STATS["faults injected"] += 1
         await server.proc.wait()
         killed = True
         await first.__aexit__(None, None, None)
