@@ -79,7 +79,8 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def server_process(database_url: str, *extra: str) -> AsyncIterator[ServerProcess]:
-    """Runs `python -m trackd.server serve` on 127.0.0.1 and a free port; SIGTERM (then
+    """Runs `python -m trackd.server serve` on 127.0.0.1 and a free port, its log going to
+    a file (reading it here would take CPU from the benchmark's clients); SIGTERM (then
     SIGKILL) to its pid at the end."""
     env = {
         **os.environ,
@@ -87,42 +88,42 @@ async def server_process(database_url: str, *extra: str) -> AsyncIterator[Server
         "TRACKD_LISTEN": "127.0.0.1:0",
         "TRACKD_LOG_LEVEL": "INFO",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "trackd.server",
-        "serve",
-        *extra,
-        env=env,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        port = None
-        while port is None:
-            assert proc.stderr is not None
-            line = await asyncio.wait_for(proc.stderr.readline(), 60)
-            if not line:
-                raise RuntimeError("trackd exited before listening")
-            m = re.search(rb"\(port (\d+)\)", line)
-            if m:
-                port = int(m.group(1))
-        drain = asyncio.create_task(_drain(proc))
-        yield ServerProcess(proc, port)
-        drain.cancel()
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    with tempfile.NamedTemporaryFile(prefix="trackd-bench-", suffix=".log") as logfile:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "trackd.server",
+            "serve",
+            *extra,
+            env=env,
+            stderr=logfile,
+        )
+        try:
+            port = None
+            for _ in range(600):
+                m = re.search(rb"\(port (\d+)\)", await asyncio.to_thread(_read, logfile.name))
+                if m:
+                    port = int(m.group(1))
+                    break
+                if proc.returncode is not None:
+                    raise RuntimeError("trackd exited before listening")
+                await asyncio.sleep(0.1)
+            if port is None:
+                raise RuntimeError("trackd did not start listening within 60 s")
+            yield ServerProcess(proc, port)
+        finally:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
 
 
-async def _drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stderr is not None
-    while await proc.stderr.readline():
-        pass
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def percentile(samples: list[float], p: float) -> float:

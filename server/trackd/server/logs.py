@@ -3,9 +3,11 @@ the request id of the call it was written in."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import sys
+import threading
 import time
 
 from trackd.server.service.guard import RequestIdFilter
@@ -59,9 +61,51 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to stderr through a buffer: a record at WARNING or above is flushed at once,
+    others at most 0.2 s later (a write system call per access-log line would cost more
+    than the line). A daemon thread flushes what a quiet server leaves behind."""
+
+    FLUSH_EVERY = 0.2
+
+    def __init__(self) -> None:
+        stream = io.TextIOWrapper(
+            io.BufferedWriter(io.FileIO(sys.stderr.fileno(), "w", closefd=False), 1 << 16),
+            encoding="utf-8",
+            errors="backslashreplace",
+            line_buffering=False,
+        )
+        super().__init__(stream)
+        self._flushed = time.monotonic()
+        threading.Thread(target=self._flusher, name="trackd-log-flush", daemon=True).start()
+
+    def flush(self) -> None:
+        self._flushed = time.monotonic()
+        super().flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            with self.lock:  # type: ignore[union-attr]
+                self.stream.write(msg + self.terminator)
+                if (
+                    record.levelno >= logging.WARNING
+                    or time.monotonic() - self._flushed > self.FLUSH_EVERY
+                ):
+                    self.flush()
+        except Exception:  # noqa: BLE001 - logging must never break a call
+            self.handleError(record)
+
+    def _flusher(self) -> None:
+        while True:
+            time.sleep(self.FLUSH_EVERY)
+            with self.lock:  # type: ignore[union-attr]
+                self.flush()
+
+
 def configure(level: str, fmt: str) -> None:
     """Sends trackd's logs to stderr in `fmt` ("json" or "text") at `level`."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedStderrHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
