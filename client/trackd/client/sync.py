@@ -9,8 +9,7 @@ from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from trackd.client.aio import DEFAULT_TARGET, AsyncClient, MetricLike, end_status
-from trackd.client.errors import TrackdError
+from trackd.client.aio import DEFAULT_TARGET, AsyncActiveRun, AsyncClient, MetricLike
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -312,61 +311,50 @@ class Client:
         Returns:
             The run context manager.
         """
-        return ActiveRun(
-            self,
-            {
-                "experiment_id": experiment_id,
-                "run_name": run_name,
-                "tags": tags,
-                "user_id": user_id,
-                "parent_run_id": parent_run_id,
-            },
-            logger_options={"capacity": buffer_points, "on_full": on_full},
-            logger=logger,
+        aio_run = self.aio.start_run(
+            experiment_id,
+            run_name,
+            tags=tags,
+            user_id=user_id,
+            parent_run_id=parent_run_id,
+            buffer_points=buffer_points,
+            on_full=on_full,
+            logger=logger.aio if logger is not None else None,
             flush_timeout=flush_timeout,
         )
+        return ActiveRun(self, aio_run, logger)
 
 
 class ActiveRun:
-    """A run being logged to from synchronous code. Metrics go through a buffered logger
-    (`self.logger`): log_metric returns at once unless the buffer is full, and the exit
-    flushes before ending the run."""
+    """A run being logged to from synchronous code: an AsyncActiveRun driven on the
+    client's thread, so that both share one implementation of the run's life (creation,
+    flush on exit, FINISHED/FAILED/KILLED). Metrics go through a buffered logger
+    (`self.logger`): log_metric returns at once unless the buffer is full."""
 
-    def __init__(
-        self,
-        client: Client,
-        create_args: dict[str, Any],
-        *,
-        logger_options: dict[str, Any] | None = None,
-        logger: MetricLogger | None = None,
-        flush_timeout: float | None = None,
-    ) -> None:
+    def __init__(self, client: Client, aio: AsyncActiveRun, logger: MetricLogger | None) -> None:
         self.client = client
-        self._create_args = create_args
-        self._logger_options = logger_options or {}
-        self._owns_logger = logger is None
+        self.aio = aio
         self._logger = logger
-        self.flush_timeout = flush_timeout
-        self.run: run_pb2.Run | None = None
+
+    @property
+    def run(self) -> run_pb2.Run | None:
+        """The run as created (once started)."""
+        return self.aio.run
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (once started)."""
+        return self.aio.run_id
 
     @property
     def logger(self) -> MetricLogger:
         """The logger the run's metrics go through (once started)."""
         if self._logger is None:
-            raise RuntimeError("the run has not started; use `with`")
+            self._logger = MetricLogger(self.aio.logger, self.client._loop)
         return self._logger
 
-    @property
-    def run_id(self) -> str:
-        """The run's id (once started)."""
-        if self.run is None:
-            raise RuntimeError("the run has not started; use `with`")
-        return self.run.info.run_id
-
     def __enter__(self) -> ActiveRun:
-        self.run = self.client.create_run(**self._create_args)
-        if self._logger is None:
-            self._logger = self.client.logger(**self._logger_options)
+        self.client._call(self.aio.__aenter__())
         return self
 
     def __exit__(
@@ -378,28 +366,7 @@ class ActiveRun:
         """Flushes the run's metrics, then ends the run: FINISHED, or FAILED when the block
         raised or the flush failed (KILLED on Ctrl-C). A flush failure is raised after a
         clean block and noted on the block's exception otherwise."""
-        flush_error: Exception | None = None
-        if self.run is not None and self._logger is not None:
-            try:
-                if self._owns_logger:
-                    self._logger.close(self.flush_timeout)
-                else:
-                    self._logger.flush(self.flush_timeout)
-            except (TrackdError, TimeoutError) as err:
-                flush_error = err
-        status = end_status(exc_type)
-        if exc_type is None and flush_error is not None:
-            status = run_pb2.RUN_STATUS_FAILED
-        try:
-            self.client.end_run(self.run_id, status)
-        except TrackdError as end_error:
-            if flush_error is None:
-                raise
-            flush_error.add_note(f"trackd: ending the run failed too: {end_error}")
-        if flush_error is not None:
-            if exc is None:
-                raise flush_error
-            exc.add_note(f"trackd: flushing the run's metrics failed: {flush_error}")
+        self.client._call(self.aio.__aexit__(exc_type, exc, tb))
 
     def log_metric(
         self, key: str, value: float, step: int = 0, timestamp: int | None = None
