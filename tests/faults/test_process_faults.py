@@ -57,6 +57,12 @@ async def _stream_until_stopped(
         async for ack in stub.StreamMetrics(gen()):
             acked.append(ack.acked_sequence)
     except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.INTERNAL and "execute_batch" in (
+            err.debug_error_string() or ""
+        ):
+            # The client's own send raced the server's end of the call: gRPC's client core
+            # reports its failed write instead of the status the server sent.
+            return grpc.StatusCode.UNAVAILABLE
         return err.code()
     return grpc.StatusCode.OK
 
