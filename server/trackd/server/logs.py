@@ -9,7 +9,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 
+from trackd.server.service import guard
 from trackd.server.service.guard import RequestIdFilter
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
@@ -27,11 +29,14 @@ class JsonFormatter(logging.Formatter):
     _prefix = ""
 
     def _timestamp(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        return self._stamp(record.created)
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:  # strftime once a second, not once a record
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._prefix}.{int(record.msecs):03d}Z"
+        return f"{self._prefix}.{int((created - second) * 1000):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -77,10 +82,12 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         )
         super().__init__(stream)
         self._flushed = time.monotonic()
+        self.wall_flushed = time.time()
         threading.Thread(target=self._flusher, name="trackd-log-flush", daemon=True).start()
 
     def flush(self) -> None:
         self._flushed = time.monotonic()
+        self.wall_flushed = time.time()
         super().flush()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -103,6 +110,37 @@ class BufferedStderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 self.flush()
 
 
+def _access_sink(handler: BufferedStderrHandler) -> Callable[[str, str, str, float, str], None]:
+    """A writer of INFO access-log lines in JsonFormatter's shape, without building a
+    LogRecord (the access log is written once per call, on the hot path)."""
+    formatter = JsonFormatter()
+    dumps = json.dumps
+
+    def write(rid: str, method: str, code: str, seconds: float, client: str) -> None:
+        now = time.time()
+        ms = seconds * 1000
+        line = dumps(
+            {
+                "ts": formatter._stamp(now),
+                "level": "INFO",
+                "logger": "trackd.access",
+                "request_id": rid,
+                "msg": f"{method} {code} {ms:.2f}ms",
+                "method": method,
+                "code": code,
+                "duration_ms": round(ms, 3),
+                "client": client,
+            },
+            separators=(",", ":"),
+        )
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line + "\n")
+            if now - handler.wall_flushed > handler.FLUSH_EVERY:
+                handler.flush()
+
+    return write
+
+
 def configure(level: str, fmt: str) -> None:
     """Sends trackd's logs to stderr in `fmt` ("json" or "text") at `level`."""
     handler = BufferedStderrHandler()
@@ -111,3 +149,4 @@ def configure(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    guard.access_sink = _access_sink(handler) if fmt == "json" else None
