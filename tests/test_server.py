@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import uuid
 
 import asyncpg
 import grpc
@@ -91,7 +92,7 @@ async def test_reflection_lists_trackd_services(channel: grpc.aio.Channel) -> No
 async def test_concurrent_migrations_apply_each_version_once(pg_url: str) -> None:
     from conftest import with_database
 
-    name = "trackd_test_migrate_race"
+    name = f"trackd_test_migrate_race_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(pg_url)
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await admin.execute(f'CREATE DATABASE "{name}"')
