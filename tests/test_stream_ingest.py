@@ -414,3 +414,25 @@ async def test_rejected_chunks_count_in_the_committed_sequence(runs) -> None:
     assert acks[0].acked_sequence == 2
     assert acks[-1].acked_sequence == 3 and not acks[-1].rejections
     assert [p[0] for p in await history(runs, rid, "k")] == [3]
+
+
+async def test_concurrent_writers_creating_one_new_series_all_succeed(runs) -> None:
+    rid = (await new_run(runs)).info.run_id
+    for round_ in range(15):
+        key = f"fresh{round_}"
+        # Streams are spread over the writers by stream id, so several writers race to
+        # create the same series.
+        results = await asyncio.gather(
+            *(
+                stream_all(
+                    runs,
+                    [chunk(sid, 0), chunk(sid, 1, cols(rid, key, [w * 10 + i for i in range(10)]))],
+                )
+                for w, sid in enumerate(uuid.uuid4().hex for _ in range(6))
+            )
+        )
+        assert all(not a.rejections for acks in results for a in acks)
+    got = (await runs.GetRun(rpb.GetRunRequest(run_id=rid))).run
+    assert {s.key: s.count for s in got.data.metric_summaries} == {
+        f"fresh{r}": 60 for r in range(15)
+    }

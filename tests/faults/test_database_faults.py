@@ -124,11 +124,16 @@ async def test_expired_deadline_cancels_database_work_and_leaks_no_connection(
                 )
             assert exc.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             STATS["faults injected"] += 1
-        await asyncio.sleep(0.3)
-        waiting = await blocker.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'trackd'"
-            " AND wait_event_type = 'Lock'"
-        )
+        # asyncpg cancels each statement with a cancel request of its own: allow it a
+        # moment, then no trackd backend of this database may still wait on the lock.
+        for _ in range(60):
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'trackd'"
+                " AND datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting == 0:
+                break
+            await asyncio.sleep(0.05)
         assert waiting == 0, "a cancelled call is still waiting in PostgreSQL"
         await tx.rollback()
         pool = running.db.pool

@@ -98,6 +98,10 @@ FROM (SELECT step, ts, value FROM metric_points
       ORDER BY step, ts, value LIMIT $2) AS c"""
 
 SERIES_ID = "SELECT series_id FROM metric_series WHERE run_pk = $1 AND key = $2"
+SERIES_IDS = """
+SELECT s.run_pk, s.key, s.series_id
+FROM metric_series s JOIN unnest($1::bigint[], $2::text[]) AS w(r, k)
+  ON s.run_pk = w.r AND s.key = w.k"""
 LOAD_SERIES = """
 SELECT run_pk, key, count, nan_count, pos_inf_count, neg_inf_count, min_value, max_value,
        finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts, latest_value
@@ -111,7 +115,14 @@ async def ensure_series(
 ) -> dict[tuple[int, str], int]:
     """Ids of the series of (run_pk, key) pairs, creating the missing ones."""
     rows = await conn.fetch(ENSURE_SERIES, [p[0] for p in pairs], [p[1] for p in pairs])
-    return {(r["run_pk"], r["key"]): r["series_id"] for r in rows}
+    ids = {(r["run_pk"], r["key"]): r["series_id"] for r in rows}
+    missing = [p for p in pairs if p not in ids]
+    if missing:
+        # A concurrent transaction created these between this statement's snapshot and
+        # its insert (which then found the conflict): a new statement sees them.
+        rows = await conn.fetch(SERIES_IDS, [p[0] for p in missing], [p[1] for p in missing])
+        ids.update({(r["run_pk"], r["key"]): r["series_id"] for r in rows})
+    return ids
 
 
 async def lock_series(conn: Connection, series_ids: Iterable[int]) -> list[asyncpg.Record]:
