@@ -22,6 +22,18 @@ def _run(coro_factory: object) -> None:
         asyncio.run(coro_factory)  # type: ignore[arg-type]
 
 
+async def do_migrate_quietly(url: str) -> None:
+    """Applies pending migrations (before workers start, so that they find none)."""
+    from trackd.server import app
+    from trackd.server.store.pool import Database
+
+    db = await Database.connect(url, min_size=1, max_size=1)
+    try:
+        await app.migrate_database(db)
+    finally:
+        await db.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `trackd` and `python -m trackd.server`."""
     parser = argparse.ArgumentParser(prog="trackd", description="trackd experiment tracking")
@@ -52,6 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("applied: " + (", ".join(applied) or "nothing (up to date)"))
 
             _run(do_migrate())
+        elif cfg.workers > 1:
+            from trackd.server import workers
+
+            _run(do_migrate_quietly(url))
+            return workers.run(cfg, url)
         else:
             _run(app.serve(cfg, url))
     finally:

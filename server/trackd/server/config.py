@@ -39,6 +39,10 @@ class Config:
     client_max_concurrency: int = 0
     # Seconds a StreamMetrics call may stay silent before the server ends it.
     stream_idle_timeout: float = 300.0
+    # Server processes sharing the listening port (SO_REUSEPORT); 1 serves in-process.
+    workers: int = 1
+    # Let other processes bind the same port (set for each of --workers' processes).
+    reuse_port: bool = False
 
 
 _ENV = {
@@ -59,6 +63,8 @@ _ENV = {
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
     "client_max_concurrency": "TRACKD_CLIENT_MAX_CONCURRENCY",
     "stream_idle_timeout": "TRACKD_STREAM_IDLE_TIMEOUT",
+    "workers": "TRACKD_WORKERS",
+    "reuse_port": "TRACKD_REUSE_PORT",
 }
 
 
@@ -118,6 +124,15 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
             except ValueError as exc:
                 raise SystemExit(f"{var}={env[var]!r} is not a valid {kind.__name__}") from exc
     return Config(**values)  # type: ignore[arg-type]
+
+
+def to_env(cfg: Config) -> dict[str, str]:
+    """The TRACKD_* variables that make `resolve` give `cfg` back (for child processes)."""
+    out = {}
+    for name, var in _ENV.items():
+        value = getattr(cfg, name)
+        out[var] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return out
 
 
 def parse(argv: Sequence[str]) -> Config:
