@@ -176,6 +176,10 @@ async def test_stalled_stream_holds_no_connection_and_is_ended(database_url: str
         assert (await call.read()).acked_sequence == 1
         await asyncio.sleep(0.1)
         pool = running.db.pool
+        for _ in range(40):  # the stream is open and silent: no connection stays taken
+            if pool.get_idle_size() == pool.get_size():
+                break
+            await asyncio.sleep(0.05)
         assert pool.get_idle_size() == pool.get_size()
         assert running.writers.queued_points == 0
         with pytest.raises(grpc.aio.AioRpcError) as exc:
