@@ -37,16 +37,6 @@ async def test_access_log_carries_the_request_id(runs, caplog) -> None:
     caplog.set_level("INFO", logger="trackd.access")
     from trackd.server.service.guard import RequestIdFilter
 
-    handler_filter = RequestIdFilter()
-    caplog.handler.addFilter(handler_filter)
-    try:
-        with pytest.raises(grpc.aio.AioRpcError):
-            await runs.GetRun(
-                rpb.GetRunRequest(run_id="1" * 32), metadata=(("x-request-id", "trace-7"),)
-            )
-    finally:
-        caplog.handler.removeFilter(handler_filter)
-
     def logged() -> bool:
         return any(
             getattr(r, "request_id", None) == "trace-7"
@@ -56,12 +46,21 @@ async def test_access_log_carries_the_request_id(runs, caplog) -> None:
             if r.name == "trackd.access"
         )
 
-    # The server writes the line once the call has ended, which can be just after the
-    # client has its answer.
-    for _ in range(100):
-        if logged():
-            break
-        await asyncio.sleep(0.01)
+    handler_filter = RequestIdFilter()
+    caplog.handler.addFilter(handler_filter)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):
+            await runs.GetRun(
+                rpb.GetRunRequest(run_id="1" * 32), metadata=(("x-request-id", "trace-7"),)
+            )
+        # The server writes the line once the call has ended, which can be just after the
+        # client has its answer.
+        for _ in range(100):
+            if logged():
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        caplog.handler.removeFilter(handler_filter)
     assert logged()
 
 
