@@ -159,11 +159,6 @@ def dataset_summary(row: asyncpg.Record) -> dataset_pb2.DatasetSummary:
     )
 
 
-def metric_summary(s: asyncpg.Record) -> metric_pb2.MetricSummary:
-    """The summary of one series row (store.metrics.LOAD_SERIES columns)."""
-    return metric_pb2.MetricSummary(**summary_fields(s))
-
-
 def summary_fields(s: asyncpg.Record) -> dict[str, Any]:
     """The MetricSummary fields of one series row (store.metrics.LOAD_SERIES columns):
     counts, extremes, mean and population stddev."""

@@ -23,7 +23,6 @@ HISTORY_MAX_RESULTS_DEFAULT = 25000
 HISTORY_MAX_RESULTS_MAX = 25000
 BULK_RUNS_MAX = 10000
 
-INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 # Datasets (MLflow's sizes where MLflow has one; profile is capped at the schema's size, far

@@ -4,21 +4,16 @@ number of queries."""
 from __future__ import annotations
 
 import functools
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
 from trackd.server.domain import limits, paging, validation
 from trackd.server.domain.experiments import VIEW_STAGES
-from trackd.server.domain.runs import RunView
+from trackd.server.domain.runs import RunView, load_views
 from trackd.server.domain.search import parser
 from trackd.server.errors import InvalidArgument
-from trackd.server.store import datasets as dataset_store
-from trackd.server.store import logged_models as model_store
-from trackd.server.store import metrics as metric_store
-from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
@@ -70,39 +65,9 @@ class RunSearch:
         ) -> tuple[list[asyncpg.Record], int]:
             return await search_store.search_runs(conn, eids, stages, node, order, after, limit)
 
-        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load_views)
+        # A page can hold 50,000 runs: their datasets come without schema and profile.
+        load = functools.partial(load_views, brief=True)
+        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
 
 
-async def load_views(conn: Connection, rows: Sequence[asyncpg.Record]) -> list[RunView]:
-    """Runs with their params, tags, series, dataset inputs (without schema and profile)
-    and model inputs and outputs, in six queries whatever the page size."""
-    pks = [r["run_pk"] for r in rows]
-    loaded: list[dict[int, list[asyncpg.Record]]] = [defaultdict(list) for _ in range(6)]
-    if pks:
-        loads: tuple[Callable[[Connection, list[int]], Awaitable[list[asyncpg.Record]]], ...] = (
-            run_store.load_params,
-            run_store.load_tags,
-            metric_store.load_series,
-            functools.partial(dataset_store.load_inputs, brief=True),
-            model_store.load_run_inputs,
-            model_store.load_run_outputs,
-        )
-        for by_run, load in zip(loaded, loads, strict=True):
-            for r in await load(conn, pks):
-                by_run[r["run_pk"]].append(r)
-    params, tags, series, dataset_inputs, model_inputs, model_outputs = loaded
-    return [
-        RunView(
-            r,
-            params[r["run_pk"]],
-            tags[r["run_pk"]],
-            series[r["run_pk"]],
-            dataset_inputs[r["run_pk"]],
-            model_inputs[r["run_pk"]],
-            model_outputs[r["run_pk"]],
-        )
-        for r in rows
-    ]
-
-
-__all__ = ["RunSearch", "load_views"]
+__all__ = ["RunSearch"]

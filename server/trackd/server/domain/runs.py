@@ -7,7 +7,8 @@ import functools
 import math
 import struct
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -166,16 +167,7 @@ class Runs:
             info = await store.get_info(conn, run_id)
             if info is None:
                 raise _missing(run_id)
-            pks = [info["run_pk"]]
-            return RunView(
-                info=info,
-                params=await store.load_params(conn, pks),
-                tags=await store.load_tags(conn, pks),
-                series=await metric_store.load_series(conn, pks),
-                dataset_inputs=await dataset_store.load_inputs(conn, pks),
-                model_inputs=await model_store.load_run_inputs(conn, pks),
-                model_outputs=await model_store.load_run_outputs(conn, pks),
-            )
+            return (await load_views(conn, [info]))[0]
 
         return await self.db.read(work)
 
@@ -521,6 +513,41 @@ async def _history_chunk(
     conn: Connection, *, sid: int, after: tuple[int, int, float] | None, size: int
 ) -> tuple[list[int], list[int], list[float]]:
     return await metric_store.history_chunk(conn, sid, after, size)
+
+
+async def load_views(
+    conn: Connection, rows: Sequence[asyncpg.Record], *, brief: bool = False
+) -> list[RunView]:
+    """Runs (rows of their info columns) with their params, tags, series, dataset inputs
+    (without schema and profile when `brief`) and model inputs and outputs, in six queries
+    whatever their number."""
+    pks = [r["run_pk"] for r in rows]
+    loaded: list[dict[int, list[asyncpg.Record]]] = [defaultdict(list) for _ in range(6)]
+    if pks:
+        loads: tuple[Callable[[Connection, list[int]], Awaitable[list[asyncpg.Record]]], ...] = (
+            store.load_params,
+            store.load_tags,
+            metric_store.load_series,
+            functools.partial(dataset_store.load_inputs, brief=brief),
+            model_store.load_run_inputs,
+            model_store.load_run_outputs,
+        )
+        for by_run, load in zip(loaded, loads, strict=True):
+            for r in await load(conn, pks):
+                by_run[r["run_pk"]].append(r)
+    params, tags, series, dataset_inputs, model_inputs, model_outputs = loaded
+    return [
+        RunView(
+            r,
+            params[r["run_pk"]],
+            tags[r["run_pk"]],
+            series[r["run_pk"]],
+            dataset_inputs[r["run_pk"]],
+            model_inputs[r["run_pk"]],
+            model_outputs[r["run_pk"]],
+        )
+        for r in rows
+    ]
 
 
 # -- validation helpers ----------------------------------------------------------------------

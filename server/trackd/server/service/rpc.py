@@ -9,6 +9,7 @@ database outages and unexpected failures to statuses with ErrorInfo details.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -133,24 +134,37 @@ async def _fail(call: Call, context: Context, exc: Exception) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _guarded(name: str, context: Context, guard: Guard) -> AsyncIterator[None]:
+    """One call's life for every kind of handler: start and admit it, turn any failure of
+    the body into the call's status (through _fail), and finish it."""
+    call = guard.start(name, context)
+    try:
+        await guard.admit(call, context)
+        yield
+    except asyncio.CancelledError:
+        call.code = grpc.StatusCode.CANCELLED
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure leaves through _fail()
+        await _fail(call, context, exc)
+    finally:
+        guard.finish(call)
+
+
+def _checked(request: Any) -> Any:
+    """The request, or InvalidArgument if protobuf could not parse it."""
+    bad = _undecodable(request)
+    if bad is not None:
+        raise bad
+    return request
+
+
 def _wrap_unary(
     name: str, fn: Callable[[Any, Context], Awaitable[Any]], guard: Guard
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        call = guard.start(name, context)
-        try:
-            await guard.admit(call, context)
-            bad = _undecodable(request)
-            if bad is not None:
-                raise bad
-            return await fn(request, context)
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001 - every failure leaves through _fail()
-            await _fail(call, context, exc)
-        finally:
-            guard.finish(call)
+        async with _guarded(name, context, guard):
+            return await fn(_checked(request), context)
 
     return handler
 
@@ -159,21 +173,9 @@ def _wrap_stream_out(
     name: str, fn: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        call = guard.start(name, context)
-        try:
-            await guard.admit(call, context)
-            bad = _undecodable(request)
-            if bad is not None:
-                raise bad
-            async for item in fn(request, context):
+        async with _guarded(name, context, guard):
+            async for item in fn(_checked(request), context):
                 yield item
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _fail(call, context, exc)
-        finally:
-            guard.finish(call)
 
     return handler
 
@@ -186,23 +188,11 @@ def _wrap_stream_in(
     async def handler(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
-                bad = _undecodable(request)
-                if bad is not None:
-                    raise bad
-                yield request
+                yield _checked(request)
 
-        call = guard.start(name, context)
-        try:
-            await guard.admit(call, context)
+        async with _guarded(name, context, guard):
             async for item in fn(checked(), context):
                 yield item
-        except asyncio.CancelledError:
-            call.code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _fail(call, context, exc)
-        finally:
-            guard.finish(call)
 
     return handler
 

@@ -18,7 +18,7 @@ from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as logged_model_store
 from trackd.server.store.pool import Connection
 
-# SQL for each metric summary over a metric_series row `s` (see convert.metric_summary).
+# SQL for each metric summary over a metric_series row `s` (see convert.summary_fields).
 _N_FINITE = "(s.count - s.nan_count - s.pos_inf_count - s.neg_inf_count)"
 SUMMARY_SQL = {
     "latest": "s.latest_value",
@@ -221,7 +221,7 @@ class _Compiler:
         return f"EXISTS ({exists} AND {self.numeric(expr, c.op, c.value, 'float8')})"
 
     def numeric(self, expr: str, op: str, value: Any, pg_type: str) -> str:
-        v = self.b.add(value if pg_type == "float8" else _to_int(value), pg_type)
+        v = self.b.add(value, pg_type)
         cond = f"{expr} {_NUMERIC_OP[op]} {v}"
         if op in (">", ">=") and pg_type == "float8":
             # PostgreSQL orders NaN above every number; a comparison with NaN is false.
@@ -302,10 +302,6 @@ def _uuid(text: str) -> uuid.UUID | None:
         return uuid.UUID(hex=text) if len(text) == 32 and text == text.lower() else None
     except ValueError:
         return None
-
-
-def _to_int(value: Any) -> int:
-    return int(value) if isinstance(value, int) else value
 
 
 @dataclass

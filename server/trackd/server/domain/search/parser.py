@@ -11,7 +11,7 @@ backticks (`metrics."val loss"`); string values take single or double quotes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from trackd.server.domain.search.ast import (
     And,
@@ -22,13 +22,8 @@ from trackd.server.domain.search.ast import (
     Not,
     Or,
     OrderKey,
-    Value,
 )
 from trackd.server.errors import InvalidArgument
-
-NUMERIC_OPS = ("=", "!=", "<", "<=", ">", ">=")
-STRING_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT_IN")
-NULL_OPS = ("IS_NULL", "IS_NOT_NULL")
 
 # Summaries of a metric series usable as `metrics.<key>.<summary>`.
 METRIC_AGGREGATES = {
@@ -67,7 +62,6 @@ class Vocabulary:
     attributes: dict[str, Attribute]
     dataset_fields: tuple[str, ...] = ()
     metric_aggregates: bool = True
-    extra_ops: dict[Entity, tuple[str, ...]] = field(default_factory=dict)
 
 
 _RUN_PREFIXES: dict[str, Entity] = {
@@ -515,8 +509,3 @@ def parse_order_by(clauses: list[str], vocab: Vocabulary) -> list[OrderKey]:
         if clause.strip():
             keys.append(_Parser(clause, vocab, f"order_by[{i}]").parse_order_key())
     return keys
-
-
-def value_repr(value: Value) -> str:
-    """A value as it would be written in a filter (for messages)."""
-    return repr(value)
