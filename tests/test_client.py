@@ -37,9 +37,9 @@ async def test_sync_run_context_logs_a_thousand_metrics_and_finishes(server: Run
     run, values, history = await asyncio.to_thread(scenario)
     assert values == [1.0 / (i + 1) for i in range(1000)]
     assert [m.step for m in history] == list(range(1000))  # type: ignore[attr-defined]
-    assert run.info.status == RunStatus.RUN_STATUS_FINISHED  # type: ignore[attr-defined]
+    assert run.info.status == RunStatus.FINISHED  # type: ignore[attr-defined]
     assert run.info.end_time >= run.info.start_time > 0  # type: ignore[attr-defined]
-    params = {p.key: p.value for p in run.data.params}  # type: ignore[attr-defined]
+    params = run.data.params  # type: ignore[attr-defined]
     assert params == {"lr": "0.001", "layers": "4"}
 
 
@@ -53,20 +53,20 @@ async def test_sync_run_context_marks_failed_and_reraises(server: Running) -> No
                 _ = 1 / 0
             return client.get_run(run_id).info.status
 
-    assert await asyncio.to_thread(scenario) == RunStatus.RUN_STATUS_FAILED
+    assert await asyncio.to_thread(scenario) == RunStatus.FAILED
 
 
 async def test_async_client_run_context_and_typed_errors(server: Running) -> None:
     async with AsyncClient(_target(server)) as client:
         async with client.start_run("0", "async-run") as run:
-            await run.log_metrics({"a": 1.0, "b": 2.0}, step=1)
+            run.log_metrics({"a": 1.0, "b": 2.0}, step=1)
             await run.log_param("seed", 7)
             with pytest.raises(FailedPreconditionError) as exc:
                 await run.log_param("seed", 8)
             assert exc.value.reason == "INVALID_STATE"
         got = await client.get_run(run.run_id)
-        assert got.info.status == RunStatus.RUN_STATUS_FINISHED
-        assert {m.key: m.value for m in got.data.metrics} == {"a": 1.0, "b": 2.0}
+        assert got.info.status == RunStatus.FINISHED
+        assert got.data.metrics == {"a": 1.0, "b": 2.0}
 
         with pytest.raises(NotFoundError) as missing:
             await client.get_run("f" * 32)
@@ -80,6 +80,6 @@ async def test_async_client_run_context_and_typed_errors(server: Running) -> Non
 async def test_async_client_searches_every_page(server: Running) -> None:
     async with AsyncClient(_target(server)) as client:
         made = [await client.create_experiment(f"client-page-{i}") for i in range(7)]
-        seen = [e.experiment_id for e in await client.search_experiments(page_size=2)]
+        seen = [e.experiment_id async for e in client.iter_experiments(page_size=2)]
         assert sorted(set(made) & set(seen)) == sorted(made)
         assert len(seen) == len(set(seen))

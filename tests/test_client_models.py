@@ -36,14 +36,14 @@ async def test_async_client_inputs_outputs_and_models(server: Running) -> None:
                 params={"layers": 4},
                 tags={"team": "vision"},
             )
-            assert model.info.model_id.startswith("m-")
-            assert model.info.status == LoggedModelStatus.LOGGED_MODEL_STATUS_PENDING
+            assert model.model_id.startswith("m-")
+            assert model.status == LoggedModelStatus.PENDING
             await client.log_metric(
                 run.run_id,
                 "acc",
                 0.9,
                 step=1,
-                model_id=model.info.model_id,
+                model_id=model.model_id,
                 dataset_name="mnist",
                 dataset_digest="d1",
             )
@@ -55,42 +55,45 @@ async def test_async_client_inputs_outputs_and_models(server: Running) -> None:
                         value=0.95,
                         step=2,
                         timestamp=5,
-                        model_id=model.info.model_id,
+                        model_id=model.model_id,
                         dataset_name="mnist",
                         dataset_digest="d1",
                     )
                 ],
             )
-            await run.log_output(model.info.model_id, step=2)
-        ready = await client.finalize_logged_model(model.info.model_id)
-        assert ready.info.status == LoggedModelStatus.LOGGED_MODEL_STATUS_READY
+            await run.log_output(model.model_id, step=2)
+        ready = await client.finalize_logged_model(model.model_id)
+        assert ready.status == "READY"
         with pytest.raises(FailedPreconditionError):
             await client.finalize_logged_model(
-                model.info.model_id, LoggedModelStatus.LOGGED_MODEL_STATUS_UPLOAD_FAILED
+                model.model_id, "UPLOAD_FAILED"
             )
         got = await client.get_run(run.run_id)
         uses = got.inputs.dataset_inputs
-        assert [(u.dataset.name, {t.key: t.value for t in u.tags}) for u in uses] == [
+        assert [(u.dataset.name, u.tags) for u in uses] == [
             ("mnist", {"mlflow.data.context": "training"})
         ]
-        assert [o.model_id for o in got.outputs.model_outputs] == [model.info.model_id]
-        fetched = await client.get_logged_model(model.info.model_id)
-        assert [(m.key, m.value, m.dataset_name) for m in fetched.data.metrics] == [
+        assert [o.model_id for o in got.outputs.model_outputs] == [model.model_id]
+        fetched = await client.get_logged_model(model.model_id)
+        assert [(m.key, m.value, m.dataset_name) for m in fetched.metrics] == [
             ("acc", 0.95, "mnist")
         ]
-        await client.set_logged_model_tags(model.info.model_id, {"stage": "prod"})
-        await client.log_logged_model_params(model.info.model_id, {"lr": 0.1})
-        found = await client.search_logged_models(
-            [eid],
-            filter="metrics.acc > 0.9",
-            datasets=[("mnist", "")],
-            order_by=["metrics.acc DESC"],
-            page_size=1,
-        )
-        assert [m.info.model_id for m in found] == [model.info.model_id]
-        await client.delete_logged_model(model.info.model_id)
+        await client.set_logged_model_tags(model.model_id, {"stage": "prod"})
+        await client.log_model_params(model.model_id, {"lr": 0.1})
+        found = [
+            m
+            async for m in client.iter_logged_models(
+                [eid],
+                filter_string="metrics.acc > 0.9",
+                datasets=[("mnist", "")],
+                order_by=["metrics.acc DESC"],
+                page_size=1,
+            )
+        ]
+        assert [m.model_id for m in found] == [model.model_id]
+        await client.delete_logged_model(model.model_id)
         with pytest.raises(NotFoundError):
-            await client.get_logged_model(model.info.model_id)
+            await client.get_logged_model(model.model_id)
         assert await client.search_logged_models([eid]) == []
 
 
@@ -104,10 +107,10 @@ async def test_sync_client_models(server: Running) -> None:
                     "evaluation",
                 )
                 model = client.create_logged_model(eid, name="m", source_run_id=run.run_id)
-                run.log_output(model.info.model_id)
-            client.finalize_logged_model(model.info.model_id, status_message="uploaded")
-            status = client.get_logged_model(model.info.model_id).info.status_message
-            names = [m.info.name for m in client.search_logged_models([eid])]
+                run.log_output(model.model_id)
+            client.finalize_logged_model(model.model_id, status_message="uploaded")
+            status = client.get_logged_model(model.model_id).status_message
+            names = [m.name for m in client.search_logged_models([eid])]
             return status, names
 
     assert await asyncio.to_thread(scenario) == ("uploaded", ["m"])

@@ -84,12 +84,12 @@ async def test_run_context_streams_twenty_thousand_points_without_blocking(
                         value = rng.uniform(-1e6, 1e6)
                         ts = 1_700_000_000_000 + step
                         started = time.perf_counter()
-                        await run.log_metric(key, value, step=step, timestamp=ts)
+                        run.log_metric(key, value, step=step, timestamp=ts)
                         slowest = max(slowest, time.perf_counter() - started)
                         logged.append((run.run_id, key, step, ts, value))
             # Nothing went to the server while the loop ran: logging only buffered.
             assert run_a.logger.pending == run_b.logger.pending == 10_000
-            await run_a.log_metrics({"epoch": 1.0, "val": 0.5}, step=3, timestamp=5)
+            run_a.log_metrics({"epoch": 1.0, "val": 0.5}, step=3, timestamp=5)
             logged += [(run_a.run_id, "epoch", 3, 5, 1.0), (run_a.run_id, "val", 3, 5, 0.5)]
         assert slowest < 0.05
         assert run_a.logger.pending == run_b.logger.pending == 0
@@ -101,7 +101,7 @@ async def test_run_context_streams_twenty_thousand_points_without_blocking(
             assert await _history(client, run_id, key) == triples, (run_id, key)
         for run in (run_a, run_b):
             got = await client.get_run(run.run_id)
-            assert got.info.status == RunStatus.RUN_STATUS_FINISHED
+            assert got.info.status == RunStatus.FINISHED
             counts = {s.key: s.count for s in got.data.metric_summaries}
             want = {k: len(t) for (r, k), t in expected.items() if r == run.run_id}
             assert counts == want
@@ -113,7 +113,7 @@ async def test_every_point_lands_exactly_once_across_a_server_restart(database_u
     logged: list[tuple[str, str, int, int, float]] = []
     async with _serving(database_url, port) as first:
         client = AsyncClient(_target(port))
-        run_id = (await client.create_run("0", "restart")).info.run_id
+        run_id = (await client.create_run("0", run_name="restart")).info.run_id
         logger = client.logger(chunk_points=200, max_inflight=8)
 
         async def produce() -> None:
@@ -180,7 +180,7 @@ async def test_full_buffer_blocks_until_the_server_is_back(database_url: str) ->
     port = _free_port()
     async with _serving(database_url, port) as first:
         client = AsyncClient(_target(port))
-        run_id = (await client.create_run("0", "blocking")).info.run_id
+        run_id = (await client.create_run("0", run_name="blocking")).info.run_id
         await first.stop(0)
     logger = client.logger(capacity=50, on_full="block")
     sync_logger = MetricLogger(logger, asyncio.get_running_loop())
@@ -212,7 +212,7 @@ async def test_reconnect_after_a_rejected_last_chunk_goes_on(database_url: str) 
     port = _free_port()
     async with _serving(database_url, port) as first:
         client = AsyncClient(_target(port))
-        run_id = (await client.create_run("0", "after-rejection")).info.run_id
+        run_id = (await client.create_run("0", run_name="after-rejection")).info.run_id
         logger = client.logger()
         await logger.log(run_id, "x", 0.0, step=0)
         await logger.flush(timeout=10.0)
@@ -234,8 +234,8 @@ async def test_rejected_points_are_reported_once_and_other_runs_are_written(
     server: Running,
 ) -> None:
     async with AsyncClient(_target(server.port)) as client:
-        good = (await client.create_run("0", "good")).info.run_id
-        gone = (await client.create_run("0", "gone")).info.run_id
+        good = (await client.create_run("0", run_name="good")).info.run_id
+        gone = (await client.create_run("0", run_name="gone")).info.run_id
         await client.delete_run(gone)
         unknown = "f" * 32
         logger = client.logger()
@@ -256,23 +256,30 @@ async def test_rejected_points_are_reported_once_and_other_runs_are_written(
             history = await _history(client, good, key)
             assert [(s, v) for s, _, v in history] == [(i, sign * i) for i in range(300)]
 
-        # In a run context: a bad key is rejected alone, the exit raises, the run FAILED.
-        with pytest.raises(RejectedPointsError) as bad_key:
-            async with client.start_run("0", "bad-key") as run:
-                for step in range(10):
-                    await run.log_metrics({"ok": 1.0, "bad*key": 2.0}, step=step)
-        assert [(r.key, r.code) for r in bad_key.value.rejections] == [
-            ("bad*key", "INVALID_ARGUMENT")
-        ]
-        assert len(await _history(client, run.run_id, "ok")) == 10
-        assert (await client.get_run(run.run_id)).info.status == RunStatus.RUN_STATUS_FAILED
+        # In a run context: points of a run deleted while it logs are rejected by the
+        # server; the exit raises them and the run cannot be ended (it is deleted).
+        with pytest.raises(RejectedPointsError) as deleted:
+            async with client.start_run("0", "deleted-midway") as run:
+                run.log_metrics({"ok": 1.0}, step=0)
+                await run.flush(timeout=10.0)
+                await client.delete_run(run.run_id)
+                for step in range(1, 10):
+                    run.log_metrics({"ok": 1.0, "late": 2.0}, step=step)
+        assert {(r.key, r.code) for r in deleted.value.rejections} == {
+            ("ok", "FAILED_PRECONDITION"),
+            ("late", "FAILED_PRECONDITION"),
+        }
+        assert any("ending the run failed too" in n for n in deleted.value.__notes__)
+        await client.restore_run(run.run_id)
+        assert len(await _history(client, run.run_id, "ok")) == 1
+        assert (await client.get_run(run.run_id)).info.status == RunStatus.RUNNING
 
 
 async def test_a_bad_stream_fails_for_good_and_a_reused_stream_id_continues(
     server: Running,
 ) -> None:
     async with AsyncClient(_target(server.port)) as client:
-        run_id = (await client.create_run("0", "streams")).info.run_id
+        run_id = (await client.create_run("0", run_name="streams")).info.run_id
         broken = client.logger(stream_id="not a valid id!")
         await broken.log(run_id, "x", 1.0)
         with pytest.raises(InvalidArgumentError):
@@ -335,8 +342,8 @@ async def test_sync_client_logs_from_its_thread_and_exit_waits_for_acks(
     assert acked_midway == 0
     assert keys == ["loss", "m1", "m2"]
     assert history == [(s, 10 + s, 1.0 / (s + 1)) for s in range(3500)]
-    assert status == RunStatus.RUN_STATUS_FINISHED
-    assert tiny_status == RunStatus.RUN_STATUS_FAILED
+    assert status == RunStatus.FINISHED
+    assert tiny_status == RunStatus.FAILED
 
 
 async def test_a_silent_server_is_reconnected_to_after_the_ack_timeout() -> None:

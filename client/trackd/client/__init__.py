@@ -1,5 +1,6 @@
-"""trackd's Python client: `Client` (blocking) and `AsyncClient` (asyncio) over the
-generated trackd.v1 stubs, with a run context manager.
+"""trackd's Python client: `Client` (blocking) and `AsyncClient` (asyncio) with
+MlflowClient's method names and plain Python results, a run context manager, and a
+module-level API in MLflow's manner (`trackd.client.start_run`, `log_metric`, ...).
 
     from trackd.client import Client
 
@@ -14,13 +15,59 @@ over StreamMetrics in the background, exactly once across reconnects; the `with`
 `run.flush()`) waits until the server has acknowledged them. See trackd.client.logger.
 """
 
-from trackd.client.aio import AsyncActiveRun, AsyncClient
+from trackd.client import fluent
+from trackd.client._version import __version__
+from trackd.client.active_run import ActiveRun, AsyncActiveRun
+from trackd.client.aio import AsyncClient
+from trackd.client.entities import (
+    Dataset,
+    DatasetInput,
+    DatasetSummary,
+    Experiment,
+    ExperimentTag,
+    LifecycleStage,
+    LoggedModel,
+    LoggedModelInput,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    MetricSummary,
+    PagedList,
+    Param,
+    Run,
+    RunData,
+    RunInfo,
+    RunInputs,
+    RunOutputs,
+    RunStatus,
+    RunTag,
+    ViewType,
+)
 from trackd.client.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     TrackdError,
+)
+from trackd.client.fluent import (
+    active_run,
+    delete_tag,
+    end_run,
+    flush,
+    get_run,
+    get_tracking_uri,
+    last_active_run,
+    log_input,
+    log_metric,
+    log_metrics,
+    log_param,
+    log_params,
+    set_experiment,
+    set_tag,
+    set_tags,
+    set_tracking_uri,
+    start_run,
 )
 from trackd.client.logger import (
     AsyncMetricLogger,
@@ -30,11 +77,7 @@ from trackd.client.logger import (
     RejectedPointsError,
     Rejection,
 )
-from trackd.client.sync import ActiveRun, Client
-from trackd.v1.common_pb2 import ViewType
-from trackd.v1.dataset_pb2 import Dataset
-from trackd.v1.logged_model_pb2 import LoggedModelStatus
-from trackd.v1.run_pb2 import RunStatus
+from trackd.client.sync import Client
 
 __all__ = [
     "ActiveRun",
@@ -45,15 +88,52 @@ __all__ = [
     "BufferFullError",
     "Client",
     "Dataset",
+    "DatasetInput",
+    "DatasetSummary",
+    "Experiment",
+    "ExperimentTag",
     "FailedPreconditionError",
     "InvalidArgumentError",
+    "LifecycleStage",
+    "LoggedModel",
+    "LoggedModelInput",
+    "LoggedModelOutput",
     "LoggedModelStatus",
     "LoggerClosedError",
+    "Metric",
     "MetricLogger",
+    "MetricSummary",
     "NotFoundError",
+    "PagedList",
+    "Param",
     "RejectedPointsError",
     "Rejection",
+    "Run",
+    "RunData",
+    "RunInfo",
+    "RunInputs",
+    "RunOutputs",
     "RunStatus",
+    "RunTag",
     "TrackdError",
     "ViewType",
+    "__version__",
+    "active_run",
+    "delete_tag",
+    "end_run",
+    "fluent",
+    "flush",
+    "get_run",
+    "get_tracking_uri",
+    "last_active_run",
+    "log_input",
+    "log_metric",
+    "log_metrics",
+    "log_param",
+    "log_params",
+    "set_experiment",
+    "set_tag",
+    "set_tags",
+    "set_tracking_uri",
+    "start_run",
 ]

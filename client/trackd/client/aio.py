@@ -1,16 +1,38 @@
-"""The asyncio client: one method per trackd call, plus `start_run`."""
+"""The asyncio client: every trackd call under MlflowClient's name, with plain Python results
+(trackd.client.entities), plus `start_run` and the streaming logger."""
 
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
-from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+import os
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import grpc
 
-from trackd.client.errors import TrackdError, from_rpc_error
+from trackd.client import checks, inputs
+from trackd.client.entities import (
+    Dataset,
+    DatasetInput,
+    DatasetSummary,
+    Experiment,
+    LoggedModel,
+    LoggedModelInput,
+    LoggedModelOutput,
+    LoggedModelStatus,
+    Metric,
+    PagedList,
+    Run,
+    RunInfo,
+    RunStatus,
+    ViewType,
+    model_status_number,
+    run_status_number,
+    view_type_number,
+)
+from trackd.client.errors import NotFoundError, from_rpc_error
+from trackd.client.inputs import DATASET_CONTEXT_TAG, DESCRIPTION_TAG, MetricLike, now_ms
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -19,34 +41,49 @@ from trackd.client.logger import (
     OnFull,
 )
 from trackd.v1 import (
-    common_pb2,
     dataset_pb2,
-    experiment_pb2,
     experiment_service_pb2,
     experiment_service_pb2_grpc,
-    logged_model_pb2,
     logged_model_service_pb2,
     logged_model_service_pb2_grpc,
-    metric_pb2,
     run_pb2,
     run_service_pb2,
     run_service_pb2_grpc,
 )
 
+if TYPE_CHECKING:
+    from trackd.client.active_run import AsyncActiveRun
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# A metric point given as (key, value), (key, value, step) or (key, value, step, timestamp).
-MetricLike = metric_pb2.Metric | tuple[Any, ...]
-
 DEFAULT_TARGET = "127.0.0.1:50051"
-# The input tag that says what a dataset was used for (MLflow's name).
-DATASET_CONTEXT_TAG = "mlflow.data.context"
+# Where the clients and the fluent API connect when given no target.
+TRACKING_URI_ENV = "TRACKD_TRACKING_URI"
+
+# The client method of each RPC whose name is not the RPC's in snake_case. Every other RPC
+# of the contract has a method of its own name in both clients (tests/test_client_api.py
+# walks the service descriptors to keep it so).
+RPC_METHOD_NAMES = {
+    "trackd.v1.ExperimentService.UpdateExperiment": "rename_experiment",
+    "trackd.v1.RunService.StreamMetrics": "logger",
+    "trackd.v1.RunService.StreamMetricHistory": "iter_metric_columns",
+    "trackd.v1.LoggedModelService.LogLoggedModelParams": "log_model_params",
+}
 
 
-def now_ms() -> int:
-    """The client's clock, in milliseconds since the Unix epoch."""
-    return time.time_ns() // 1_000_000
+def rpc_method_name(full_name: str) -> str:
+    """The client method serving the RPC `trackd.v1.Service.Method`."""
+    if full_name in RPC_METHOD_NAMES:
+        return RPC_METHOD_NAMES[full_name]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", full_name.rsplit(".", 1)[1]).lower()
+
+
+def resolve_target(target: str | None) -> str:
+    """The gRPC target: the argument, else $TRACKD_TRACKING_URI, else 127.0.0.1:50051. A
+    `grpc://` prefix is dropped."""
+    target = target or os.environ.get(TRACKING_URI_ENV) or DEFAULT_TARGET
+    return target.removeprefix("grpc://").rstrip("/")
 
 
 def _rpc(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -62,29 +99,43 @@ def _rpc(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, 
     return wrapper
 
 
-def _metric(m: MetricLike) -> metric_pb2.Metric:
-    if isinstance(m, metric_pb2.Metric):
-        return m
-    key, value, *rest = m
-    step = rest[0] if rest else 0
-    ts = rest[1] if len(rest) > 1 else now_ms()
-    return metric_pb2.Metric(key=key, value=float(value), step=step, timestamp=ts)
+async def _all_pages(
+    fetch: Callable[[str], Awaitable[tuple[Iterable[T], str]]],
+) -> AsyncIterator[T]:
+    """Every item of a paged search: `fetch(token)` returns a page and the next token."""
+    token = ""
+    while True:
+        items, token = await fetch(token)
+        for item in items:
+            yield item
+        if not token:
+            return
 
 
 class AsyncClient:
-    """trackd over one grpc.aio channel. Use as `async with AsyncClient(target) as c:` or
-    call `close()`. Failed calls raise trackd.client.TrackdError subclasses."""
+    """trackd over one grpc.aio channel, with MlflowClient's method names. Use as
+    `async with AsyncClient(target) as c:` or call `close()`. Failed calls raise
+    trackd.client.TrackdError subclasses; bad arguments raise TypeError or
+    InvalidArgumentError before anything is sent.
+
+    Args:
+        target: "host:port" (a `grpc://` prefix is allowed); None means
+            $TRACKD_TRACKING_URI, else 127.0.0.1:50051.
+        channel: a channel to use instead of opening one (not closed by `close()`).
+        timeout: deadline of each unary call, in seconds; None waits as long as it takes.
+    """
 
     def __init__(
         self,
-        target: str = DEFAULT_TARGET,
+        target: str | None = None,
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = 30.0,
     ) -> None:
+        self.target = resolve_target(target)
         self._owns_channel = channel is None
         self.channel = channel or grpc.aio.insecure_channel(
-            target,
+            self.target,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # Reconnect soon after a server restart (gRPC's default backoff grows to 120s).
@@ -112,7 +163,7 @@ class AsyncClient:
 
         Args:
             capacity: most points held unacknowledged (buffered or in flight).
-            on_full: "block" (await room) or "raise" (BufferFullError) when full.
+            on_full: "block" (wait for room) or "raise" (BufferFullError) when full.
             chunk_points: most points per chunk.
             max_inflight: most chunks sent and not yet acknowledged.
             **options: further AsyncMetricLogger options (ack_timeout, stream_id,
@@ -144,11 +195,11 @@ class AsyncClient:
             TrackdError: a logger could not deliver every point (the channel is closed
                 anyway); the first such error.
         """
-        first: TrackdError | None = None
+        first: Exception | None = None
         for lg in list(self._loggers):
             try:
                 await lg.close()
-            except TrackdError as exc:
+            except Exception as exc:  # noqa: BLE001 - closing goes on; the first is raised
                 first = first or exc
         if self._owns_channel:
             await self.channel.close(None)
@@ -165,61 +216,96 @@ class AsyncClient:
 
     @_rpc
     async def create_experiment(
-        self, name: str, artifact_location: str = "", tags: Mapping[str, str] | None = None
+        self,
+        name: str,
+        artifact_location: str | None = None,
+        tags: Mapping[str, object] | None = None,
     ) -> str:
-        """Creates an experiment; returns its id."""
+        """Creates an experiment; returns its id.
+
+        Raises:
+            AlreadyExistsError: the name is taken. InvalidArgumentError: a bad name or tag.
+        """
         req = experiment_service_pb2.CreateExperimentRequest(
             name=name,
-            artifact_location=artifact_location,
-            tags=[experiment_pb2.ExperimentTag(key=k, value=v) for k, v in (tags or {}).items()],
+            artifact_location=artifact_location or "",
+            tags=inputs.experiment_tags(tags),
         )
         resp = await self.experiments.CreateExperiment(req, timeout=self.timeout)
         return resp.experiment_id
 
     @_rpc
-    async def get_experiment(self, experiment_id: str) -> experiment_pb2.Experiment:
-        """The experiment with that id."""
+    async def get_experiment(self, experiment_id: str) -> Experiment:
+        """The experiment with that id.
+
+        Raises:
+            NotFoundError: no such experiment.
+        """
         req = experiment_service_pb2.GetExperimentRequest(experiment_id=experiment_id)
-        return (await self.experiments.GetExperiment(req, timeout=self.timeout)).experiment
+        resp = await self.experiments.GetExperiment(req, timeout=self.timeout)
+        return Experiment.from_proto(resp.experiment)
+
+    async def get_experiment_by_name(self, name: str) -> Experiment | None:
+        """The experiment with that name (the active one first), or None (as MLflow)."""
+        req = experiment_service_pb2.GetExperimentByNameRequest(experiment_name=name)
+        try:
+            resp = await self.experiments.GetExperimentByName(req, timeout=self.timeout)
+        except grpc.aio.AioRpcError as err:
+            error = from_rpc_error(err)
+            if isinstance(error, NotFoundError):
+                return None
+            raise error from None
+        return Experiment.from_proto(resp.experiment)
 
     @_rpc
-    async def get_experiment_by_name(self, name: str) -> experiment_pb2.Experiment:
-        """The experiment with that name, the active one first."""
-        req = experiment_service_pb2.GetExperimentByNameRequest(experiment_name=name)
-        return (await self.experiments.GetExperimentByName(req, timeout=self.timeout)).experiment
-
     async def search_experiments(
         self,
-        view_type: common_pb2.ViewType.ValueType = common_pb2.VIEW_TYPE_ACTIVE_ONLY,
-        page_size: int = 1000,
-    ) -> list[experiment_pb2.Experiment]:
-        """Every experiment of the view type, newest first, fetching all pages."""
-        return [e async for e in self.iter_experiments(view_type, page_size)]
+        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        filter_string: str | None = None,
+        order_by: Iterable[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Experiment]:
+        """One page of experiments matching `filter_string` (`name LIKE 'mnist%'`,
+        `tags.team = 'vision'`), in `order_by` (default newest first); `.token` fetches
+        the next page. `iter_experiments` walks every page.
 
-    async def iter_experiments(
+        Raises:
+            InvalidArgumentError: a bad filter, order or token.
+        """
+        req = experiment_service_pb2.SearchExperimentsRequest(
+            view_type=view_type_number(view_type),
+            max_results=max_results,
+            filter=filter_string or "",
+            order_by=inputs.order_by(order_by),
+            page_token=page_token or "",
+        )
+        resp = await self.experiments.SearchExperiments(req, timeout=self.timeout)
+        return PagedList(map(Experiment.from_proto, resp.experiments), resp.next_page_token)
+
+    def iter_experiments(
         self,
-        view_type: common_pb2.ViewType.ValueType = common_pb2.VIEW_TYPE_ACTIVE_ONLY,
+        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        filter_string: str | None = None,
+        order_by: Iterable[str] | None = None,
         page_size: int = 1000,
-    ) -> AsyncIterator[experiment_pb2.Experiment]:
-        """Experiments of the view type, page by page."""
-        token = ""
-        while True:
-            req = experiment_service_pb2.SearchExperimentsRequest(
-                view_type=view_type, max_results=page_size, page_token=token
-            )
-            try:
-                resp = await self.experiments.SearchExperiments(req, timeout=self.timeout)
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
-            for e in resp.experiments:
-                yield e
-            token = resp.next_page_token
-            if not token:
-                return
+    ) -> AsyncIterator[Experiment]:
+        """Every experiment matching the search, fetching page after page."""
+        order = list(order_by or ())
+
+        async def fetch(token: str) -> tuple[Iterable[Experiment], str]:
+            page = await self.search_experiments(view_type, page_size, filter_string, order, token)
+            return page, page.token or ""
+
+        return _all_pages(fetch)
 
     @_rpc
     async def rename_experiment(self, experiment_id: str, new_name: str) -> None:
-        """Renames an experiment."""
+        """Renames an experiment (the UpdateExperiment call).
+
+        Raises:
+            AlreadyExistsError: the name is taken. NotFoundError: no such experiment.
+        """
         req = experiment_service_pb2.UpdateExperimentRequest(
             experiment_id=experiment_id, new_name=new_name
         )
@@ -238,78 +324,170 @@ class AsyncClient:
         await self.experiments.RestoreExperiment(req, timeout=self.timeout)
 
     @_rpc
-    async def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
-        """Sets a tag of an experiment."""
+    async def set_experiment_tag(self, experiment_id: str, key: str, value: object) -> None:
+        """Sets a tag of an experiment (values at most 5000 characters)."""
+        (tag,) = inputs.experiment_tags([(key, value)], "tag")
         req = experiment_service_pb2.SetExperimentTagRequest(
-            experiment_id=experiment_id, key=key, value=value
+            experiment_id=experiment_id, key=tag.key, value=tag.value
         )
         await self.experiments.SetExperimentTag(req, timeout=self.timeout)
+
+    @_rpc
+    async def delete_experiment_tag(self, experiment_id: str, key: str) -> None:
+        """Deletes a tag of an experiment.
+
+        Raises:
+            NotFoundError: the experiment has no such tag.
+        """
+        req = experiment_service_pb2.DeleteExperimentTagRequest(
+            experiment_id=experiment_id, key=checks.check_key(key)
+        )
+        await self.experiments.DeleteExperimentTag(req, timeout=self.timeout)
+
+    @_rpc
+    async def search_datasets(
+        self,
+        experiment_ids: str | Iterable[str],
+        max_results: int = 1000,
+        page_token: str | None = None,
+    ) -> PagedList[DatasetSummary]:
+        """One page of the datasets the experiments' runs used, with their contexts."""
+        req = experiment_service_pb2.SearchDatasetsRequest(
+            experiment_ids=inputs.ids(experiment_ids, "experiment_ids"),
+            max_results=max_results,
+            page_token=page_token or "",
+        )
+        resp = await self.experiments.SearchDatasets(req, timeout=self.timeout)
+        return PagedList(
+            map(DatasetSummary.from_proto, resp.dataset_summaries), resp.next_page_token
+        )
 
     # -- runs ------------------------------------------------------------------------------
 
     @_rpc
     async def create_run(
         self,
-        experiment_id: str = "0",
-        run_name: str = "",
+        experiment_id: str,
+        start_time: int | None = None,
+        tags: Mapping[str, object] | Iterable[Any] | None = None,
+        run_name: str | None = None,
         *,
-        tags: Mapping[str, str] | None = None,
-        user_id: str = "",
-        parent_run_id: str = "",
-        start_time: int = 0,
-    ) -> run_pb2.Run:
-        """Creates a RUNNING run; returns it."""
+        user_id: str | None = None,
+        parent_run_id: str | None = None,
+        description: str | None = None,
+    ) -> Run:
+        """Creates a RUNNING run (MlflowClient's argument order); returns it.
+
+        Args:
+            experiment_id: the experiment ("0" is the default experiment).
+            start_time: milliseconds since the Unix epoch; now if None.
+            tags: a dict or a sequence of RunTag.
+            run_name: a name; the server makes one up if None.
+            user_id: who runs it.
+            parent_run_id: the run this one is nested in (`mlflow.parentRunId`).
+            description: the run's note (`mlflow.note.content`).
+
+        Raises:
+            NotFoundError: no such experiment or parent. InvalidArgumentError: a bad tag.
+        """
+        all_tags = inputs.run_tags(tags)
+        if description is not None:
+            all_tags += inputs.run_tags({DESCRIPTION_TAG: description}, "description")
         req = run_service_pb2.CreateRunRequest(
             experiment_id=experiment_id,
-            run_name=run_name,
-            start_time=start_time,
-            tags=[run_pb2.RunTag(key=k, value=v) for k, v in (tags or {}).items()],
-            user_id=user_id,
-            parent_run_id=parent_run_id,
+            run_name=run_name or "",
+            start_time=0
+            if start_time is None
+            else checks.timestamp_value(start_time, "start_time"),
+            tags=all_tags,
+            user_id=user_id or "",
+            parent_run_id=parent_run_id or "",
         )
-        return (await self.runs.CreateRun(req, timeout=self.timeout)).run
+        return Run.from_proto((await self.runs.CreateRun(req, timeout=self.timeout)).run)
 
     @_rpc
-    async def get_run(self, run_id: str) -> run_pb2.Run:
-        """The run with its latest metrics, summaries, params and tags."""
+    async def get_run(self, run_id: str) -> Run:
+        """The run with its latest metrics, summaries, params, tags, inputs and outputs.
+
+        Raises:
+            NotFoundError: no such run.
+        """
         req = run_service_pb2.GetRunRequest(run_id=run_id)
-        return (await self.runs.GetRun(req, timeout=self.timeout)).run
+        return Run.from_proto((await self.runs.GetRun(req, timeout=self.timeout)).run)
+
+    async def get_parent_run(self, run_id: str) -> Run | None:
+        """The run this one is nested in (its `mlflow.parentRunId` tag), or None."""
+        parent = (await self.get_run(run_id)).data.tags.get("mlflow.parentRunId")
+        return await self.get_run(parent) if parent else None
 
     @_rpc
     async def update_run(
         self,
         run_id: str,
-        status: run_pb2.RunStatus.ValueType = run_pb2.RUN_STATUS_UNSPECIFIED,
+        status: RunStatus | str | int | None = None,
+        name: str | None = None,
+        *,
         end_time: int | None = None,
-        run_name: str | None = None,
-    ) -> run_pb2.RunInfo:
-        """Changes a run's status, end time or name; returns the run info."""
-        req = run_service_pb2.UpdateRunRequest(run_id=run_id, status=status)
+    ) -> RunInfo:
+        """Changes a run's status ("FINISHED", ...), name or end time (None leaves each
+        as it is); returns the run's info."""
+        req = run_service_pb2.UpdateRunRequest(
+            run_id=run_id,
+            status=run_pb2.RUN_STATUS_UNSPECIFIED if status is None else run_status_number(status),
+        )
         if end_time is not None:
-            req.end_time = end_time
-        if run_name is not None:
-            req.run_name = run_name
-        return (await self.runs.UpdateRun(req, timeout=self.timeout)).run_info
+            req.end_time = checks.timestamp_value(end_time, "end_time")
+        if name is not None:
+            req.run_name = name
+        return RunInfo.from_proto((await self.runs.UpdateRun(req, timeout=self.timeout)).run_info)
 
-    async def end_run(
-        self, run_id: str, status: run_pb2.RunStatus.ValueType = run_pb2.RUN_STATUS_FINISHED
-    ) -> run_pb2.RunInfo:
-        """Ends a run with a status (FINISHED by default) and the current time."""
-        return await self.update_run(run_id, status=status, end_time=now_ms())
+    async def set_terminated(
+        self,
+        run_id: str,
+        status: RunStatus | str | int | None = None,
+        end_time: int | None = None,
+    ) -> None:
+        """Ends a run: status FINISHED unless given, end time now unless given."""
+        await self.update_run(
+            run_id, RunStatus.FINISHED if status is None else status, end_time=end_time or now_ms()
+        )
 
     @_rpc
     async def delete_run(self, run_id: str) -> None:
         """Soft-deletes a run."""
-        await self.runs.DeleteRun(
-            run_service_pb2.DeleteRunRequest(run_id=run_id), timeout=self.timeout
-        )
+        req = run_service_pb2.DeleteRunRequest(run_id=run_id)
+        await self.runs.DeleteRun(req, timeout=self.timeout)
 
     @_rpc
     async def restore_run(self, run_id: str) -> None:
         """Restores a deleted run."""
-        await self.runs.RestoreRun(
-            run_service_pb2.RestoreRunRequest(run_id=run_id), timeout=self.timeout
+        req = run_service_pb2.RestoreRunRequest(run_id=run_id)
+        await self.runs.RestoreRun(req, timeout=self.timeout)
+
+    @_rpc
+    async def delete_runs(
+        self, experiment_id: str, max_timestamp_millis: int, max_runs: int | None = None
+    ) -> int:
+        """Soft-deletes an experiment's live runs created at or before the time (at most
+        `max_runs`, default and limit 10000); returns how many."""
+        req = run_service_pb2.DeleteRunsRequest(
+            experiment_id=experiment_id,
+            max_timestamp_millis=max_timestamp_millis,
+            max_runs=max_runs or 0,
         )
+        return (await self.runs.DeleteRuns(req, timeout=self.timeout)).runs_deleted
+
+    @_rpc
+    async def restore_runs(
+        self, experiment_id: str, min_timestamp_millis: int, max_runs: int | None = None
+    ) -> int:
+        """Restores an experiment's runs deleted at or after the time; returns how many."""
+        req = run_service_pb2.RestoreRunsRequest(
+            experiment_id=experiment_id,
+            min_timestamp_millis=min_timestamp_millis,
+            max_runs=max_runs or 0,
+        )
+        return (await self.runs.RestoreRuns(req, timeout=self.timeout)).runs_restored
 
     @_rpc
     async def log_metric(
@@ -317,43 +495,66 @@ class AsyncClient:
         run_id: str,
         key: str,
         value: float,
-        step: int = 0,
         timestamp: int | None = None,
+        step: int | None = None,
         *,
-        model_id: str = "",
-        dataset_name: str = "",
-        dataset_digest: str = "",
+        dataset_name: str | None = None,
+        dataset_digest: str | None = None,
+        model_id: str | None = None,
     ) -> None:
-        """Appends one metric point (timestamp defaults to now). With `model_id` (and a
-        dataset), the point also counts as that logged model's metric on that dataset."""
+        """Appends one metric point in its own call (MlflowClient's argument order; a run
+        context's buffered `run.log_metric` is far cheaper for many points). With
+        `model_id` (and a dataset), the point also counts as that logged model's metric.
+
+        Raises:
+            TypeError: a value of the wrong type (None, a str). InvalidArgumentError: a
+                bad key. FailedPreconditionError: the run is deleted.
+        """
         req = run_service_pb2.LogMetricRequest(
             run_id=run_id,
-            key=key,
-            value=float(value),
-            step=step,
-            timestamp=now_ms() if timestamp is None else timestamp,
-            model_id=model_id,
-            dataset_name=dataset_name,
-            dataset_digest=dataset_digest,
+            key=checks.check_key(key),
+            value=checks.metric_value(value),
+            step=checks.step_value(step),
+            timestamp=checks.timestamp_value(timestamp),
+            model_id=model_id or "",
+            dataset_name=dataset_name or "",
+            dataset_digest=dataset_digest or "",
         )
         await self.runs.LogMetric(req, timeout=self.timeout)
 
     @_rpc
-    async def log_param(self, run_id: str, key: str, value: object) -> None:
-        """Logs one immutable param (the value is sent as str(value))."""
-        req = run_service_pb2.LogParamRequest(run_id=run_id, key=key, value=str(value))
+    async def log_param(self, run_id: str, key: str, value: object) -> object:
+        """Logs one immutable param (numbers and bools as str(value)); returns `value`.
+
+        Raises:
+            TypeError: value is None. FailedPreconditionError: the key has another value.
+        """
+        req = run_service_pb2.LogParamRequest(
+            run_id=run_id, key=checks.check_key(key), value=checks.param_value(value)
+        )
         await self.runs.LogParam(req, timeout=self.timeout)
+        return value
 
     @_rpc
-    async def set_tag(self, run_id: str, key: str, value: str) -> None:
-        """Sets one tag of a run."""
-        req = run_service_pb2.SetTagRequest(run_id=run_id, key=key, value=value)
+    async def set_tag(self, run_id: str, key: str, value: object) -> None:
+        """Sets one tag of a run (numbers and bools as str(value)).
+
+        Raises:
+            TypeError: value is None.
+        """
+        req = run_service_pb2.SetTagRequest(
+            run_id=run_id, key=checks.check_key(key), value=checks.tag_value(value)
+        )
         await self.runs.SetTag(req, timeout=self.timeout)
 
     @_rpc
     async def delete_tag(self, run_id: str, key: str) -> None:
-        """Deletes one tag of a run."""
-        req = run_service_pb2.DeleteTagRequest(run_id=run_id, key=key)
+        """Deletes one tag of a run.
+
+        Raises:
+            NotFoundError: the run has no such tag.
+        """
+        req = run_service_pb2.DeleteTagRequest(run_id=run_id, key=checks.check_key(key))
         await self.runs.DeleteTag(req, timeout=self.timeout)
 
     @_rpc
@@ -361,41 +562,54 @@ class AsyncClient:
         self,
         run_id: str,
         metrics: Iterable[MetricLike] = (),
-        params: Mapping[str, object] | None = None,
-        tags: Mapping[str, str] | None = None,
+        params: Mapping[str, object] | Iterable[Any] | None = None,
+        tags: Mapping[str, object] | Iterable[Any] | None = None,
     ) -> None:
-        """Logs metrics, params and tags atomically (at most 1000 items)."""
+        """Logs metrics, params and tags atomically: all of it or none of it (at most
+        1000 metrics, 100 params, 100 tags).
+
+        Args:
+            run_id: the run.
+            metrics: Metric objects, or tuples (key, value[, step[, timestamp]]).
+            params: a dict, or a sequence of Param or (key, value).
+            tags: a dict, or a sequence of RunTag or (key, value).
+
+        Raises:
+            TypeError, InvalidArgumentError: a bad item (`violations` names
+                `metrics[3].key`); nothing is written.
+        """
         req = run_service_pb2.LogBatchRequest(
             run_id=run_id,
-            metrics=[_metric(m) for m in metrics],
-            params=[run_pb2.Param(key=k, value=str(v)) for k, v in (params or {}).items()],
-            tags=[run_pb2.RunTag(key=k, value=v) for k, v in (tags or {}).items()],
+            metrics=inputs.metrics(metrics),
+            params=inputs.params(params),
+            tags=inputs.run_tags(tags),
         )
         await self.runs.LogBatch(req, timeout=self.timeout)
 
-    async def iter_metric_history(
+    @_rpc
+    async def _metric_history_page(
+        self, run_id: str, key: str, page_size: int, token: str
+    ) -> tuple[list[Metric], str]:
+        req = run_service_pb2.GetMetricHistoryRequest(
+            run_id=run_id, metric_key=key, max_results=page_size, page_token=token
+        )
+        resp = await self.runs.GetMetricHistory(req, timeout=self.timeout)
+        return [Metric.from_proto(m) for m in resp.metrics], resp.next_page_token
+
+    def iter_metric_history(
         self, run_id: str, key: str, page_size: int = 25000
-    ) -> AsyncIterator[metric_pb2.Metric]:
+    ) -> AsyncIterator[Metric]:
         """Every point of a series in (step, timestamp, value) order, page by page."""
-        token = ""
-        while True:
-            req = run_service_pb2.GetMetricHistoryRequest(
-                run_id=run_id, metric_key=key, max_results=page_size, page_token=token
-            )
-            try:
-                resp = await self.runs.GetMetricHistory(req, timeout=self.timeout)
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
-            for m in resp.metrics:
-                yield m
-            token = resp.next_page_token
-            if not token:
-                return
+        return _all_pages(functools.partial(self._metric_history_page, run_id, key, page_size))
 
     async def get_metric_history(
-        self, run_id: str, key: str, page_size: int = 25000
-    ) -> list[metric_pb2.Metric]:
-        """Every point of a series in (step, timestamp, value) order (all pages)."""
+        self, run_id: str, key: str, *, page_size: int = 25000
+    ) -> list[Metric]:
+        """Every point of a series in (step, timestamp, value) order (all pages).
+
+        Raises:
+            NotFoundError: no such run.
+        """
         return [m async for m in self.iter_metric_history(run_id, key, page_size)]
 
     async def iter_metric_columns(
@@ -427,7 +641,8 @@ class AsyncClient:
     async def get_metric_columns(
         self, run_id: str, key: str
     ) -> tuple[list[int], list[int], list[float]]:
-        """A whole series in (step, timestamp, value) order as (steps, timestamps, values).
+        """A whole series in (step, timestamp, value) order as (steps, timestamps, values)
+        columns, streamed (the cheapest way to read a long series).
 
         Raises:
             TrackdError: the call failed.
@@ -441,14 +656,63 @@ class AsyncClient:
             values += v
         return steps, stamps, values
 
+    @_rpc
+    async def search_runs(
+        self,
+        experiment_ids: str | Iterable[str],
+        filter_string: str = "",
+        run_view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        max_results: int = 1000,
+        order_by: Iterable[str] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[Run]:
+        """One page of runs of the experiments matching `filter_string` (MLflow's language
+        plus OR, NOT, parentheses, IS NULL and `metrics.loss.min`), in `order_by` (default
+        newest first); `.token` fetches the next page. `iter_runs` walks every page.
+
+        Raises:
+            InvalidArgumentError: a bad filter (the message points at the column), order
+                or token.
+        """
+        req = run_service_pb2.SearchRunsRequest(
+            experiment_ids=inputs.ids(experiment_ids, "experiment_ids"),
+            filter=filter_string or "",
+            run_view_type=view_type_number(run_view_type, "run_view_type"),
+            max_results=max_results,
+            order_by=inputs.order_by(order_by),
+            page_token=page_token or "",
+        )
+        resp = await self.runs.SearchRuns(req, timeout=self.timeout)
+        return PagedList(map(Run.from_proto, resp.runs), resp.next_page_token)
+
+    def iter_runs(
+        self,
+        experiment_ids: str | Iterable[str],
+        filter_string: str = "",
+        run_view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        order_by: Iterable[str] | None = None,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Run]:
+        """Every run matching the search, fetching page after page."""
+        eids = inputs.ids(experiment_ids, "experiment_ids")
+        order = list(order_by or ())
+
+        async def fetch(token: str) -> tuple[Iterable[Run], str]:
+            page = await self.search_runs(
+                eids, filter_string, run_view_type, page_size, order, token
+            )
+            return page, page.token or ""
+
+        return _all_pages(fetch)
+
     # -- datasets, inputs and outputs --------------------------------------------------------
 
     @_rpc
     async def log_inputs(
         self,
         run_id: str,
-        datasets: Sequence[dataset_pb2.DatasetInput] = (),
-        model_ids: Sequence[str] = (),
+        datasets: Iterable[DatasetInput | dataset_pb2.DatasetInput] | None = None,
+        models: Iterable[LoggedModelInput | str] | None = None,
     ) -> None:
         """Records datasets (with the tags of their use) and logged models a run consumed.
 
@@ -457,15 +721,15 @@ class AsyncClient:
         """
         req = run_service_pb2.LogInputsRequest(
             run_id=run_id,
-            datasets=list(datasets),
-            models=[dataset_pb2.ModelInput(model_id=m) for m in model_ids],
+            datasets=[inputs.dataset_input(d) for d in datasets or ()],
+            models=[inputs.model_input(m) for m in models or ()],
         )
         await self.runs.LogInputs(req, timeout=self.timeout)
 
     async def log_input(
         self,
         run_id: str,
-        dataset: dataset_pb2.Dataset,
+        dataset: Dataset | dataset_pb2.Dataset,
         context: str | None = None,
         tags: Mapping[str, str] | None = None,
     ) -> None:
@@ -479,22 +743,26 @@ class AsyncClient:
         if context is not None:
             all_tags[DATASET_CONTEXT_TAG] = context
         use = dataset_pb2.DatasetInput(
-            dataset=dataset,
+            dataset=inputs.dataset(dataset),
             tags=[dataset_pb2.InputTag(key=k, value=v) for k, v in all_tags.items()],
         )
         await self.log_inputs(run_id, [use])
 
     @_rpc
-    async def log_output(self, run_id: str, model_id: str, step: int = 0) -> None:
-        """Records a logged model a run produced, with the step that produced it.
+    async def log_outputs(self, run_id: str, models: Iterable[LoggedModelOutput | str]) -> None:
+        """Records logged models a run produced (a bare id means step 0).
 
         Raises:
             TrackdError: the call failed.
         """
         req = run_service_pb2.LogOutputsRequest(
-            run_id=run_id, models=[dataset_pb2.ModelOutput(model_id=model_id, step=step)]
+            run_id=run_id, models=[inputs.model_output(m) for m in models]
         )
         await self.runs.LogOutputs(req, timeout=self.timeout)
+
+    async def log_output(self, run_id: str, model_id: str, step: int = 0) -> None:
+        """Records one logged model a run produced, with the step that produced it."""
+        await self.log_outputs(run_id, [LoggedModelOutput(model_id, step)])
 
     # -- logged models -----------------------------------------------------------------------
 
@@ -502,338 +770,228 @@ class AsyncClient:
     async def create_logged_model(
         self,
         experiment_id: str,
-        name: str = "",
-        model_type: str = "",
-        source_run_id: str = "",
+        name: str | None = None,
+        source_run_id: str | None = None,
+        tags: Mapping[str, object] | None = None,
         params: Mapping[str, object] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> logged_model_pb2.LoggedModel:
-        """Creates a logged model (status PENDING); returns it with its `m-...` id.
+        model_type: str | None = None,
+    ) -> LoggedModel:
+        """Creates a logged model (status PENDING; MlflowClient's argument order); returns
+        it with its `m-...` id.
 
         Raises:
-            TrackdError: the call failed.
+            NotFoundError: no such experiment or source run.
         """
         req = logged_model_service_pb2.CreateLoggedModelRequest(
             experiment_id=experiment_id,
-            name=name,
-            model_type=model_type,
-            source_run_id=source_run_id,
-            params=[
-                logged_model_pb2.LoggedModelParameter(key=k, value=str(v))
-                for k, v in (params or {}).items()
-            ],
-            tags=[logged_model_pb2.LoggedModelTag(key=k, value=v) for k, v in (tags or {}).items()],
+            name=name or "",
+            model_type=model_type or "",
+            source_run_id=source_run_id or "",
+            params=inputs.model_params(params),
+            tags=inputs.model_tags(tags),
         )
-        return (await self.models.CreateLoggedModel(req, timeout=self.timeout)).model
+        resp = await self.models.CreateLoggedModel(req, timeout=self.timeout)
+        return LoggedModel.from_proto(resp.model)
 
     @_rpc
-    async def get_logged_model(self, model_id: str) -> logged_model_pb2.LoggedModel:
+    async def get_logged_model(self, model_id: str) -> LoggedModel:
         """The logged model with its params, tags and latest metrics per dataset.
 
         Raises:
-            TrackdError: the call failed (NOT_FOUND for an unknown or deleted model).
+            NotFoundError: an unknown or deleted model.
         """
         req = logged_model_service_pb2.GetLoggedModelRequest(model_id=model_id)
-        return (await self.models.GetLoggedModel(req, timeout=self.timeout)).model
+        resp = await self.models.GetLoggedModel(req, timeout=self.timeout)
+        return LoggedModel.from_proto(resp.model)
 
     @_rpc
     async def finalize_logged_model(
         self,
         model_id: str,
-        status: logged_model_pb2.LoggedModelStatus.ValueType = (
-            logged_model_pb2.LOGGED_MODEL_STATUS_READY
-        ),
-        status_message: str = "",
-    ) -> logged_model_pb2.LoggedModel:
-        """Marks a model READY (default) or UPLOAD_FAILED; returns it.
+        status: LoggedModelStatus | str | int = LoggedModelStatus.READY,
+        status_message: str | None = None,
+    ) -> LoggedModel:
+        """Marks a model "READY" or "UPLOAD_FAILED"; returns it.
 
         Raises:
-            TrackdError: FAILED_PRECONDITION if it was finalized with another status.
+            FailedPreconditionError: it was finalized with another status.
         """
         req = logged_model_service_pb2.FinalizeLoggedModelRequest(
-            model_id=model_id, status=status, status_message=status_message
+            model_id=model_id,
+            status=model_status_number(status),
+            status_message=status_message or "",
         )
-        return (await self.models.FinalizeLoggedModel(req, timeout=self.timeout)).model
+        resp = await self.models.FinalizeLoggedModel(req, timeout=self.timeout)
+        return LoggedModel.from_proto(resp.model)
 
     @_rpc
     async def delete_logged_model(self, model_id: str) -> None:
-        """Soft-deletes a logged model.
-
-        Raises:
-            TrackdError: the call failed.
-        """
+        """Soft-deletes a logged model."""
         req = logged_model_service_pb2.DeleteLoggedModelRequest(model_id=model_id)
         await self.models.DeleteLoggedModel(req, timeout=self.timeout)
 
     @_rpc
-    async def set_logged_model_tags(self, model_id: str, tags: Mapping[str, str]) -> None:
-        """Sets tags of a logged model.
-
-        Raises:
-            TrackdError: the call failed.
-        """
+    async def set_logged_model_tags(self, model_id: str, tags: Mapping[str, object]) -> None:
+        """Sets tags of a logged model."""
         req = logged_model_service_pb2.SetLoggedModelTagsRequest(
-            model_id=model_id,
-            tags=[logged_model_pb2.LoggedModelTag(key=k, value=v) for k, v in tags.items()],
+            model_id=model_id, tags=inputs.model_tags(tags)
         )
         await self.models.SetLoggedModelTags(req, timeout=self.timeout)
 
     @_rpc
-    async def log_logged_model_params(self, model_id: str, params: Mapping[str, object]) -> None:
-        """Logs immutable params of a logged model.
+    async def delete_logged_model_tag(self, model_id: str, key: str) -> None:
+        """Deletes a tag of a logged model.
 
         Raises:
-            TrackdError: FAILED_PRECONDITION if a param had another value.
+            NotFoundError: the model has no such tag.
+        """
+        req = logged_model_service_pb2.DeleteLoggedModelTagRequest(
+            model_id=model_id, tag_key=checks.check_key(key)
+        )
+        await self.models.DeleteLoggedModelTag(req, timeout=self.timeout)
+
+    @_rpc
+    async def log_model_params(self, model_id: str, params: Mapping[str, object]) -> None:
+        """Logs immutable params of a logged model (the LogLoggedModelParams call).
+
+        Raises:
+            FailedPreconditionError: a param had another value.
         """
         req = logged_model_service_pb2.LogLoggedModelParamsRequest(
-            model_id=model_id,
-            params=[
-                logged_model_pb2.LoggedModelParameter(key=k, value=str(v))
-                for k, v in params.items()
-            ],
+            model_id=model_id, params=inputs.model_params(params)
         )
         await self.models.LogLoggedModelParams(req, timeout=self.timeout)
 
+    @_rpc
     async def search_logged_models(
         self,
-        experiment_ids: Sequence[str],
-        filter: str = "",
-        datasets: Sequence[tuple[str, str]] = (),
-        order_by: Sequence[str] = (),
-        page_size: int = 100,
-    ) -> list[logged_model_pb2.LoggedModel]:
-        """Every live logged model of the experiments matching `filter`, in `order_by`
-        (default newest first), fetching all pages. `datasets` is (name, digest) pairs (an
-        empty digest means any) restricting metric clauses and ordering.
+        experiment_ids: str | Iterable[str],
+        filter_string: str | None = None,
+        datasets: Iterable[Mapping[str, str] | tuple[str, str]] | None = None,
+        max_results: int | None = None,
+        order_by: Iterable[str | Mapping[str, Any]] | None = None,
+        page_token: str | None = None,
+    ) -> PagedList[LoggedModel]:
+        """One page of live logged models of the experiments matching `filter_string`, in
+        `order_by` (default newest first); `.token` fetches the next page.
+
+        Args:
+            experiment_ids: the experiments.
+            filter_string: e.g. "metrics.acc > 0.9 AND params.lr = '0.1'".
+            datasets: {"dataset_name": ..., "dataset_digest": ...} dicts (MLflow's form)
+                or (name, digest) pairs restricting metric clauses and ordering; an empty
+                digest means any.
+            max_results: page size (default 100).
+            order_by: "metrics.acc DESC" strings, or MLflow's
+                {"field_name": ..., "ascending": ...} dicts.
+            page_token: a previous page's token.
 
         Raises:
-            TrackdError: the call failed (INVALID_ARGUMENT for a bad filter).
+            InvalidArgumentError: a bad filter, order or token.
         """
-        out: list[logged_model_pb2.LoggedModel] = []
-        token = ""
-        while True:
-            req = logged_model_service_pb2.SearchLoggedModelsRequest(
-                experiment_ids=list(experiment_ids),
-                filter=filter,
-                datasets=[
-                    logged_model_service_pb2.SearchLoggedModelsRequest.DatasetFilter(
-                        dataset_name=n, dataset_digest=d
-                    )
-                    for n, d in datasets
-                ],
-                order_by=list(order_by),
-                max_results=page_size,
-                page_token=token,
+        req = logged_model_service_pb2.SearchLoggedModelsRequest(
+            experiment_ids=inputs.ids(experiment_ids, "experiment_ids"),
+            filter=filter_string or "",
+            datasets=[_dataset_filter(d) for d in datasets or ()],
+            order_by=inputs.order_by(order_by),
+            max_results=max_results or 100,
+            page_token=page_token or "",
+        )
+        resp = await self.models.SearchLoggedModels(req, timeout=self.timeout)
+        return PagedList(map(LoggedModel.from_proto, resp.models), resp.next_page_token)
+
+    def iter_logged_models(
+        self,
+        experiment_ids: str | Iterable[str],
+        filter_string: str | None = None,
+        datasets: Iterable[Mapping[str, str] | tuple[str, str]] | None = None,
+        order_by: Iterable[str | Mapping[str, Any]] | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[LoggedModel]:
+        """Every logged model matching the search, fetching page after page."""
+        eids = inputs.ids(experiment_ids, "experiment_ids")
+        sets = list(datasets or ())
+        order = list(order_by or ())
+
+        async def fetch(token: str) -> tuple[Iterable[LoggedModel], str]:
+            page = await self.search_logged_models(
+                eids, filter_string, sets, page_size, order, token
             )
-            try:
-                resp = await self.models.SearchLoggedModels(req, timeout=self.timeout)
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err) from None
-            out.extend(resp.models)
-            token = resp.next_page_token
-            if not token:
-                return out
+            return page, page.token or ""
+
+        return _all_pages(fetch)
+
+    # -- runs as context managers ------------------------------------------------------------
 
     def start_run(
         self,
         experiment_id: str = "0",
-        run_name: str = "",
+        run_name: str | None = None,
         *,
-        tags: Mapping[str, str] | None = None,
-        user_id: str = "",
-        parent_run_id: str = "",
+        run_id: str | None = None,
+        parent_run_id: str | None = None,
+        tags: Mapping[str, object] | None = None,
+        description: str | None = None,
+        user_id: str | None = None,
         buffer_points: int = DEFAULT_CAPACITY,
         on_full: OnFull = "block",
         logger: AsyncMetricLogger | None = None,
         flush_timeout: float | None = None,
     ) -> AsyncActiveRun:
-        """A run for `async with`: created on entry; its metrics stream through a buffered
+        """A run for `async with` (or `await run.start()` ... `await run.end()`): created
+        (or, with `run_id`, resumed) on entry; its metrics stream through a buffered
         logger; on exit the logger is flushed, then the run is ended FINISHED on a clean
-        exit and FAILED when the block raises (KILLED on cancellation).
+        exit, FAILED when the block raises, KILLED on cancellation.
 
         Args:
-            experiment_id, run_name, tags, user_id, parent_run_id: as create_run().
+            experiment_id: the run's experiment (ignored when resuming).
+            run_name: a name; the server makes one up if None.
+            run_id: resume this run (a job restarted after pre-emption): it is set
+                RUNNING again and logging goes on where it stopped.
+            parent_run_id: nest the new run in this one.
+            tags, description, user_id: as create_run().
             buffer_points: capacity of the run's own logger, in points.
             on_full: "block" or "raise" when the run's logger is full.
             logger: a logger (from `logger()`) to share instead of the run's own; the run
                 flushes it on exit but does not close it.
             flush_timeout: most seconds the exit waits for acknowledgements; None waits
                 as long as it takes.
-
-        Returns:
-            The run context manager.
         """
+        from trackd.client.active_run import AsyncActiveRun
+
         return AsyncActiveRun(
             self,
-            {
-                "experiment_id": experiment_id,
-                "run_name": run_name,
-                "tags": tags,
-                "user_id": user_id,
-                "parent_run_id": parent_run_id,
-            },
+            experiment_id=experiment_id,
+            run_name=run_name,
+            run_id=run_id,
+            parent_run_id=parent_run_id,
+            tags=tags,
+            description=description,
+            user_id=user_id,
             logger_options={"capacity": buffer_points, "on_full": on_full},
             logger=logger,
             flush_timeout=flush_timeout,
         )
 
 
-class AsyncActiveRun:
-    """A run being logged to; the methods log to it without repeating its id. Metrics go
-    through a buffered logger (`self.logger`): log_metric returns at once unless the buffer
-    is full, and the exit flushes before ending the run."""
-
-    def __init__(
-        self,
-        client: AsyncClient,
-        create_args: dict[str, Any],
-        *,
-        logger_options: dict[str, Any] | None = None,
-        logger: AsyncMetricLogger | None = None,
-        flush_timeout: float | None = None,
-    ) -> None:
-        self.client = client
-        self._create_args = create_args
-        self._logger_options = logger_options or {}
-        self._owns_logger = logger is None
-        self._logger = logger
-        self.flush_timeout = flush_timeout
-        self.run: run_pb2.Run | None = None
-
-    @property
-    def logger(self) -> AsyncMetricLogger:
-        """The logger the run's metrics go through (once started)."""
-        if self._logger is None:
-            raise RuntimeError("the run has not started; use `async with`")
-        return self._logger
-
-    @property
-    def run_id(self) -> str:
-        """The run's id (once started)."""
-        if self.run is None:
-            raise RuntimeError("the run has not started; use `async with`")
-        return self.run.info.run_id
-
-    async def __aenter__(self) -> AsyncActiveRun:
-        self.run = await self.client.create_run(**self._create_args)
-        if self._logger is None:
-            self._logger = self.client.logger(**self._logger_options)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Flushes the run's metrics, then ends the run: FINISHED, or FAILED when the block
-        raised or the flush failed (KILLED on cancellation). A flush failure is raised
-        after a clean block and noted on the block's exception otherwise."""
-        flush_error: Exception | None = None
-        if self.run is not None and self._logger is not None:
-            try:
-                if self._owns_logger:
-                    await self._logger.close(self.flush_timeout)
-                else:
-                    await self._logger.flush(self.flush_timeout)
-            except (TrackdError, TimeoutError) as err:
-                flush_error = err
-        status = end_status(exc_type)
-        if exc_type is None and flush_error is not None:
-            status = run_pb2.RUN_STATUS_FAILED
-        try:
-            await self.client.end_run(self.run_id, status)
-        except TrackdError as end_error:
-            if flush_error is None:
-                raise
-            flush_error.add_note(f"trackd: ending the run failed too: {end_error}")
-        if flush_error is not None:
-            if exc is None:
-                raise flush_error
-            exc.add_note(f"trackd: flushing the run's metrics failed: {flush_error}")
-
-    async def log_metric(
-        self, key: str, value: float, step: int = 0, timestamp: int | None = None
-    ) -> None:
-        """Buffers one point of the run; returns at once unless the buffer is full.
-
-        Args:
-            key: the series' key.
-            value: the value.
-            step: training step.
-            timestamp: milliseconds since the Unix epoch; now if None.
-
-        Raises:
-            BufferFullError: the buffer is full and on_full is "raise".
-            TrackdError: the run's stream failed for good.
-        """
-        await self.logger.log(self.run_id, key, value, step, timestamp)
-
-    async def log_metrics(
-        self, metrics: Mapping[str, float], step: int = 0, timestamp: int | None = None
-    ) -> None:
-        """Buffers one point per key, all at `step` and one timestamp (now if None).
-
-        Raises:
-            The same as log_metric().
-        """
-        await self.logger.log_many(self.run_id, metrics, step, timestamp)
-
-    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Waits until the server has acknowledged every metric logged so far.
-
-        Raises:
-            RejectedPointsError: some points were rejected (unknown run, bad key...).
-            TimeoutError: not everything was acknowledged within `timeout` seconds.
-            TrackdError: the stream failed for good.
-        """
-        await self.logger.flush(timeout)
-
-    async def log_input(
-        self,
-        dataset: dataset_pb2.Dataset,
-        context: str | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> None:
-        """Records a dataset the run consumed (context: "training", "evaluation", ...)."""
-        await self.client.log_input(self.run_id, dataset, context, tags)
-
-    async def log_output(self, model_id: str, step: int = 0) -> None:
-        """Records a logged model the run produced."""
-        await self.client.log_output(self.run_id, model_id, step)
-
-    async def log_param(self, key: str, value: object) -> None:
-        """Logs one param of the run."""
-        await self.client.log_param(self.run_id, key, value)
-
-    async def log_params(self, params: Mapping[str, object]) -> None:
-        """Logs params of the run in one batch."""
-        await self.client.log_batch(self.run_id, params=params)
-
-    async def set_tag(self, key: str, value: str) -> None:
-        """Sets one tag of the run."""
-        await self.client.set_tag(self.run_id, key, value)
-
-    async def log_batch(
-        self,
-        metrics: Sequence[MetricLike] = (),
-        params: Mapping[str, object] | None = None,
-        tags: Mapping[str, str] | None = None,
-    ) -> None:
-        """Logs metrics, params and tags to the run atomically."""
-        await self.client.log_batch(self.run_id, metrics, params, tags)
+def _dataset_filter(
+    d: Mapping[str, str] | tuple[str, str],
+) -> logged_model_service_pb2.SearchLoggedModelsRequest.DatasetFilter:
+    if isinstance(d, Mapping):
+        name, digest = d.get("dataset_name", ""), d.get("dataset_digest") or ""
+    else:
+        name, digest = d
+    return logged_model_service_pb2.SearchLoggedModelsRequest.DatasetFilter(
+        dataset_name=name, dataset_digest=digest
+    )
 
 
-def end_status(exc_type: type[BaseException] | None) -> run_pb2.RunStatus.ValueType:
-    """FINISHED for a clean exit, KILLED for cancellation or Ctrl-C, FAILED otherwise."""
-    if exc_type is None:
-        return run_pb2.RUN_STATUS_FINISHED
-    if (
-        issubclass(exc_type, KeyboardInterrupt | GeneratorExit)
-        or exc_type.__name__ == "CancelledError"
-    ):
-        return run_pb2.RUN_STATUS_KILLED
-    return run_pb2.RUN_STATUS_FAILED
-
-
-__all__ = ["AsyncActiveRun", "AsyncClient", "end_status", "now_ms"]
+__all__ = [
+    "DEFAULT_TARGET",
+    "RPC_METHOD_NAMES",
+    "AsyncClient",
+    "MetricLike",
+    "now_ms",
+    "resolve_target",
+    "rpc_method_name",
+]

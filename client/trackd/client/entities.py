@@ -1,0 +1,574 @@
+"""Plain Python results: runs, experiments, metrics, datasets and logged models as MLflow's
+entities look, built from trackd's messages (each keeps its message as `.proto`).
+
+Statuses and stages are the words of the filter language (`run.info.status == "FINISHED"`,
+`experiment.lifecycle_stage == "active"`); params, tags and latest metrics are dicts.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from google.protobuf.message import Message
+
+from trackd.v1 import (
+    common_pb2,
+    dataset_pb2,
+    experiment_pb2,
+    logged_model_pb2,
+    metric_pb2,
+    run_pb2,
+)
+
+T = TypeVar("T")
+
+
+class RunStatus(enum.StrEnum):
+    """A run's status, as the filter language writes it (`status = 'FINISHED'`)."""
+
+    RUNNING = "RUNNING"
+    SCHEDULED = "SCHEDULED"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    KILLED = "KILLED"
+
+
+class LifecycleStage(enum.StrEnum):
+    """Whether an experiment, run or model is live or soft-deleted (MLflow's words)."""
+
+    ACTIVE = "active"
+    DELETED = "deleted"
+
+
+class LoggedModelStatus(enum.StrEnum):
+    """A logged model's status: PENDING at creation, then READY or UPLOAD_FAILED."""
+
+    PENDING = "PENDING"
+    READY = "READY"
+    UPLOAD_FAILED = "UPLOAD_FAILED"
+
+
+class ViewType(enum.IntEnum):
+    """Which lifecycle stages a search returns (the numbers are MLflow's and trackd's)."""
+
+    ACTIVE_ONLY = 1
+    DELETED_ONLY = 2
+    ALL = 3
+
+
+def _enum_number(value: object, words: type[enum.Enum], prefix: str, arg: str) -> int:
+    """The protobuf number of an enum argument given as a word ("FAILED", "failed"), a
+    member of `words`, or the number itself.
+
+    Raises:
+        ValueError: an unknown word. TypeError: neither a word nor a number.
+    """
+    if isinstance(value, words):
+        name = value.name
+    elif isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"{arg} must be one of {_choices(words)}, not {type(value).__name__}")
+    elif isinstance(value, int):
+        return value
+    else:
+        name = value.strip().upper().removeprefix(prefix)
+        if name not in words.__members__:
+            raise ValueError(f"{arg} must be one of {_choices(words)}, not {value!r}")
+    return _PROTO_NUMBERS[prefix][name]
+
+
+def _choices(words: type[enum.Enum]) -> str:
+    return ", ".join(repr(name) for name in words.__members__)
+
+
+_PROTO_NUMBERS: dict[str, dict[str, int]] = {
+    "RUN_STATUS_": {n: run_pb2.RunStatus.Value(f"RUN_STATUS_{n}") for n in RunStatus.__members__},
+    "LOGGED_MODEL_STATUS_": {
+        n: logged_model_pb2.LoggedModelStatus.Value(f"LOGGED_MODEL_STATUS_{n}")
+        for n in LoggedModelStatus.__members__
+    },
+    "VIEW_TYPE_": {n: common_pb2.ViewType.Value(f"VIEW_TYPE_{n}") for n in ViewType.__members__},
+}
+
+
+def run_status_number(status: object, arg: str = "status") -> run_pb2.RunStatus.ValueType:
+    """RunStatus as its protobuf number, from "FAILED", RunStatus.FAILED or the number.
+
+    Raises:
+        ValueError: an unknown word. TypeError: neither a word nor a number.
+    """
+    return _enum_number(status, RunStatus, "RUN_STATUS_", arg)  # type: ignore[return-value]
+
+
+def model_status_number(
+    status: object, arg: str = "status"
+) -> logged_model_pb2.LoggedModelStatus.ValueType:
+    """LoggedModelStatus as its protobuf number, from "READY", the enum or the number."""
+    return _enum_number(status, LoggedModelStatus, "LOGGED_MODEL_STATUS_", arg)  # type: ignore[return-value]
+
+
+def view_type_number(view: object, arg: str = "view_type") -> common_pb2.ViewType.ValueType:
+    """ViewType as its protobuf number, from "ALL", ViewType.ALL or the number."""
+    return _enum_number(view, ViewType, "VIEW_TYPE_", arg)  # type: ignore[return-value]
+
+
+def _word(number: int, enum_type: Any, prefix: str) -> str:
+    """The word of a protobuf enum number ("" for UNSPECIFIED or an unknown number)."""
+    try:
+        name: str = enum_type.Name(number)
+    except ValueError:
+        return ""
+    name = name.removeprefix(prefix)
+    return "" if name == "UNSPECIFIED" else name
+
+
+def _stage(number: int) -> str:
+    return _word(number, common_pb2.LifecycleStage, "LIFECYCLE_STAGE_").lower()
+
+
+class PagedList(list[T], Generic[T]):
+    """One page of a search: a list, and `token` for the next page ("" or None at the
+    end, as MLflow's PagedList)."""
+
+    def __init__(self, items: Iterable[T], token: str | None) -> None:
+        super().__init__(items)
+        self.token = token or None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric point. The positional order is MLflow's: key, value, timestamp, step."""
+
+    key: str
+    value: float
+    timestamp: int = 0
+    step: int = 0
+    dataset_name: str | None = None
+    dataset_digest: str | None = None
+    model_id: str | None = None
+    run_id: str | None = None
+    proto: metric_pb2.Metric | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: metric_pb2.Metric) -> Metric:
+        """The point of a Metric message."""
+        return cls(
+            m.key,
+            m.value,
+            m.timestamp,
+            m.step,
+            m.dataset_name or None,
+            m.dataset_digest or None,
+            m.model_id or None,
+            m.run_id or None,
+            m,
+        )
+
+    def to_proto(self) -> metric_pb2.Metric:
+        """The point as a Metric message."""
+        return metric_pb2.Metric(
+            key=self.key,
+            value=self.value,
+            timestamp=self.timestamp,
+            step=self.step,
+            dataset_name=self.dataset_name or "",
+            dataset_digest=self.dataset_digest or "",
+            model_id=self.model_id or "",
+            run_id=self.run_id or "",
+        )
+
+
+@dataclass(frozen=True)
+class Param:
+    """A run's param (immutable once logged)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class RunTag:
+    """A run's tag."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class ExperimentTag:
+    """An experiment's tag."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """What trackd keeps of a whole series: point and NaN counts, min, max, mean and
+    standard deviation of the non-NaN values, the first and last step, and the latest
+    point (greatest step, timestamp, value)."""
+
+    key: str
+    count: int
+    nan_count: int
+    min: float
+    max: float
+    mean: float
+    stddev: float
+    first_step: int
+    last_step: int
+    latest_value: float
+    latest_step: int
+    latest_timestamp: int
+    proto: metric_pb2.MetricSummary | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, s: metric_pb2.MetricSummary) -> MetricSummary:
+        """The summary of a MetricSummary message."""
+        return cls(
+            s.key,
+            s.count,
+            s.nan_count,
+            s.min,
+            s.max,
+            s.mean,
+            s.stddev,
+            s.first_step,
+            s.last_step,
+            s.latest_value,
+            s.latest_step,
+            s.latest_timestamp,
+            s,
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A run's attributes. `status` is a RunStatus word; `end_time` is None while the run
+    has not ended; times are milliseconds since the Unix epoch."""
+
+    run_id: str
+    run_name: str
+    experiment_id: str
+    user_id: str
+    status: str
+    start_time: int
+    end_time: int | None
+    artifact_uri: str
+    lifecycle_stage: str
+    proto: run_pb2.RunInfo | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def run_uuid(self) -> str:
+        """The run id (MLflow's older name)."""
+        return self.run_id
+
+    @classmethod
+    def from_proto(cls, i: run_pb2.RunInfo) -> RunInfo:
+        """The attributes of a RunInfo message."""
+        return cls(
+            i.run_id,
+            i.run_name,
+            i.experiment_id,
+            i.user_id,
+            _word(i.status, run_pb2.RunStatus, "RUN_STATUS_"),
+            i.start_time,
+            i.end_time or None,
+            i.artifact_uri,
+            _stage(i.lifecycle_stage),
+            i,
+        )
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A run's data: `metrics` (key -> latest value), `params`, `tags` (key -> value),
+    `metric_summaries` (key -> MetricSummary) and `latest_metrics` (key -> Metric, the
+    latest point with its step and timestamp)."""
+
+    metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+    metric_summaries: dict[str, MetricSummary]
+    latest_metrics: dict[str, Metric]
+    proto: run_pb2.RunData | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, d: run_pb2.RunData) -> RunData:
+        """The data of a RunData message."""
+        latest = {m.key: Metric.from_proto(m) for m in d.metrics}
+        return cls(
+            {k: m.value for k, m in latest.items()},
+            {p.key: p.value for p in d.params},
+            {t.key: t.value for t in d.tags},
+            {s.key: MetricSummary.from_proto(s) for s in d.metric_summaries},
+            latest,
+            d,
+        )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A dataset as a run uses it: name and digest identify it within an experiment."""
+
+    name: str
+    digest: str
+    source_type: str = ""
+    source: str = ""
+    schema: str = ""
+    profile: str = ""
+
+    @classmethod
+    def from_proto(cls, d: dataset_pb2.Dataset) -> Dataset:
+        """The dataset of a Dataset message."""
+        return cls(d.name, d.digest, d.source_type, d.source, d.schema, d.profile)
+
+    def to_proto(self) -> dataset_pb2.Dataset:
+        """The dataset as a Dataset message."""
+        return dataset_pb2.Dataset(
+            name=self.name,
+            digest=self.digest,
+            source_type=self.source_type,
+            source=self.source,
+            schema=self.schema,
+            profile=self.profile,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """A dataset a run consumed, with the tags of that use (`mlflow.data.context`)."""
+
+    dataset: Dataset
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, d: dataset_pb2.DatasetInput) -> DatasetInput:
+        """The use of a DatasetInput message."""
+        return cls(Dataset.from_proto(d.dataset), {t.key: t.value for t in d.tags})
+
+    def to_proto(self) -> dataset_pb2.DatasetInput:
+        """The use as a DatasetInput message."""
+        return dataset_pb2.DatasetInput(
+            dataset=self.dataset.to_proto(),
+            tags=[dataset_pb2.InputTag(key=k, value=v) for k, v in self.tags.items()],
+        )
+
+
+@dataclass(frozen=True)
+class LoggedModelInput:
+    """A logged model a run consumed."""
+
+    model_id: str
+
+
+@dataclass(frozen=True)
+class LoggedModelOutput:
+    """A logged model a run produced, at a step."""
+
+    model_id: str
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run consumed: datasets and logged models."""
+
+    dataset_inputs: list[DatasetInput]
+    model_inputs: list[LoggedModelInput]
+
+    @classmethod
+    def from_proto(cls, i: dataset_pb2.RunInputs) -> RunInputs:
+        """The inputs of a RunInputs message."""
+        return cls(
+            [DatasetInput.from_proto(d) for d in i.dataset_inputs],
+            [LoggedModelInput(m.model_id) for m in i.model_inputs],
+        )
+
+
+@dataclass(frozen=True)
+class RunOutputs:
+    """What a run produced: logged models."""
+
+    model_outputs: list[LoggedModelOutput]
+
+    @classmethod
+    def from_proto(cls, o: dataset_pb2.RunOutputs) -> RunOutputs:
+        """The outputs of a RunOutputs message."""
+        return cls([LoggedModelOutput(m.model_id, m.step) for m in o.model_outputs])
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run: `info` (attributes), `data` (metrics, params, tags, summaries), `inputs`
+    and `outputs`; `proto` is the Run message it was made from."""
+
+    info: RunInfo
+    data: RunData
+    inputs: RunInputs
+    outputs: RunOutputs
+    proto: run_pb2.Run | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, r: run_pb2.Run) -> Run:
+        """The run of a Run message."""
+        return cls(
+            RunInfo.from_proto(r.info),
+            RunData.from_proto(r.data),
+            RunInputs.from_proto(r.inputs),
+            RunOutputs.from_proto(r.outputs),
+            r,
+        )
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment; `lifecycle_stage` is "active" or "deleted", times are milliseconds
+    since the Unix epoch, `tags` is a dict."""
+
+    experiment_id: str
+    name: str
+    artifact_location: str
+    lifecycle_stage: str
+    creation_time: int
+    last_update_time: int
+    tags: dict[str, str]
+    proto: experiment_pb2.Experiment | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, e: experiment_pb2.Experiment) -> Experiment:
+        """The experiment of an Experiment message."""
+        return cls(
+            e.experiment_id,
+            e.name,
+            e.artifact_location,
+            _stage(e.lifecycle_stage),
+            e.creation_time,
+            e.last_update_time,
+            {t.key: t.value for t in e.tags},
+            e,
+        )
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """A logged model (MLflow 3), flat as MLflow's entity: `status` is a LoggedModelStatus
+    word, `params` and `tags` are dicts, `metrics` the latest point per (key, dataset)."""
+
+    model_id: str
+    experiment_id: str
+    name: str
+    model_type: str
+    source_run_id: str
+    status: str
+    status_message: str
+    creation_timestamp: int
+    last_updated_timestamp: int
+    artifact_location: str
+    tags: dict[str, str]
+    params: dict[str, str]
+    metrics: list[Metric]
+    proto: logged_model_pb2.LoggedModel | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, m: logged_model_pb2.LoggedModel) -> LoggedModel:
+        """The model of a LoggedModel message."""
+        i = m.info
+        return cls(
+            i.model_id,
+            i.experiment_id,
+            i.name,
+            i.model_type,
+            i.source_run_id,
+            _word(i.status, logged_model_pb2.LoggedModelStatus, "LOGGED_MODEL_STATUS_"),
+            i.status_message,
+            i.creation_timestamp,
+            i.last_updated_timestamp,
+            i.artifact_uri,
+            {t.key: t.value for t in i.tags},
+            {p.key: p.value for p in m.data.params},
+            [Metric.from_proto(x) for x in m.data.metrics],
+            m,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """A dataset an experiment's runs used, with the context of that use."""
+
+    experiment_id: str
+    name: str
+    digest: str
+    context: str
+    proto: dataset_pb2.DatasetSummary | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, s: dataset_pb2.DatasetSummary) -> DatasetSummary:
+        """The summary of a DatasetSummary message."""
+        return cls(s.experiment_id, s.name, s.digest, s.context, s)
+
+
+def key_values(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str
+) -> list[tuple[object, object]]:
+    """(key, value) pairs from a dict, or from a sequence of Param/RunTag-like objects
+    (anything with .key and .value, messages included) or 2-tuples.
+
+    Raises:
+        TypeError: an item is none of these.
+    """
+    if items is None:
+        return []
+    if isinstance(items, Mapping):
+        return list(items.items())
+    if isinstance(items, str | bytes):
+        raise TypeError(f"{arg} must be a dict or a sequence of (key, value), not a string")
+    out: list[tuple[object, object]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) == 2:
+            out.append((item[0], item[1]))
+        elif hasattr(item, "key") and hasattr(item, "value"):
+            out.append((item.key, item.value))
+        else:
+            raise TypeError(
+                f"{arg}[{i}] must be a (key, value) pair or have .key and .value, "
+                f"not {type(item).__name__}"
+            )
+    return out
+
+
+def is_message(value: object) -> bool:
+    """Whether `value` is a protobuf message."""
+    return isinstance(value, Message)
+
+
+__all__ = [
+    "Dataset",
+    "DatasetInput",
+    "DatasetSummary",
+    "Experiment",
+    "ExperimentTag",
+    "LifecycleStage",
+    "LoggedModel",
+    "LoggedModelInput",
+    "LoggedModelOutput",
+    "LoggedModelStatus",
+    "Metric",
+    "MetricSummary",
+    "PagedList",
+    "Param",
+    "Run",
+    "RunData",
+    "RunInfo",
+    "RunInputs",
+    "RunOutputs",
+    "RunStatus",
+    "RunTag",
+    "ViewType",
+    "key_values",
+    "model_status_number",
+    "run_status_number",
+    "view_type_number",
+]

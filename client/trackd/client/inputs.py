@@ -1,0 +1,197 @@
+"""Turning what a caller passes (dicts, tuples, entities, messages) into checked request
+messages, so that a bad key, value or type is reported at the call that made it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from trackd.client import checks
+from trackd.client.entities import (
+    Dataset,
+    DatasetInput,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    key_values,
+)
+from trackd.v1 import dataset_pb2, experiment_pb2, logged_model_pb2, metric_pb2, run_pb2
+
+# A metric point for log_batch: a Metric (entity or message), or a tuple (key, value),
+# (key, value, step) or (key, value, step, timestamp).
+MetricLike = Metric | metric_pb2.Metric | tuple[Any, ...]
+
+# The input tag that says what a dataset was used for (MLflow's name).
+DATASET_CONTEXT_TAG = "mlflow.data.context"
+# MLflow's tag for a run's description.
+DESCRIPTION_TAG = "mlflow.note.content"
+
+# Experiment tag values are shorter than run tag values.
+EXPERIMENT_TAG_VALUE_LIMIT = 5000
+
+
+def now_ms() -> int:
+    """The client's clock, in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def metric(m: MetricLike, field: str) -> metric_pb2.Metric:
+    """A checked Metric message for one item of a batch.
+
+    Raises:
+        TypeError: the item or one of its fields has the wrong type.
+        InvalidArgumentError: a key or value breaks a rule.
+    """
+    if isinstance(m, Metric):
+        m = m.to_proto()
+    if isinstance(m, metric_pb2.Metric):
+        return metric_pb2.Metric(
+            key=checks.check_key(m.key, f"{field}.key"),
+            value=m.value,
+            timestamp=checks.timestamp_value(m.timestamp or None, f"{field}.timestamp"),
+            step=m.step,
+            model_id=m.model_id,
+            dataset_name=m.dataset_name,
+            dataset_digest=m.dataset_digest,
+        )
+    if not isinstance(m, tuple) or not 2 <= len(m) <= 4:
+        raise TypeError(
+            f"{field} must be a Metric or a tuple (key, value[, step[, timestamp]]), "
+            f"not {type(m).__name__}"
+        )
+    key, value, *rest = m
+    return metric_pb2.Metric(
+        key=checks.check_key(key, f"{field}.key"),
+        value=checks.metric_value(value, f"{field}.value"),
+        step=checks.step_value(rest[0] if rest else None, f"{field}.step"),
+        timestamp=checks.timestamp_value(rest[1] if len(rest) > 1 else None, f"{field}.timestamp"),
+    )
+
+
+def metrics(items: Iterable[MetricLike], arg: str = "metrics") -> list[metric_pb2.Metric]:
+    """Checked Metric messages for a batch; fields are named `metrics[i].key` and so on."""
+    return [metric(m, f"{arg}[{i}]") for i, m in enumerate(items)]
+
+
+def params(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "params"
+) -> list[run_pb2.Param]:
+    """Checked Param messages from a dict or a sequence of Param/(key, value)."""
+    return [
+        run_pb2.Param(
+            key=checks.check_key(k, f"{arg}[{i}].key"),
+            value=checks.param_value(v, f"{arg}[{i}].value"),
+        )
+        for i, (k, v) in enumerate(key_values(items, arg))
+    ]
+
+
+def run_tags(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
+) -> list[run_pb2.RunTag]:
+    """Checked RunTag messages from a dict or a sequence of RunTag/(key, value)."""
+    return [
+        run_pb2.RunTag(
+            key=checks.check_key(k, f"{arg}[{i}].key"),
+            value=checks.tag_value(v, f"{arg}[{i}].value"),
+        )
+        for i, (k, v) in enumerate(key_values(items, arg))
+    ]
+
+
+def experiment_tags(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
+) -> list[experiment_pb2.ExperimentTag]:
+    """Checked ExperimentTag messages (values at most 5000 characters)."""
+    return [
+        experiment_pb2.ExperimentTag(
+            key=checks.check_key(k, f"{arg}[{i}].key"),
+            value=checks.tag_value(v, f"{arg}[{i}].value", EXPERIMENT_TAG_VALUE_LIMIT),
+        )
+        for i, (k, v) in enumerate(key_values(items, arg))
+    ]
+
+
+def model_params(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "params"
+) -> list[logged_model_pb2.LoggedModelParameter]:
+    """Checked LoggedModelParameter messages."""
+    return [
+        logged_model_pb2.LoggedModelParameter(key=p.key, value=p.value) for p in params(items, arg)
+    ]
+
+
+def model_tags(
+    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
+) -> list[logged_model_pb2.LoggedModelTag]:
+    """Checked LoggedModelTag messages."""
+    return [logged_model_pb2.LoggedModelTag(key=t.key, value=t.value) for t in run_tags(items, arg)]
+
+
+def dataset(d: Dataset | dataset_pb2.Dataset, arg: str = "dataset") -> dataset_pb2.Dataset:
+    """A Dataset message from the entity or the message."""
+    if isinstance(d, Dataset):
+        return d.to_proto()
+    if isinstance(d, dataset_pb2.Dataset):
+        return d
+    raise TypeError(f"{arg} must be a trackd.client.Dataset, not {type(d).__name__}")
+
+
+def dataset_input(
+    d: DatasetInput | dataset_pb2.DatasetInput, arg: str = "datasets"
+) -> dataset_pb2.DatasetInput:
+    """A DatasetInput message from the entity or the message."""
+    if isinstance(d, DatasetInput):
+        return d.to_proto()
+    if isinstance(d, dataset_pb2.DatasetInput):
+        return d
+    raise TypeError(f"{arg} items must be DatasetInput, not {type(d).__name__}")
+
+
+def model_input(m: LoggedModelInput | dataset_pb2.ModelInput | str) -> dataset_pb2.ModelInput:
+    """A ModelInput message from a model id, the entity or the message."""
+    if isinstance(m, dataset_pb2.ModelInput):
+        return m
+    model_id = m.model_id if isinstance(m, LoggedModelInput) else m
+    if not isinstance(model_id, str):
+        raise TypeError(f"models items must be model ids or LoggedModelInput, not {type(m)}")
+    return dataset_pb2.ModelInput(model_id=model_id)
+
+
+def model_output(
+    m: LoggedModelOutput | dataset_pb2.ModelOutput | str,
+) -> dataset_pb2.ModelOutput:
+    """A ModelOutput message from a model id (step 0), the entity or the message."""
+    if isinstance(m, dataset_pb2.ModelOutput):
+        return m
+    if isinstance(m, LoggedModelOutput):
+        return dataset_pb2.ModelOutput(model_id=m.model_id, step=checks.step_value(m.step))
+    if not isinstance(m, str):
+        raise TypeError(f"models items must be model ids or LoggedModelOutput, not {type(m)}")
+    return dataset_pb2.ModelOutput(model_id=m)
+
+
+def order_by(items: Iterable[object] | None, arg: str = "order_by") -> list[str]:
+    """Order clauses: strings ("metrics.acc DESC") or MLflow's logged-model dicts
+    ({"field_name": "metrics.acc", "ascending": False})."""
+    out: list[str] = []
+    for i, item in enumerate(items or ()):
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, Mapping) and isinstance(item.get("field_name"), str):
+            out.append(f"{item['field_name']} {'ASC' if item.get('ascending', True) else 'DESC'}")
+        else:
+            raise TypeError(f"{arg}[{i}] must be a string such as 'metrics.acc DESC'")
+    return out
+
+
+def ids(value: str | Iterable[str], arg: str) -> list[str]:
+    """A list of ids from one id or many."""
+    if isinstance(value, str):
+        return [value]
+    out = list(value)
+    for i, x in enumerate(out):
+        if not isinstance(x, str):
+            raise TypeError(f"{arg}[{i}] must be a str id, not {type(x).__name__}")
+    return out
