@@ -65,9 +65,7 @@ async def test_async_client_inputs_outputs_and_models(server: Running) -> None:
         ready = await client.finalize_logged_model(model.model_id)
         assert ready.status == "READY"
         with pytest.raises(FailedPreconditionError):
-            await client.finalize_logged_model(
-                model.model_id, "UPLOAD_FAILED"
-            )
+            await client.finalize_logged_model(model.model_id, "UPLOAD_FAILED")
         got = await client.get_run(run.run_id)
         uses = got.inputs.dataset_inputs
         assert [(u.dataset.name, u.tags) for u in uses] == [

@@ -27,7 +27,7 @@ def _target(server: Running) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-# -- resuming and nesting ----------------------------------------------------------------------
+# -- resuming and nesting --
 
 PREEMPTED_JOB = textwrap.dedent(
     """
@@ -127,7 +127,7 @@ async def test_a_failing_child_fails_alone(server: Running) -> None:
     assert await asyncio.to_thread(scenario) == ("FINISHED", "FAILED")
 
 
-# -- the async run's plain log_metric -------------------------------------------------------------
+# -- the async run's plain log_metric --
 
 
 async def test_async_log_metric_is_a_plain_method_that_buffers(server: Running) -> None:
@@ -155,7 +155,7 @@ async def test_async_full_buffer_raises_instead_of_blocking_the_loop(server: Run
             run.log_metric("loss", 2.0, 10**7)  # room again once acknowledged
 
 
-# -- rules checked at the call ----------------------------------------------------------------------
+# -- rules checked at the call --
 
 
 async def test_bad_values_are_reported_at_the_call(server: Running) -> None:
@@ -204,7 +204,7 @@ async def test_bad_values_are_reported_at_the_call(server: Running) -> None:
             await client.search_runs([rid], run_view_type=None)  # type: ignore[arg-type]
 
 
-# -- the module-level API -------------------------------------------------------------------------
+# -- the module-level API --
 
 FLUENT_SCRIPT = textwrap.dedent(
     """

@@ -102,7 +102,7 @@ async def test_run_context_streams_twenty_thousand_points_without_blocking(
         for run in (run_a, run_b):
             got = await client.get_run(run.run_id)
             assert got.info.status == RunStatus.FINISHED
-            counts = {s.key: s.count for s in got.data.metric_summaries}
+            counts = {k: s.count for k, s in got.data.metric_summaries.items()}
             want = {k: len(t) for (r, k), t in expected.items() if r == run.run_id}
             assert counts == want
 
@@ -144,7 +144,7 @@ async def test_every_point_lands_exactly_once_across_a_server_restart(database_u
                     steps, stamps, values = await client.get_metric_columns(rid, key)
                     assert list(zip(steps, stamps, values, strict=True)) == triples, key
                 run = await client.get_run(run_id)
-                assert {s.key: s.count for s in run.data.metric_summaries} == {
+                assert {k: s.count for k, s in run.data.metric_summaries.items()} == {
                     k: len(t) for (_, k), t in expected.items()
                 }
                 await client.close()
@@ -318,7 +318,7 @@ async def test_sync_client_logs_from_its_thread_and_exit_waits_for_acks(
                 acked_midway = run.logger.pending
                 for step in range(3000, 3500):
                     run.log_metric("loss", 1.0 / (step + 1), step=step, timestamp=10 + step)
-            keys = [s.key for s in client.get_run(run.run_id).data.metric_summaries]
+            keys = list(client.get_run(run.run_id).data.metric_summaries)
             history = [
                 (m.step, m.timestamp, m.value)
                 for m in client.get_metric_history(run.run_id, "loss")

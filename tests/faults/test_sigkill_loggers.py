@@ -49,7 +49,8 @@ async def test_points_held_by_loggers_arrive_exactly_once_across_sigkill(
     clients = [AsyncClient(target) for _ in range(CLIENTS)]
     try:
         run_ids = [
-            (await c.create_run("0", run_name=f"kill-{i}")).info.run_id for i, c in enumerate(clients)
+            (await c.create_run("0", run_name=f"kill-{i}")).info.run_id
+            for i, c in enumerate(clients)
         ]
         loggers = [c.logger(chunk_points=500, backoff_max=0.5) for c in clients]
         halfway = asyncio.Event()

@@ -497,7 +497,7 @@ class AsyncClient:
         value: float,
         timestamp: int | None = None,
         step: int | None = None,
-        *,
+        synchronous: bool | None = None,
         dataset_name: str | None = None,
         dataset_digest: str | None = None,
         model_id: str | None = None,
@@ -505,6 +505,8 @@ class AsyncClient:
         """Appends one metric point in its own call (MlflowClient's argument order; a run
         context's buffered `run.log_metric` is far cheaper for many points). With
         `model_id` (and a dataset), the point also counts as that logged model's metric.
+        `synchronous` is accepted for MlflowClient's sake: every unary call returns once
+        the point is committed.
 
         Raises:
             TypeError: a value of the wrong type (None, a str). InvalidArgumentError: a
@@ -523,7 +525,9 @@ class AsyncClient:
         await self.runs.LogMetric(req, timeout=self.timeout)
 
     @_rpc
-    async def log_param(self, run_id: str, key: str, value: object) -> object:
+    async def log_param(
+        self, run_id: str, key: str, value: object, synchronous: bool | None = None
+    ) -> object:
         """Logs one immutable param (numbers and bools as str(value)); returns `value`.
 
         Raises:
@@ -536,7 +540,9 @@ class AsyncClient:
         return value
 
     @_rpc
-    async def set_tag(self, run_id: str, key: str, value: object) -> None:
+    async def set_tag(
+        self, run_id: str, key: str, value: object, synchronous: bool | None = None
+    ) -> None:
         """Sets one tag of a run (numbers and bools as str(value)).
 
         Raises:
@@ -564,6 +570,7 @@ class AsyncClient:
         metrics: Iterable[MetricLike] = (),
         params: Mapping[str, object] | Iterable[Any] | None = None,
         tags: Mapping[str, object] | Iterable[Any] | None = None,
+        synchronous: bool | None = None,
     ) -> None:
         """Logs metrics, params and tags atomically: all of it or none of it (at most
         1000 metrics, 100 params, 100 tags).

@@ -311,12 +311,14 @@ class RunData:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset as a run uses it: name and digest identify it within an experiment."""
+    """A dataset as a run uses it (MLflow's fields): name and digest identify it within an
+    experiment; source_type ("s3", "local", ...) and source (where it lives) are required;
+    schema and profile are optional JSON text."""
 
     name: str
     digest: str
-    source_type: str = ""
-    source: str = ""
+    source_type: str
+    source: str
     schema: str = ""
     profile: str = ""
 
