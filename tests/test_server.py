@@ -20,6 +20,7 @@ from conftest import server_config
 from helpers import new_experiment, new_run
 from trackd.server import app
 from trackd.server.config import parse, resolve
+from trackd.server.startup import StartupError
 from trackd.server.store import migrate
 from trackd.v1 import experiment_service_pb2_grpc, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
@@ -183,5 +184,5 @@ def test_bad_environment_value_is_a_clear_error() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    with pytest.raises(SystemExit, match="TRACKD_POOL_MAX_SIZE"):
+    with pytest.raises(StartupError, match="TRACKD_POOL_MAX_SIZE"):
         resolve(parser.parse_args([]), {"TRACKD_POOL_MAX_SIZE": "many"})

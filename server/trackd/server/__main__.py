@@ -1,72 +1,91 @@
 """The `trackd` command: `trackd serve` runs the server, `trackd migrate` applies the
-schema migrations and exits."""
+schema migrations and exits.
+
+A start-up failure (bad setting, unreachable database, address in use, embedded
+PostgreSQL failing) is one line on stderr naming the cause and the setting to change, and
+exit status 2; the traceback is shown only at --log-level DEBUG."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
+from trackd.server import __version__, logs
 from trackd.server import config as config_mod
-from trackd.server import logs
 from trackd.server.embedded import EmbeddedPostgres
+from trackd.server.startup import EXIT_CODE, StartupError
 
 
-def _run(coro_factory: object) -> None:
+def _run(coro: Coroutine[Any, Any, None]) -> None:
     try:
         import uvloop
-
-        uvloop.run(coro_factory)  # type: ignore[arg-type]
     except ImportError:  # pragma: no cover - uvloop is optional
-        asyncio.run(coro_factory)  # type: ignore[arg-type]
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
 
 
 async def do_migrate_quietly(url: str) -> None:
     """Applies pending migrations (before workers start, so that they find none)."""
     from trackd.server import app
-    from trackd.server.store.pool import Database
 
-    db = await Database.connect(url, min_size=1, max_size=1)
+    db = await app.connect_database(url, min_size=1, max_size=1)
     try:
-        await app.migrate_database(db)
+        await app.prepare_database(db, url)
     finally:
         await db.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `trackd` and `python -m trackd.server`."""
-    parser = argparse.ArgumentParser(prog="trackd", description="trackd experiment tracking")
+async def do_migrate(url: str) -> None:
+    """`trackd migrate`: applies pending migrations and says which."""
+    from trackd.server import app
+
+    db = await app.connect_database(url, min_size=1, max_size=1)
+    try:
+        applied = await app.prepare_database(db, url)
+    finally:
+        await db.close()
+    print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = config_mod.Parser(prog="trackd", description="trackd experiment tracking")
+    parser.add_argument("--version", action="version", version=f"trackd {__version__}")
     sub = parser.add_subparsers(dest="command")
     for name, text in (("serve", "run the gRPC server"), ("migrate", "apply migrations")):
         config_mod.add_arguments(sub.add_parser(name, help=text))
-    args = parser.parse_args(argv)
-    command = args.command or "serve"
-    cfg = config_mod.resolve(args)
-    logs.configure(cfg.log_level, cfg.log_format)
+    return parser
+
+
+def _start(command: str, cfg: config_mod.Config) -> int:
+    if command == "serve" and not cfg.reuse_port:
+        # Before anything starts (the embedded PostgreSQL takes seconds): the port is free.
+        for name in ("listen", "metrics_listen"):
+            address = getattr(cfg, name)
+            problem = address and config_mod.listen_problem(address, name)
+            if problem:
+                raise StartupError(problem)
+    try:
+        from trackd.server import app, workers
+    except ImportError as exc:  # the light install: pip install trackd
+        raise StartupError(
+            f"the server's dependencies are not installed ({exc}): pip install 'trackd[server]'"
+        ) from exc
+
     embedded = None
     url = cfg.database_url
     if not url:
         embedded = EmbeddedPostgres(cfg.data_dir)
         url = embedded.start()
     try:
-        from trackd.server import app
-        from trackd.server.store.pool import Database
-
         if command == "migrate":
-
-            async def do_migrate() -> None:
-                db = await Database.connect(url, min_size=1, max_size=1)
-                try:
-                    applied = await app.migrate_database(db)
-                finally:
-                    await db.close()
-                print("applied: " + (", ".join(applied) or "nothing (up to date)"))
-
-            _run(do_migrate())
+            _run(do_migrate(url))
         elif cfg.workers > 1:
-            from trackd.server import workers
-
             _run(do_migrate_quietly(url))
             return workers.run(cfg, url)
         else:
@@ -75,6 +94,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if embedded is not None:
             embedded.stop()
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `trackd` and `python -m trackd.server`."""
+    args = _parser().parse_args(argv)
+    level = args.log_level or os.environ.get("TRACKD_LOG_LEVEL") or ""
+    try:
+        cfg = config_mod.resolve(args)
+        logs.configure(cfg.log_level, cfg.log_format)
+        return _start(args.command or "serve", cfg)
+    except StartupError as exc:
+        logs.flush()
+        if level.upper() == "DEBUG":
+            traceback.print_exc()
+        print(f"trackd: error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
 
 
 if __name__ == "__main__":

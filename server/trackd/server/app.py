@@ -7,12 +7,13 @@ import logging
 import signal
 from dataclasses import dataclass
 
+import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from trackd.server.config import Config
+from trackd.server.config import Config, listen_problem, setting
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.ingest import Writers
@@ -26,6 +27,7 @@ from trackd.server.service.guard import Guard, Limits
 from trackd.server.service.logged_models import LoggedModelService
 from trackd.server.service.rpc import add_service
 from trackd.server.service.runs import RunService
+from trackd.server.startup import StartupError, explain_database_error
 from trackd.server.store import migrate
 from trackd.server.store.pool import Database
 from trackd.v1 import experiment_service_pb2, logged_model_service_pb2, run_service_pb2
@@ -70,13 +72,33 @@ async def migrate_database(db: Database) -> list[str]:
         return await migrate.migrate(conn)
 
 
+async def connect_database(url: str, *, min_size: int, max_size: int) -> Database:
+    """Opens the pool; a database that cannot be reached or refuses trackd raises
+    StartupError saying why and naming the setting (with the password masked)."""
+    try:
+        return await Database.connect(url, min_size=min_size, max_size=max_size)
+    except Exception as exc:
+        explained = explain_database_error(exc, url)
+        if explained is None:
+            raise
+        raise explained from exc
+
+
+async def prepare_database(db: Database, url: str) -> list[str]:
+    """Applies pending migrations (StartupError if the database refuses them)."""
+    try:
+        return await migrate_database(db)
+    except asyncpg.InsufficientPrivilegeError as exc:
+        raise (explain_database_error(exc, url) or exc) from exc
+
+
 async def start(config: Config, database_url: str) -> Running:
     """Migrates the database and starts serving on config.listen (port 0 picks a free one)."""
-    db = await Database.connect(
+    db = await connect_database(
         database_url, min_size=config.pool_min_size, max_size=config.pool_max_size
     )
     try:
-        await migrate_database(db)
+        await prepare_database(db, database_url)
         experiments = Experiments(db, config.artifact_root)
         await experiments.set_default_location()
     except BaseException:
@@ -135,8 +157,20 @@ async def start(config: Config, database_url: str) -> Running:
     if port == 0:
         await writers.stop()
         await db.close()
-        raise SystemExit(f"cannot listen on {config.listen} (in use, or not a local address)")
-    metrics_port = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+        raise StartupError(
+            listen_problem(config.listen, "listen")
+            or f"cannot listen on {config.listen}: gRPC refused it; change {setting('listen')}"
+        )
+    try:
+        metrics_port = metrics.serve(config.metrics_listen) if config.metrics_listen else None
+    except OSError as exc:
+        await writers.stop()
+        await db.close()
+        raise StartupError(
+            listen_problem(config.metrics_listen, "metrics_listen")
+            or f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; "
+            f"change {setting('metrics_listen')}"
+        ) from exc
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
+
+from trackd.server.startup import StartupError, bind_failure, mask_url
 
 
 @dataclass(frozen=True)
@@ -18,8 +23,9 @@ class Config:
     pool_min_size: int = 2
     pool_max_size: int = 10
     log_level: str = "INFO"
-    # "json" (one object per line) or "text".
-    log_format: str = "json"
+    # "json" (one object per line), "text", or "auto": text when stderr is a terminal,
+    # JSON otherwise.
+    log_format: str = "auto"
     # One access-log line per call (INFO for OK and expected client errors).
     access_log: bool = True
     data_dir: str = ".trackd"
@@ -92,6 +98,40 @@ def _parser(kind: type) -> Callable[[str], object]:
     return _parse_bool if kind is bool else kind
 
 
+_KIND_NAMES = {bool: "a boolean (true/false, on/off, 1/0)", int: "an integer", float: "a number"}
+
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+LOG_FORMATS = ("auto", "json", "text")
+
+# Smallest accepted value of each numeric setting.
+_MINIMUMS: dict[str, float] = {
+    "pool_min_size": 0,
+    "pool_max_size": 1,
+    "grace_period": 0,
+    "max_message_bytes": 1,
+    "ingest_writers": 1,
+    "ingest_max_queued_points": 1,
+    "client_rate_limit": 0,
+    "client_max_concurrency": 0,
+    "stream_idle_timeout": 0.001,
+    "workers": 1,
+}
+
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def setting(name: str) -> str:
+    """How a user sets Config field `name`: `--flag / TRACKD_VAR`."""
+    return f"--{name.replace('_', '-')} / {_ENV[name]}"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (not usage plus an error) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds one flag per Config field; each flag's default is unset, so that the
     environment and then the built-in default apply."""
@@ -109,7 +149,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
     """Builds the Config: a flag wins over its environment variable, which wins over the
-    default."""
+    default. A value that cannot be used raises StartupError naming the setting."""
     env = os.environ if environ is None else environ
     defaults = Config()
     values: dict[str, object] = {}
@@ -121,9 +161,83 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] | None = None) 
         elif env.get(var):
             try:
                 values[name] = _parser(kind)(env[var])
-            except ValueError as exc:
-                raise SystemExit(f"{var}={env[var]!r} is not a valid {kind.__name__}") from exc
-    return Config(**values)  # type: ignore[arg-type]
+            except ValueError:
+                raise StartupError(
+                    f"{var}={env[var]!r} is not {_KIND_NAMES[kind]} ({setting(name)})"
+                ) from None
+    return validate(Config(**values))  # type: ignore[arg-type]
+
+
+def parse_address(text: str, name: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT setting; StartupError naming the setting if malformed."""
+    where = setting(name)
+    host, colon, port = text.rpartition(":")
+    shape = "HOST:PORT, such as 127.0.0.1:50051, 0.0.0.0:50051 or [::1]:50051"
+    if not colon or not host:
+        raise StartupError(f"{where} must be {shape}; got {text!r}")
+    if not _PORT_RE.fullmatch(port) or int(port) > 65535:
+        raise StartupError(f"{where}: the port of {text!r} must be a number from 0 to 65535")
+    if host.startswith("[") != host.endswith("]") or host in ("[]", "[", "]"):
+        raise StartupError(f"{where} must be {shape}; got {text!r}")
+    if ":" in host and not host.startswith("["):
+        raise StartupError(f"{where}: write an IPv6 host in brackets ([::1]:50051); got {text!r}")
+    if any(c.isspace() for c in host):
+        raise StartupError(f"{where} must be {shape}; got {text!r}")
+    return host, int(port)
+
+
+def is_unix_address(listen: str) -> bool:
+    """Whether `listen` names a Unix socket (gRPC's `unix:PATH`), not HOST:PORT."""
+    return listen.startswith(("unix:", "unix-abstract:"))
+
+
+def listen_problem(address: str, name: str) -> str | None:
+    """Why nothing can listen on `address` (Config field `name`) right now, as a one-line
+    message naming the setting; None if a probe socket could bind it."""
+    if is_unix_address(address):
+        return None
+    host, port = parse_address(address, name)
+    reason = bind_failure(host, port)
+    if reason is None:
+        return None
+    return f"cannot listen on {address}: {reason}; change {setting(name)}"
+
+
+def validate(cfg: Config) -> Config:
+    """`cfg`, if every value is usable; else StartupError naming the setting to change.
+    Runs before anything starts (the embedded PostgreSQL included)."""
+    if is_unix_address(cfg.listen):
+        if cfg.workers > 1:
+            raise StartupError(
+                f"{setting('workers')} above 1 needs a HOST:PORT {setting('listen')}, "
+                f"not {cfg.listen!r}"
+            )
+    else:
+        parse_address(cfg.listen, "listen")
+    if cfg.metrics_listen:
+        parse_address(cfg.metrics_listen, "metrics_listen")
+    url = cfg.database_url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise StartupError(
+            f"{setting('database_url')} must be a postgresql:// URL (or empty for the "
+            f"embedded PostgreSQL); got {mask_url(url)!r}"
+        )
+    if cfg.log_level.upper() not in LOG_LEVELS:
+        raise StartupError(
+            f"{setting('log_level')} must be one of {', '.join(LOG_LEVELS)}; got {cfg.log_level!r}"
+        )
+    if cfg.log_format not in LOG_FORMATS:
+        raise StartupError(
+            f"{setting('log_format')} must be one of {', '.join(LOG_FORMATS)}; "
+            f"got {cfg.log_format!r}"
+        )
+    if not cfg.data_dir:
+        raise StartupError(f"{setting('data_dir')} must not be empty")
+    for name, least in _MINIMUMS.items():
+        value = getattr(cfg, name)
+        if not math.isfinite(value) or value < least:
+            raise StartupError(f"{setting(name)} must be at least {least:g}; got {value}")
+    return cfg
 
 
 def to_env(cfg: Config) -> dict[str, str]:
@@ -137,6 +251,6 @@ def to_env(cfg: Config) -> dict[str, str]:
 
 def parse(argv: Sequence[str]) -> Config:
     """Config from command-line flags and the environment alone."""
-    parser = argparse.ArgumentParser()
+    parser = Parser()
     add_arguments(parser)
     return resolve(parser.parse_args(argv))

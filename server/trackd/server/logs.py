@@ -142,7 +142,10 @@ def _access_sink(handler: BufferedStderrHandler) -> Callable[[str, str, str, flo
 
 
 def configure(level: str, fmt: str) -> None:
-    """Sends trackd's logs to stderr in `fmt` ("json" or "text") at `level`."""
+    """Sends trackd's logs to stderr in `fmt` at `level`: "json", "text", or "auto" (text
+    when stderr is a terminal, JSON otherwise)."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
     handler = BufferedStderrHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
@@ -150,3 +153,9 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     guard.access_sink = _access_sink(handler) if fmt == "json" else None
+
+
+def flush() -> None:
+    """Writes out what the root logger's handlers buffer (before printing to stderr)."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
