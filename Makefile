@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# .installed: the development install (.[server,dev]); .installed-server: what `make run`
+# needs (.[server]), which the development install also satisfies.
 STAMP  := $(VENV)/.installed
+SERVER_STAMP := $(VENV)/.installed-server
 PROTOS := $(wildcard protos/trackd/v1/*.proto)
 GEN    := client
 
@@ -14,15 +17,22 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[server,dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(SERVER_STAMP)
+
+$(SERVER_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[server]'
+	touch $(SERVER_STAMP)
 
 install: $(STAMP)
 
 ## Start trackd; with no TRACKD_DATABASE_URL it runs an embedded PostgreSQL under .trackd/.
-run: $(STAMP)
+## Installs only what the server needs, not the development tools.
+run: $(SERVER_STAMP)
 	$(BIN)/trackd serve
 
-migrate: $(STAMP)
+migrate: $(SERVER_STAMP)
 	$(BIN)/trackd migrate
 
 ## Run the test suite against TRACKD_TEST_DATABASE_URL, a testcontainers or an embedded PostgreSQL.
