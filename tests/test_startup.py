@@ -241,6 +241,24 @@ def test_embedded_postgres_that_fails_to_start(tmp_path: Path) -> None:
     assert (tmp_path / "postgres.log").stat().st_size > 0
 
 
+def test_embedded_postgres_missing(tmp_path: Path) -> None:
+    """The server extra without pgserver: `trackd serve` with no database configured."""
+    hide = (
+        "import sys; sys.modules['pgserver'] = None; "  # `import pgserver` now fails
+        "from trackd.server.__main__ import main; sys.exit(main())"
+    )
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-c", hide, "serve", "--listen", "127.0.0.1:0", "--data-dir", str(data)],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    one_line_error(result, *DATABASE_URL, "trackd[server]", "not installed")
+
+
 def test_embedded_postgres_data_dir_cannot_be_created(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -324,3 +342,21 @@ def test_log_format_auto_is_text_on_a_terminal() -> None:
     text = out.decode()
     assert " INFO trackd.x [-] hello" in text, text
     assert not text.lstrip().startswith("{")
+
+
+# -- masking ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:pw@h:5432/d", "postgresql://u:***@h:5432/d"),
+        ("postgresql://u:p%40ss@h/d?sslmode=require", "postgresql://u:***@h/d?sslmode=require"),
+        ("postgresql:///d?host=/tmp&password=pw", "postgresql:///d?host=/tmp&password=***"),
+        ("postgresql://u@[::1]:5432/d", "postgresql://u@[::1]:5432/d"),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    from trackd.server.startup import mask_url
+
+    assert mask_url(url) == masked

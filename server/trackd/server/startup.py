@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 EXIT_CODE = 2
 
@@ -38,7 +38,10 @@ def mask_url(url: str) -> str:
                 ],
                 safe="/*",
             )
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
+        # Not urlunsplit: it turns postgresql:///db (a socket URL) into postgresql:/db.
+        masked = f"{parts.scheme}://{netloc}{parts.path}"
+        masked += f"?{query}" if query else ""
+        return masked + (f"#{parts.fragment}" if parts.fragment else "")
     except ValueError:
         return "<unparsable URL>"
 
