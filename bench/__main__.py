@@ -1,4 +1,4 @@
-"""`make bench` / `python -m bench [search ...]`: runs the benchmarks and prints figures."""
+"""`make bench` / `python -m bench [scenario ...]`: runs the benchmarks and prints figures."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import datetime
 import platform
 
-from bench import common, ingest, search
+from bench import common, ingest, logcall, search
 
-SCENARIOS = {"ingest": ingest.run, "search": search.run}
+SCENARIOS = {"ingest": ingest.run, "search": search.run, "logcall": logcall.run}
 
 
 async def main(names: list[str]) -> None:

@@ -14,6 +14,21 @@ split into one chunk per series and sent again, so that one bad series does not 
 other series of its chunk down with it; the rejections that remain are reported, once, by
 the next `flush`.
 
+`put` and `put_many` are the hot path of a training loop: plain (not coroutine) methods,
+callable from any thread, that check the point by the client's rules (trackd.client.checks:
+a bad key raises at the call) and append it to the buffer without taking a lock, in well
+under a microsecond for a key seen before. The buffer is a deque that producers only ever
+append to and the sender only ever pops from the left (under the lock); the points held
+are `len(buffer) + unacked`, where `unacked` (points taken into chunks and not yet
+acknowledged) changes only under the lock, on the event loop's thread, and is raised
+before points leave the buffer and lowered after they come back or are acknowledged. A
+put compares `len(buffer)` with `room` (capacity - unacked, kept with it; -1 once closed
+or failed) without the lock: it may see less room than there is (and then checks again
+under the lock), never more while it is the only thread putting. `flush` counts the points
+taken plus those buffered, under the lock: every point whose put returned before flush was
+called is among them. An idle sender sets its flag, then looks at the buffer; a put
+appends, then looks at the flag: one of them sees the other, so no point waits unseen.
+
 `AsyncMetricLogger` is the implementation, used from the event loop it runs on;
 `MetricLogger` drives one from any other thread (the blocking `Client` uses it).
 """
@@ -27,13 +42,14 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
 
+from trackd.client.checks import _KEY_CACHE, check_key, metric_value, step_value, timestamp_value
 from trackd.client.errors import TrackdError, from_rpc_error
 from trackd.v1 import run_service_pb2, run_service_pb2_grpc
 
@@ -74,8 +90,11 @@ RETRYABLE_CODES = frozenset(
 Point = tuple[str, str, int, int, float]
 
 
+_time_ns = time.time_ns
+
+
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return _time_ns() // 1_000_000
 
 
 def make_point(
@@ -117,14 +136,15 @@ class Rejection:
 
 
 class BufferFullError(TrackdError):
-    """The logger's buffer holds `capacity` unacknowledged points and `on_full` is "raise".
-    Nothing of the call that raised was buffered."""
+    """The logger's buffer holds `capacity` unacknowledged points and `on_full` is "raise"
+    (or a plain `put` on the event loop's thread, which cannot block). Nothing of the call
+    that raised was buffered. `hint`, if any, ends the message (what to do instead)."""
 
-    def __init__(self, capacity: int, requested: int) -> None:
+    def __init__(self, capacity: int, requested: int, hint: str = "") -> None:
         super().__init__(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
             f"the metric buffer is full: {capacity} points are not yet acknowledged by the "
-            f"server and {requested} more do not fit",
+            f"server and {requested} more do not fit" + (f"; {hint}" if hint else ""),
             reason="BUFFER_FULL",
         )
         self.capacity = capacity
@@ -180,8 +200,8 @@ class AsyncMetricLogger:
     """Streams metric points of any runs to trackd from a bounded buffer, exactly once.
 
     Create it with the event loop running (or through `AsyncClient.logger()`); use its
-    coroutines on that loop. `log_nowait` may be called from any thread. Call `close()` (or
-    `async with`) to flush and end the stream.
+    coroutines on that loop. `put`, `put_many` and `log_nowait` may be called from any
+    thread. Call `close()` (or `async with`) to flush and end the stream.
 
     Args:
         stub: RunService stub over a grpc.aio channel.
@@ -239,14 +259,24 @@ class AsyncMetricLogger:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
 
-        # Shared with producer threads, under _lock.
+        # Shared with producer threads. Producers append to _buf without the lock (put,
+        # put_many) or under it; everything else changes under _lock only. _buf is never
+        # replaced: the sender pops points from its left.
         self._lock = threading.Lock()
         self._space = threading.Condition(self._lock)
         self._buf: deque[Point] = deque()
-        self._logged = 0  # points ever accepted
-        self._taken = 0  # points moved from the buffer into chunks
-        self._held_points = 0  # accepted and not yet acknowledged
+        self._taken = 0  # points moved from the buffer into chunks (their logical index)
+        # Points moved from the buffer into chunks and not yet acknowledged; raised before
+        # points leave _buf, lowered after they are back or acknowledged, so that
+        # len(_buf) + _unacked, read without the lock, never undercounts the points held.
+        self._unacked = 0
+        # capacity - _unacked, for put's lock-free check (len(_buf) < _room), or -1 once
+        # closed or failed (so that every put goes to the slow path, which raises); set
+        # by _set_room_locked after each change of _unacked.
+        self._room = capacity
         self._space_waiters: list[asyncio.Future[None]] = []
+        # Set by the sender, under the lock, before it checks _buf and waits for _wake: a
+        # producer that appends and then sees it set wakes the sender.
         self._sender_idle = False
         self._closed = False
         self._fatal: TrackdError | None = None
@@ -274,7 +304,19 @@ class AsyncMetricLogger:
     @property
     def pending(self) -> int:
         """Points logged and not yet acknowledged by the server."""
-        return self._held_points
+        with self._lock:
+            return self._held_locked()
+
+    def _set_room_locked(self) -> None:
+        if self._closed or self._fatal is not None:
+            self._room = -1
+        else:
+            self._room = self.capacity - self._unacked
+
+    def _held_locked(self) -> int:
+        """Points buffered or sent and not yet acknowledged (exact under the lock, but for
+        lock-free puts appending at the same time)."""
+        return len(self._buf) + self._unacked
 
     @property
     def acked_sequence(self) -> int:
@@ -360,9 +402,149 @@ class AsyncMetricLogger:
         point = make_point(run_id, key, value, step, timestamp)
         with self._lock:
             self._check_open_locked()
-            if self._held_points + 1 > self.capacity:
+            if self._held_locked() + 1 > self.capacity:
                 raise BufferFullError(self.capacity, 1)
             self._insert_locked((point,), 0)
+
+    def put(
+        self,
+        run_id: str,
+        key: str,
+        value: object,
+        step: object = 0,
+        timestamp: object = None,
+    ) -> None:
+        """Checks one point and buffers it: a plain method (not a coroutine), callable from
+        any thread, that returns at once unless the buffer is full. The fast path (a key
+        seen before, a float value, an int step, no timestamp) takes no lock.
+
+        Args:
+            run_id: the run.
+            key: the series' key, checked by trackd.client.checks.check_key.
+            value: a number (see checks.metric_value: int, float, numpy scalars...; NaN
+                and the infinities included; not a bool, a str or None).
+            step: training step, an int64; None means 0.
+            timestamp: milliseconds since the Unix epoch; the client's clock now if None.
+
+        Raises:
+            InvalidArgumentError: the key breaks a rule, or step or timestamp is out of
+                range (nothing is buffered).
+            TypeError: run_id or key is not a str, value is not a number, or step or
+                timestamp is not an integer (nothing is buffered).
+            BufferFullError: the buffer is full and on_full is "raise", or it is full and
+                the call is on the logger's event-loop thread, which cannot block (`await
+                logger.log(...)` or `await run.flush()` wait for room instead).
+            LoggerClosedError: the logger is closed.
+            TrackdError: the stream failed for good (the failure's code and message).
+
+        When the buffer is full, on_full is "block" and the call is on another thread,
+        it blocks that thread until acknowledgements free room. The capacity is exact
+        for one producing thread; threads putting at the very same time may each add
+        their point beyond it.
+        """
+        # Each check is one comparison when the field is of the usual type; the checks
+        # module handles (and explains) everything else.
+        try:
+            known = key in _KEY_CACHE
+        except TypeError:  # unhashable
+            known = False
+        if not known:
+            key = check_key(key)
+        if value.__class__ is not float:
+            value = metric_value(value)
+        if step.__class__ is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
+            step = step_value(step)
+        if timestamp is None:
+            timestamp = _time_ns() // 1_000_000
+        elif timestamp.__class__ is not int or not 0 <= timestamp <= 0x7FFFFFFFFFFFFFFF:
+            timestamp = timestamp_value(timestamp)
+        if run_id.__class__ is not str:
+            raise TypeError(f"run_id must be a str, not {type(run_id).__name__}")
+        point: Point = (run_id, key, step, timestamp, value)
+        buf = self._buf
+        # Without the lock: may see more points held than there are (then the slow path
+        # checks again under the lock), never fewer with one producing thread.
+        if len(buf) < self._room:
+            buf.append(point)
+            # After the append: either the sender, checking _buf after setting the flag,
+            # sees the point, or this sees the flag (see _wait_for_work).
+            if self._sender_idle:
+                self._wake_sender()
+            return
+        self._put_slow((point,))
+
+    def put_many(
+        self,
+        run_id: str,
+        metrics: Mapping[str, object],
+        step: object = 0,
+        timestamp: object = None,
+    ) -> None:
+        """Checks one point per key, all at the same step and timestamp, and buffers them
+        all (or none, should one be bad); like put() otherwise.
+
+        Args:
+            run_id: the run.
+            metrics: key -> value (see put()).
+            step: training step of every point, an int64; None means 0.
+            timestamp: milliseconds since the Unix epoch; the client's clock now if None.
+
+        Raises:
+            The same as put(). With on_full "raise" (or on the event-loop thread) nothing
+            is buffered unless all fits; blocking, the points that fit are buffered first.
+        """
+        if step.__class__ is not int or not -0x8000000000000000 <= step <= 0x7FFFFFFFFFFFFFFF:
+            step = step_value(step)
+        if timestamp is None:
+            timestamp = _time_ns() // 1_000_000
+        else:
+            timestamp = timestamp_value(timestamp)
+        if run_id.__class__ is not str:
+            raise TypeError(f"run_id must be a str, not {type(run_id).__name__}")
+        points: list[Point] = []
+        for key, value in metrics.items():
+            try:
+                known = key in _KEY_CACHE
+            except TypeError:
+                known = False
+            if not known:
+                key = check_key(key)
+            if value.__class__ is not float:
+                value = metric_value(value, f"value of {key!r}")
+            points.append((run_id, key, step, timestamp, value))
+        if not points:
+            return
+        buf = self._buf
+        if len(buf) + len(points) <= self._room:
+            buf.extend(points)
+            if self._sender_idle:
+                self._wake_sender()
+            return
+        self._put_slow(points)
+
+    def _put_slow(self, points: Sequence[Point]) -> None:
+        """put()'s path when the lock-free check found no room: checks again under the
+        lock, then raises or blocks per on_full and the calling thread."""
+        if self.on_full == "raise" or threading.get_ident() == self._loop_thread:
+            with self._lock:
+                self._check_open_locked()
+                if len(points) > self.capacity - self._held_locked():
+                    hint = ""
+                    if self.on_full == "block":
+                        hint = (
+                            "put() cannot wait for room on the event loop's thread: "
+                            "`await logger.log(...)` or `await run.flush()` instead"
+                        )
+                    raise BufferFullError(self.capacity, len(points), hint)
+                self._insert_locked(points, 0)
+            return
+        i = 0
+        with self._space:
+            while True:
+                i = self._insert_locked(points, i)
+                if i == len(points):
+                    return
+                self._space.wait()
 
     def put_blocking(self, points: Sequence[Point], timeout: float | None = None) -> None:
         """Buffers checked points from a thread other than the event loop's, blocking that
@@ -395,7 +577,7 @@ class AsyncMetricLogger:
         """Appends points[start:] as far as they fit; returns the index of the first point
         not appended. Raises per on_full when nothing (in "raise" mode: not all) fits."""
         self._check_open_locked()
-        room = self.capacity - self._held_points
+        room = self.capacity - self._held_locked()
         n = len(points) - start
         if self.on_full == "raise" and n > room:
             raise BufferFullError(self.capacity, n)
@@ -406,15 +588,24 @@ class AsyncMetricLogger:
             self._buf.extend(points)
         else:
             self._buf.extend(points[start : start + take])
-        self._logged += take
-        self._held_points += take
         if self._sender_idle:
             self._sender_idle = False
-            if threading.get_ident() == self._loop_thread:
-                self._wake.set()
-            else:
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self._notify_sender()
         return start + take
+
+    def _wake_sender(self) -> None:
+        """Wakes the idle sender (after a lock-free append saw it idle), once."""
+        with self._lock:
+            if not self._sender_idle:
+                return
+            self._sender_idle = False
+        self._notify_sender()
+
+    def _notify_sender(self) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def _check_open_locked(self) -> None:
         if self._fatal is not None:
@@ -438,7 +629,8 @@ class AsyncMetricLogger:
             TrackdError: the stream failed for good (its code and message).
         """
         with self._lock:
-            target = self._logged
+            # Every point put before this call is taken or still buffered.
+            target = self._taken + len(self._buf)
         deadline = None if timeout is None else self._loop.time() + timeout
         while True:
             if self._fatal is not None:
@@ -474,6 +666,7 @@ class AsyncMetricLogger:
             if self._closed and self._end_requested:
                 return
             self._closed = True
+            self._set_room_locked()
             self._wake_producers_locked()
         error: BaseException | None = None
         try:
@@ -527,13 +720,15 @@ class AsyncMetricLogger:
 
     def _release(self, points: int) -> None:
         with self._lock:
-            self._held_points -= points
+            self._unacked -= points
+            self._set_room_locked()
             self._wake_producers_locked()
 
     def _fail(self, error: TrackdError) -> None:
         log.error("trackd metric stream %s failed for good: %s", self.stream_id, error)
         with self._lock:
             self._fatal = error
+            self._set_room_locked()
             self._buf.clear()
             self._wake_producers_locked()
         self._pulse()
@@ -586,9 +781,12 @@ class AsyncMetricLogger:
         while True:
             self._wake.clear()
             with self._lock:
+                # The flag first, then the buffer: a put that appends after this check
+                # sees the flag (see put).
+                self._sender_idle = True
                 buffered = bool(self._buf)
-                if not buffered:
-                    self._sender_idle = True
+                if buffered:
+                    self._sender_idle = False
             if buffered or self._held or self._requeue:
                 return True
             if self._end_requested:
@@ -656,11 +854,10 @@ class AsyncMetricLogger:
                 await call.done_writing()
                 return
             with self._lock:
-                if not self._buf:
-                    self._sender_idle = True
-                    idle = True
-                else:
-                    idle = False
+                self._sender_idle = True  # the flag first, then the buffer (see put)
+                idle = not self._buf
+                if not idle:
+                    self._sender_idle = False
             if idle or len(self._held) >= self.max_inflight:
                 await self._wake.wait()
 
@@ -788,16 +985,42 @@ class AsyncMetricLogger:
         if self._requeue:
             return self._requeue.popleft()
         with self._lock:
-            n = len(self._buf)
+            buf = self._buf
+            n = min(len(buf), self.chunk_points)
             if n == 0:
                 return None
             first = self._taken
-            if n <= self.chunk_points:
-                points: Sequence[Point] = self._buf
-                self._buf = deque()
-            else:
-                points = [self._buf.popleft() for _ in range(self.chunk_points)]
-            self._taken += len(points)
+            # Counted before the points leave the buffer (see _unacked); producers may
+            # append meanwhile, never pop.
+            self._unacked += n
+            self._set_room_locked()
+            self._taken += n
+            popleft = buf.popleft
+            points = [popleft() for _ in range(n)]
+        series = _group(points)
+        size = n * _POINT_BYTES
+        for run_id, by_key in series.items():
+            size += len(by_key) * (len(run_id) + _SERIES_BYTES) + sum(map(len, by_key))
+        if size > self.chunk_bytes:
+            columns, cut = self._columns_within_bytes(points)
+            if cut < n:
+                rest = points[cut:]
+                with self._lock:
+                    buf.extendleft(reversed(rest))
+                    self._taken -= len(rest)
+                    self._unacked -= len(rest)  # after the points are back (see _unacked)
+                    self._set_room_locked()
+        else:
+            columns, cut = _columns(series), n
+        req = run_service_pb2.StreamMetricsRequest(stream_id=self.stream_id)
+        add = req.series.add
+        for run_id, key, steps, stamps, values in columns:
+            add(run_id=run_id, key=key, steps=steps, timestamps=stamps, values=values)
+        return _Chunk(req, cut, first)
+
+    def _columns_within_bytes(self, points: list[Point]) -> tuple[list[_Columns], int]:
+        """The columns of the longest prefix of points (at least one) whose estimated size
+        is within chunk_bytes, and that prefix's length."""
         groups: dict[tuple[str, str], tuple[list[int], list[int], list[float]]] = {}
         size = 0
         cut = len(points)
@@ -816,15 +1039,30 @@ class AsyncMetricLogger:
             if size > self.chunk_bytes:
                 cut = i + 1
                 break
-        if cut < len(points):
-            rest = list(points)[cut:]
-            with self._lock:
-                self._buf.extendleft(reversed(rest))
-                self._taken -= len(rest)
-        req = run_service_pb2.StreamMetricsRequest(stream_id=self.stream_id)
-        for (run_id, key), (steps, stamps, values) in groups.items():
-            req.series.add(run_id=run_id, key=key, steps=steps, timestamps=stamps, values=values)
-        return _Chunk(req, cut, first)
+        return [(r, k, *cols) for (r, k), cols in groups.items()], cut
+
+
+# (run_id, key, steps, timestamps, values) of one series in a chunk.
+_Columns = tuple[str, str, list[int], list[int], list[float]]
+_STEP, _TS, _VALUE = operator.itemgetter(2), operator.itemgetter(3), operator.itemgetter(4)
+
+
+def _group(points: list[Point]) -> defaultdict[str, defaultdict[str, list[Point]]]:
+    """The points by run_id, then key, in order of first appearance (two lookups of
+    strings, whose hashes are cached, per point)."""
+    series: defaultdict[str, defaultdict[str, list[Point]]] = defaultdict(lambda: defaultdict(list))
+    for point in points:
+        series[point[0]][point[1]].append(point)
+    return series
+
+
+def _columns(series: Mapping[str, Mapping[str, list[Point]]]) -> list[_Columns]:
+    """Each series' points as columns (C loops: map and itemgetter)."""
+    return [
+        (run_id, key, list(map(_STEP, pts)), list(map(_TS, pts)), list(map(_VALUE, pts)))
+        for run_id, by_key in series.items()
+        for key, pts in by_key.items()
+    ]
 
 
 async def _status_error(
@@ -858,6 +1096,9 @@ class MetricLogger:
     def __init__(self, aio: AsyncMetricLogger, loop: asyncio.AbstractEventLoop) -> None:
         self.aio = aio
         self._loop = loop
+        # The hot path without a second call: the instance's put is the logger's own.
+        self.put = aio.put  # type: ignore[method-assign]
+        self.put_many = aio.put_many  # type: ignore[method-assign]
 
     @property
     def stream_id(self) -> str:
@@ -893,6 +1134,38 @@ class MetricLogger:
             TypeError, ValueError: a field is of the wrong type or out of range.
         """
         self.aio.put_blocking((make_point(run_id, key, value, step, timestamp),))
+
+    def put(
+        self,
+        run_id: str,
+        key: str,
+        value: object,
+        step: object = 0,
+        timestamp: object = None,
+    ) -> None:
+        """AsyncMetricLogger.put: checks one point and buffers it without waiting unless
+        the buffer is full (then blocks, or raises BufferFullError with on_full="raise").
+
+        Raises:
+            InvalidArgumentError, TypeError, BufferFullError, LoggerClosedError,
+            TrackdError: as AsyncMetricLogger.put().
+        """
+        self.aio.put(run_id, key, value, step, timestamp)
+
+    def put_many(
+        self,
+        run_id: str,
+        metrics: Mapping[str, object],
+        step: object = 0,
+        timestamp: object = None,
+    ) -> None:
+        """AsyncMetricLogger.put_many: checks one point per key (same step and timestamp)
+        and buffers them all, or none should one be bad.
+
+        Raises:
+            The same as put().
+        """
+        self.aio.put_many(run_id, metrics, step, timestamp)
 
     def log_many(
         self,

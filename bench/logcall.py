@@ -1,0 +1,100 @@
+"""Log-call benchmark: what one metric log costs the training loop that makes it.
+
+A tight loop of CALLS calls, in the benchmark's own process, of
+- `logger.put(run_id, "loss", value, step)` on a blocking `Client(...).logger()`;
+- `run.log_metric("loss", value, step)` of a blocking `Client(...).start_run(...)` run;
+- `logger.log(run_id, "loss", value, step)`, the logger's older checked-point path;
+against a baseline loop that only appends the same (run_id, key, value, step) tuple to a
+list. The loops are the same but for the call, so the ratio to the baseline is what the
+call adds; the figures are medians of ROUNDS rounds. The logger streams the points to a
+trackd server process while the loop runs, so each figure includes the client's own
+background work (chunking and sending, on the same interpreter); the flush after each loop
+(waiting for the server's acknowledgements) is reported apart, not counted per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Callable
+
+from bench.common import server_process
+from trackd.client import Client
+
+CALLS = 1_000_000
+ROUNDS = 3
+
+
+def _baseline(run_id: str, n: int) -> float:
+    points: list[tuple[str, str, float, int]] = []
+    append = points.append
+    t0 = time.perf_counter()
+    for step in range(n):
+        append((run_id, "loss", step * 1e-6, step))
+    return time.perf_counter() - t0
+
+
+def _loop(call: Callable[[str, str, float, int], None], run_id: str, n: int) -> float:
+    t0 = time.perf_counter()
+    for step in range(n):
+        call(run_id, "loss", step * 1e-6, step)
+    return time.perf_counter() - t0
+
+
+def _run_loop(call: Callable[[str, float, int], None], n: int) -> float:
+    t0 = time.perf_counter()
+    for step in range(n):
+        call("loss", step * 1e-6, step)
+    return time.perf_counter() - t0
+
+
+def _measure(target: str, n: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call (and per flush) of each loop, one entry per round."""
+    times: dict[str, list[float]] = {}
+
+    def note(name: str, seconds: float, per: int = n) -> None:
+        times.setdefault(name, []).append(seconds / per)
+
+    with Client(target) as client:
+        run_id = client.create_run("0", run_name="bench-logcall").info.run_id
+        for _ in range(rounds):
+            note("baseline", _baseline(run_id, n))
+
+            logger = client.logger()
+            put = getattr(logger, "put", None)
+            if put is not None:
+                note("put", _loop(put, run_id, n))
+                t0 = time.perf_counter()
+                logger.flush()
+                note("put flush", time.perf_counter() - t0, 1)
+
+            note("log", _loop(logger.log, run_id, n))
+            t0 = time.perf_counter()
+            logger.close()
+            note("log flush", time.perf_counter() - t0, 1)
+
+            with client.start_run("0", run_name="bench-log-metric") as run:
+                note("run.log_metric", _run_loop(run.log_metric, n))
+                t0 = time.perf_counter()
+                run.flush()
+                note("run.log_metric flush", time.perf_counter() - t0, 1)
+    return times
+
+
+async def run(database_url: str) -> dict[str, dict[str, str]]:
+    async with server_process(database_url) as server:
+        times = await asyncio.to_thread(_measure, server.target, CALLS, ROUNDS)
+    base = statistics.median(times["baseline"])
+    figures: dict[str, str] = {}
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        if name.endswith("flush"):
+            figures[name] = f"{median:.2f} s after the loop (median of {len(samples)})"
+            continue
+        spread = ", ".join(f"{s * 1e6:.3f}" for s in samples)
+        figures[name] = (
+            f"{median * 1e6:.3f} us/call, {1 / median / 1e6:.2f}M calls/s, "
+            f"{median / base:.1f}x the baseline (rounds: {spread} us)"
+        )
+    return {f"{CALLS:,} calls in a tight loop, {ROUNDS} rounds": figures}
