@@ -31,6 +31,10 @@ def end_status(exc_type: type[BaseException] | None) -> RunStatus:
     return RunStatus.FAILED
 
 
+def _not_started(*_: object) -> None:
+    raise RuntimeError("the run has not started; use `with` or call start()")
+
+
 class AsyncActiveRun:
     """A run being logged to from asyncio code; the methods log to it without repeating its
     id. `log_metric` and `log_metrics` are plain methods that buffer and return at once
@@ -65,6 +69,9 @@ class AsyncActiveRun:
         self._logger = logger
         self.flush_timeout = flush_timeout
         self.run: Run | None = None
+        self._run_id = ""
+        self._put: Callable[..., None] = _not_started
+        self._put_many: Callable[..., None] = _not_started
         self.ended = False
         # Called with the run once it has ended (the fluent API pops its stack).
         self.on_end: list[Callable[[AsyncActiveRun], None]] = []
@@ -121,6 +128,10 @@ class AsyncActiveRun:
         if self._logger is None:
             self._logger = self.client.logger(**self._logger_options)
         self.run = run
+        # Bound once: log_metric is the training loop's hot path.
+        self._put = self._logger.put
+        self._put_many = self._logger.put_many
+        self._run_id = run.info.run_id
         return self
 
     async def end(
@@ -208,7 +219,7 @@ class AsyncActiveRun:
             BufferFullError, InvalidArgumentError, TypeError, TrackdError (the stream
             failed for good).
         """
-        self.logger.put(self.run_id, key, value, step, timestamp)
+        self._put(self._run_id, key, value, step, timestamp)
 
     def log_metrics(
         self, metrics: Mapping[str, float], step: int | None = 0, timestamp: int | None = None
@@ -218,7 +229,7 @@ class AsyncActiveRun:
         Raises:
             The same as log_metric(); nothing is buffered if one of them is bad.
         """
-        self.logger.put_many(self.run_id, metrics, step, timestamp)
+        self._put_many(self._run_id, metrics, step, timestamp)
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Waits until the server has acknowledged every metric logged so far.
@@ -356,13 +367,15 @@ class ActiveRun:
             InvalidArgumentError, TypeError: a bad key or value; nothing is buffered.
             TrackdError: the run's stream failed for good.
         """
-        self.aio.logger.put(self.aio.run_id, key, value, step, timestamp)
+        aio = self.aio
+        aio._put(aio._run_id, key, value, step, timestamp)
 
     def log_metrics(
         self, metrics: Mapping[str, float], step: int | None = 0, timestamp: int | None = None
     ) -> None:
         """Buffers one point per key, all at `step` and one timestamp (now if None)."""
-        self.aio.logger.put_many(self.aio.run_id, metrics, step, timestamp)
+        aio = self.aio
+        aio._put_many(aio._run_id, metrics, step, timestamp)
 
     def flush(self, timeout: float | None = None) -> None:
         """Blocks until the server has acknowledged every metric logged so far.
