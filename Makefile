@@ -9,7 +9,7 @@ SERVER_STAMP := $(VENV)/.installed-server
 PROTOS := $(wildcard protos/trackd/v1/*.proto)
 GEN    := client
 
-.PHONY: all install run test lint proto check-gen bench migrate clean
+.PHONY: all install run test lint proto check-gen breaking bench migrate clean
 
 all: install
 
@@ -63,7 +63,29 @@ lint: $(STAMP) check-gen
 	$(BIN)/ruff format --check server client/trackd/client tests bench
 	$(BIN)/mypy
 	$(BIN)/buf lint
-	$(BIN)/buf format --diff --exit-code
+	$(BIN)/buf format --diff --exit-code --exclude-path protos/google
+	$(MAKE) --no-print-directory breaking
+
+## Fail on a wire-incompatible change of protos/ (buf breaking, FILE rules) against the
+## contract of a previous commit: BUF_AGAINST if set (any git ref), else the merge-base
+## with main on another branch, else HEAD~1 (the previous commit of main). A clone
+## without that commit (shallow, or a repository of one commit) skips, saying why.
+breaking:
+	@ref="$(BUF_AGAINST)"; \
+	if [ -z "$$ref" ]; then \
+	  ref=HEAD~1; \
+	  if [ "$$(git rev-parse --abbrev-ref HEAD 2>/dev/null)" != main ] \
+	    && base=$$(git merge-base HEAD main 2>/dev/null) \
+	    && [ "$$base" != "$$(git rev-parse HEAD)" ]; then ref=$$base; fi; \
+	fi; \
+	if ! commit=$$(git rev-parse --verify --quiet "$$ref^{commit}" 2>/dev/null); then \
+	  echo "buf breaking: skipped: $$ref is not in this clone (a shallow clone or a first commit); fetch more history (git fetch --deepen=1) to check"; \
+	elif ! git cat-file -e "$$commit:buf.yaml" 2>/dev/null; then \
+	  echo "buf breaking: skipped: $$ref has no buf.yaml, so no contract to compare with"; \
+	else \
+	  echo "buf breaking --against .git#ref=$$ref ($$commit)"; \
+	  $(BIN)/buf breaking --against ".git#ref=$$commit"; \
+	fi
 
 ## Benchmarks against the same PostgreSQL as the tests; figures go to bench/README.md.
 bench: $(STAMP)

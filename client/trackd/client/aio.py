@@ -137,7 +137,6 @@ class AsyncClient:
         self.channel = channel or grpc.aio.insecure_channel(
             self.target,
             options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 # Reconnect soon after a server restart (gRPC's default backoff grows to 120s).
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
@@ -601,7 +600,13 @@ class AsyncClient:
             run_id=run_id, metric_key=key, max_results=page_size, page_token=token
         )
         resp = await self.runs.GetMetricHistory(req, timeout=self.timeout)
-        return [Metric.from_proto(m) for m in resp.metrics], resp.next_page_token
+        # A page names its key once (older servers repeated it in every point instead).
+        page_key = resp.metric_key or key
+        points = []
+        for m in resp.metrics:
+            m.key = page_key
+            points.append(Metric.from_proto(m))
+        return points, resp.next_page_token
 
     def iter_metric_history(
         self, run_id: str, key: str, page_size: int = 25000

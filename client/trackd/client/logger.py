@@ -86,6 +86,18 @@ RETRYABLE_CODES = frozenset(
     }
 )
 
+# gRPC status code names by number (google.rpc.Code numbers them the same way).
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def _code_name(rejection: run_service_pb2.ChunkRejection) -> str:
+    """The status code name of a rejection, from its numeric status_code (a server older
+    than that field sends only the deprecated name)."""
+    if rejection.status_code:
+        return _CODE_NAMES.get(rejection.status_code, "UNKNOWN")
+    return rejection.code
+
+
 # A buffered point: (run_id, key, step, timestamp, value).
 Point = tuple[str, str, int, int, float]
 
@@ -951,7 +963,7 @@ class AsyncMetricLogger:
                 self._rejections.append(
                     Rejection(
                         seq,
-                        rejection.code,
+                        _code_name(rejection),
                         rejection.reason,
                         rejection.message,
                         col.run_id,

@@ -183,7 +183,10 @@ class SearchExperimentsRequest(_message.Message):
     filter: _builtins.str
     """Filter expression; empty selects all experiments of the view type."""
     max_results: _builtins.int
-    """Page size; 0 means the default of 1000; at most 50000."""
+    """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
+    would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded; next_page_token says whether
+    more follow.
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page. A token is
     only valid with the same filter, order_by and view_type.
@@ -462,7 +465,10 @@ class SearchDatasetsRequest(_message.Message):
     MAX_RESULTS_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     max_results: _builtins.int
-    """Page size; 0 means the default of 1000; at most 50000."""
+    """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
+    would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded; next_page_token says whether
+    more follow.
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page. A token is
     only valid with the same experiment_ids.

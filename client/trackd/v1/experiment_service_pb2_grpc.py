@@ -28,9 +28,20 @@ if _version_not_supported:
 class ExperimentServiceStub:
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def __init__(self, channel):
@@ -94,21 +105,37 @@ class ExperimentServiceStub:
 class ExperimentServiceServicer:
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def CreateExperiment(self, request, context):
         """Creates an experiment. A name held by an active experiment is ALREADY_EXISTS; the name
         of a deleted experiment may be reused.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad name, artifact location or
+        tag; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for a name an active experiment holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetExperiment(self, request, context):
-        """Returns an experiment by id; NOT_FOUND if there is none.
+        """Returns an experiment by id.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED)
+        for an experiment larger than MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +143,10 @@ class ExperimentServiceServicer:
 
     def GetExperimentByName(self, request, context):
         """Returns an experiment by name, preferring the active one over a deleted one of the
-        same name; NOT_FOUND if there is none.
+        same name.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for an empty or too long name;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for an experiment larger than MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +154,10 @@ class ExperimentServiceServicer:
 
     def SearchExperiments(self, request, context):
         """Lists experiments page by page.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad filter, order_by,
+        max_results or view type, or a page token of another query; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) when the next experiment alone is larger than
+        MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,6 +165,10 @@ class ExperimentServiceServicer:
 
     def UpdateExperiment(self, request, context):
         """Renames an experiment. The new name must not be held by another active experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad name;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for a deleted experiment; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for
+        a name another active experiment holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,14 +176,20 @@ class ExperimentServiceServicer:
 
     def DeleteExperiment(self, request, context):
         """Soft-deletes an experiment and, with it, its active runs.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for the Default experiment "0" or an experiment deleted already.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreExperiment(self, request, context):
-        """Restores a deleted experiment and the runs its deletion deleted. FAILED_PRECONDITION
-        if an active experiment holds its name meanwhile.
+        """Restores a deleted experiment and the runs its deletion deleted.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for an active experiment, or when an active experiment holds its name
+        meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,13 +197,19 @@ class ExperimentServiceServicer:
 
     def SetExperimentTag(self, request, context):
         """Sets (creates or replaces) a tag of an experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad key or
+        value; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteExperimentTag(self, request, context):
-        """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag.
+        """Deletes a tag of an experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or a tag it does not have;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +218,8 @@ class ExperimentServiceServicer:
     def SearchDatasets(self, request, context):
         """Lists the datasets that active runs of some experiments consumed, once per (experiment,
         name, digest, context), ordered by experiment id, name, digest and context.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+        max_results or a page token of other experiments.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -237,9 +289,20 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
 class ExperimentService:
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @staticmethod

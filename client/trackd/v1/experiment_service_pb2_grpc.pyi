@@ -29,9 +29,20 @@ GRPC_VERSION: str
 class ExperimentServiceStub:
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @_typing.overload
@@ -41,77 +52,171 @@ class ExperimentServiceStub:
     CreateExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.CreateExperimentRequest, _experiment_service_pb2.CreateExperimentResponse]
     """Creates an experiment. A name held by an active experiment is ALREADY_EXISTS; the name
     of a deleted experiment may be reused.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad name, artifact location or
+    tag; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for a name an active experiment holds.
     """
     GetExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentRequest, _experiment_service_pb2.GetExperimentResponse]
-    """Returns an experiment by id; NOT_FOUND if there is none."""
+    """Returns an experiment by id.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED)
+    for an experiment larger than MESSAGE_BYTES_MAX encoded.
+    """
     GetExperimentByName: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentByNameRequest, _experiment_service_pb2.GetExperimentByNameResponse]
     """Returns an experiment by name, preferring the active one over a deleted one of the
-    same name; NOT_FOUND if there is none.
+    same name.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for an empty or too long name;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for an experiment larger than MESSAGE_BYTES_MAX encoded.
     """
     SearchExperiments: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchExperimentsRequest, _experiment_service_pb2.SearchExperimentsResponse]
-    """Lists experiments page by page."""
+    """Lists experiments page by page.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad filter, order_by,
+    max_results or view type, or a page token of another query; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) when the next experiment alone is larger than
+    MESSAGE_BYTES_MAX encoded.
+    """
     UpdateExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.UpdateExperimentRequest, _experiment_service_pb2.UpdateExperimentResponse]
-    """Renames an experiment. The new name must not be held by another active experiment."""
+    """Renames an experiment. The new name must not be held by another active experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad name;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for a deleted experiment; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for
+    a name another active experiment holds.
+    """
     DeleteExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentRequest, _experiment_service_pb2.DeleteExperimentResponse]
-    """Soft-deletes an experiment and, with it, its active runs."""
+    """Soft-deletes an experiment and, with it, its active runs.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for the Default experiment "0" or an experiment deleted already.
+    """
     RestoreExperiment: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.RestoreExperimentRequest, _experiment_service_pb2.RestoreExperimentResponse]
-    """Restores a deleted experiment and the runs its deletion deleted. FAILED_PRECONDITION
-    if an active experiment holds its name meanwhile.
+    """Restores a deleted experiment and the runs its deletion deleted.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for an active experiment, or when an active experiment holds its name
+    meanwhile.
     """
     SetExperimentTag: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SetExperimentTagRequest, _experiment_service_pb2.SetExperimentTagResponse]
-    """Sets (creates or replaces) a tag of an experiment."""
+    """Sets (creates or replaces) a tag of an experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad key or
+    value; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     DeleteExperimentTag: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentTagRequest, _experiment_service_pb2.DeleteExperimentTagResponse]
-    """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+    """Deletes a tag of an experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or a tag it does not have;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     SearchDatasets: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchDatasetsRequest, _experiment_service_pb2.SearchDatasetsResponse]
     """Lists the datasets that active runs of some experiments consumed, once per (experiment,
     name, digest, context), ordered by experiment id, name, digest and context.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+    max_results or a page token of other experiments.
     """
 
 @_typing.type_check_only
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.CreateExperimentRequest, _experiment_service_pb2.CreateExperimentResponse]  # type: ignore[assignment]
     """Creates an experiment. A name held by an active experiment is ALREADY_EXISTS; the name
     of a deleted experiment may be reused.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad name, artifact location or
+    tag; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for a name an active experiment holds.
     """
     GetExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentRequest, _experiment_service_pb2.GetExperimentResponse]  # type: ignore[assignment]
-    """Returns an experiment by id; NOT_FOUND if there is none."""
+    """Returns an experiment by id.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED)
+    for an experiment larger than MESSAGE_BYTES_MAX encoded.
+    """
     GetExperimentByName: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentByNameRequest, _experiment_service_pb2.GetExperimentByNameResponse]  # type: ignore[assignment]
     """Returns an experiment by name, preferring the active one over a deleted one of the
-    same name; NOT_FOUND if there is none.
+    same name.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for an empty or too long name;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for an experiment larger than MESSAGE_BYTES_MAX encoded.
     """
     SearchExperiments: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchExperimentsRequest, _experiment_service_pb2.SearchExperimentsResponse]  # type: ignore[assignment]
-    """Lists experiments page by page."""
+    """Lists experiments page by page.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad filter, order_by,
+    max_results or view type, or a page token of another query; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) when the next experiment alone is larger than
+    MESSAGE_BYTES_MAX encoded.
+    """
     UpdateExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.UpdateExperimentRequest, _experiment_service_pb2.UpdateExperimentResponse]  # type: ignore[assignment]
-    """Renames an experiment. The new name must not be held by another active experiment."""
+    """Renames an experiment. The new name must not be held by another active experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad name;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for a deleted experiment; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for
+    a name another active experiment holds.
+    """
     DeleteExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentRequest, _experiment_service_pb2.DeleteExperimentResponse]  # type: ignore[assignment]
-    """Soft-deletes an experiment and, with it, its active runs."""
+    """Soft-deletes an experiment and, with it, its active runs.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for the Default experiment "0" or an experiment deleted already.
+    """
     RestoreExperiment: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.RestoreExperimentRequest, _experiment_service_pb2.RestoreExperimentResponse]  # type: ignore[assignment]
-    """Restores a deleted experiment and the runs its deletion deleted. FAILED_PRECONDITION
-    if an active experiment holds its name meanwhile.
+    """Restores a deleted experiment and the runs its deletion deleted.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+    (INVALID_STATE) for an active experiment, or when an active experiment holds its name
+    meanwhile.
     """
     SetExperimentTag: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SetExperimentTagRequest, _experiment_service_pb2.SetExperimentTagResponse]  # type: ignore[assignment]
-    """Sets (creates or replaces) a tag of an experiment."""
+    """Sets (creates or replaces) a tag of an experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad key or
+    value; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     DeleteExperimentTag: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.DeleteExperimentTagRequest, _experiment_service_pb2.DeleteExperimentTagResponse]  # type: ignore[assignment]
-    """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+    """Deletes a tag of an experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or a tag it does not have;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     SearchDatasets: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SearchDatasetsRequest, _experiment_service_pb2.SearchDatasetsResponse]  # type: ignore[assignment]
     """Lists the datasets that active runs of some experiments consumed, once per (experiment,
     name, digest, context), ordered by experiment id, name, digest and context.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+    max_results or a page token of other experiments.
     """
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     """ExperimentService creates, reads, searches, renames, deletes and tags experiments.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (an experiment whose tags exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @_abc_1.abstractmethod
@@ -122,6 +227,8 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_experiment_service_pb2.CreateExperimentResponse, _abc.Awaitable[_experiment_service_pb2.CreateExperimentResponse]]:
         """Creates an experiment. A name held by an active experiment is ALREADY_EXISTS; the name
         of a deleted experiment may be reused.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad name, artifact location or
+        tag; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for a name an active experiment holds.
         """
 
     @_abc_1.abstractmethod
@@ -130,7 +237,11 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.GetExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.GetExperimentResponse, _abc.Awaitable[_experiment_service_pb2.GetExperimentResponse]]:
-        """Returns an experiment by id; NOT_FOUND if there is none."""
+        """Returns an experiment by id.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED)
+        for an experiment larger than MESSAGE_BYTES_MAX encoded.
+        """
 
     @_abc_1.abstractmethod
     def GetExperimentByName(
@@ -139,7 +250,10 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.GetExperimentByNameResponse, _abc.Awaitable[_experiment_service_pb2.GetExperimentByNameResponse]]:
         """Returns an experiment by name, preferring the active one over a deleted one of the
-        same name; NOT_FOUND if there is none.
+        same name.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for an empty or too long name;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for an experiment larger than MESSAGE_BYTES_MAX encoded.
         """
 
     @_abc_1.abstractmethod
@@ -148,7 +262,12 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.SearchExperimentsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.SearchExperimentsResponse, _abc.Awaitable[_experiment_service_pb2.SearchExperimentsResponse]]:
-        """Lists experiments page by page."""
+        """Lists experiments page by page.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad filter, order_by,
+        max_results or view type, or a page token of another query; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) when the next experiment alone is larger than
+        MESSAGE_BYTES_MAX encoded.
+        """
 
     @_abc_1.abstractmethod
     def UpdateExperiment(
@@ -156,7 +275,12 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.UpdateExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.UpdateExperimentResponse, _abc.Awaitable[_experiment_service_pb2.UpdateExperimentResponse]]:
-        """Renames an experiment. The new name must not be held by another active experiment."""
+        """Renames an experiment. The new name must not be held by another active experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad name;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for a deleted experiment; ALREADY_EXISTS (RESOURCE_ALREADY_EXISTS) for
+        a name another active experiment holds.
+        """
 
     @_abc_1.abstractmethod
     def DeleteExperiment(
@@ -164,7 +288,11 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.DeleteExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.DeleteExperimentResponse, _abc.Awaitable[_experiment_service_pb2.DeleteExperimentResponse]]:
-        """Soft-deletes an experiment and, with it, its active runs."""
+        """Soft-deletes an experiment and, with it, its active runs.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for the Default experiment "0" or an experiment deleted already.
+        """
 
     @_abc_1.abstractmethod
     def RestoreExperiment(
@@ -172,8 +300,11 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.RestoreExperimentRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.RestoreExperimentResponse, _abc.Awaitable[_experiment_service_pb2.RestoreExperimentResponse]]:
-        """Restores a deleted experiment and the runs its deletion deleted. FAILED_PRECONDITION
-        if an active experiment holds its name meanwhile.
+        """Restores a deleted experiment and the runs its deletion deleted.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment; FAILED_PRECONDITION
+        (INVALID_STATE) for an active experiment, or when an active experiment holds its name
+        meanwhile.
         """
 
     @_abc_1.abstractmethod
@@ -182,7 +313,11 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.SetExperimentTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.SetExperimentTagResponse, _abc.Awaitable[_experiment_service_pb2.SetExperimentTagResponse]]:
-        """Sets (creates or replaces) a tag of an experiment."""
+        """Sets (creates or replaces) a tag of an experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or a bad key or
+        value; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def DeleteExperimentTag(
@@ -190,7 +325,11 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _experiment_service_pb2.DeleteExperimentTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_experiment_service_pb2.DeleteExperimentTagResponse, _abc.Awaitable[_experiment_service_pb2.DeleteExperimentTagResponse]]:
-        """Deletes a tag of an experiment; NOT_FOUND if the experiment has no such tag."""
+        """Deletes a tag of an experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or a tag it does not have;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def SearchDatasets(
@@ -200,6 +339,8 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_experiment_service_pb2.SearchDatasetsResponse, _abc.Awaitable[_experiment_service_pb2.SearchDatasetsResponse]]:
         """Lists the datasets that active runs of some experiments consumed, once per (experiment,
         name, digest, context), ordered by experiment id, name, digest and context.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+        max_results or a page token of other experiments.
         """
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

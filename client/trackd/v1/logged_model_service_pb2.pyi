@@ -415,7 +415,10 @@ class SearchLoggedModelsRequest(_message.Message):
     most 10000 characters.
     """
     max_results: _builtins.int
-    """Page size; 0 means the default of 100; at most 10000."""
+    """Page size; 0 means the default of 100; at most 10000. A page holds fewer when more
+    would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded; next_page_token says whether
+    more follow.
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page. A token is
     only valid with the same experiment_ids, filter, datasets and order_by.

@@ -29,11 +29,23 @@ class LoggedModelServiceStub:
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def __init__(self, channel):
@@ -88,15 +100,32 @@ class LoggedModelServiceServicer:
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def CreateLoggedModel(self, request, context):
         """Creates a logged model in PENDING state.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a param twice with
+        two values, a source run of another experiment, or params and tags that would make the
+        model larger than MESSAGE_BYTES_MAX encoded (checked before anything is written);
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or source run;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or source run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -104,6 +133,9 @@ class LoggedModelServiceServicer:
 
     def GetLoggedModel(self, request, context):
         """Returns a logged model with its params, tags and latest metrics per dataset.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +144,12 @@ class LoggedModelServiceServicer:
     def FinalizeLoggedModel(self, request, context):
         """Sets the final status of a model: READY or UPLOAD_FAILED. The same status again is
         accepted (and replaces the message); another final status is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id, a status
+        other than READY or UPLOAD_FAILED, or a message too long; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for another final status, or a model of a deleted experiment;
+        RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX
+        encoded (the status is set all the same).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +157,9 @@ class LoggedModelServiceServicer:
 
     def DeleteLoggedModel(self, request, context):
         """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for a model of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,13 +167,19 @@ class LoggedModelServiceServicer:
 
     def SetLoggedModelTags(self, request, context):
         """Sets (creates or replaces) tags of a logged model.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for a model of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteLoggedModelTag(self, request, context):
-        """Deletes one tag of a logged model; NOT_FOUND if the model has no such tag.
+        """Deletes one tag of a logged model.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id or key;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model or a tag it does
+        not have; FAILED_PRECONDITION (INVALID_STATE) for a model of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,6 +188,10 @@ class LoggedModelServiceServicer:
     def LogLoggedModelParams(self, request, context):
         """Logs params of a logged model. Params are immutable: the same value again is accepted,
         another value is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a key
+        twice with two values; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted
+        model; FAILED_PRECONDITION (INVALID_STATE) for a param logged before with another
+        value, or a model of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +200,10 @@ class LoggedModelServiceServicer:
     def SearchLoggedModels(self, request, context):
         """Finds logged models of some experiments by attributes, metrics, params and tags, in a
         requested order, one page at a time. See README.md.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+        filter, datasets, order_by or max_results, or a page token of another query;
+        RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next model alone is larger than
+        MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,11 +264,23 @@ class LoggedModelService:
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @staticmethod

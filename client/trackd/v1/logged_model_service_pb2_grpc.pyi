@@ -30,11 +30,23 @@ class LoggedModelServiceStub:
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @_typing.overload
@@ -42,26 +54,62 @@ class LoggedModelServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LoggedModelServiceAsyncStub: ...
     CreateLoggedModel: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.CreateLoggedModelRequest, _logged_model_service_pb2.CreateLoggedModelResponse]
-    """Creates a logged model in PENDING state."""
+    """Creates a logged model in PENDING state.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a param twice with
+    two values, a source run of another experiment, or params and tags that would make the
+    model larger than MESSAGE_BYTES_MAX encoded (checked before anything is written);
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or source run;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or source run.
+    """
     GetLoggedModel: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.GetLoggedModelRequest, _logged_model_service_pb2.GetLoggedModelResponse]
-    """Returns a logged model with its params, tags and latest metrics per dataset."""
+    """Returns a logged model with its params, tags and latest metrics per dataset.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX encoded.
+    """
     FinalizeLoggedModel: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.FinalizeLoggedModelRequest, _logged_model_service_pb2.FinalizeLoggedModelResponse]
     """Sets the final status of a model: READY or UPLOAD_FAILED. The same status again is
     accepted (and replaces the message); another final status is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id, a status
+    other than READY or UPLOAD_FAILED, or a message too long; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for another final status, or a model of a deleted experiment;
+    RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX
+    encoded (the status is set all the same).
     """
     DeleteLoggedModel: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.DeleteLoggedModelRequest, _logged_model_service_pb2.DeleteLoggedModelResponse]
-    """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored."""
+    """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for a model of a deleted experiment.
+    """
     SetLoggedModelTags: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.SetLoggedModelTagsRequest, _logged_model_service_pb2.SetLoggedModelTagsResponse]
-    """Sets (creates or replaces) tags of a logged model."""
+    """Sets (creates or replaces) tags of a logged model.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for a model of a deleted experiment.
+    """
     DeleteLoggedModelTag: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.DeleteLoggedModelTagRequest, _logged_model_service_pb2.DeleteLoggedModelTagResponse]
-    """Deletes one tag of a logged model; NOT_FOUND if the model has no such tag."""
+    """Deletes one tag of a logged model.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id or key;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model or a tag it does
+    not have; FAILED_PRECONDITION (INVALID_STATE) for a model of a deleted experiment.
+    """
     LogLoggedModelParams: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.LogLoggedModelParamsRequest, _logged_model_service_pb2.LogLoggedModelParamsResponse]
     """Logs params of a logged model. Params are immutable: the same value again is accepted,
     another value is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a key
+    twice with two values; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted
+    model; FAILED_PRECONDITION (INVALID_STATE) for a param logged before with another
+    value, or a model of a deleted experiment.
     """
     SearchLoggedModels: _grpc.UnaryUnaryMultiCallable[_logged_model_service_pb2.SearchLoggedModelsRequest, _logged_model_service_pb2.SearchLoggedModelsResponse]
     """Finds logged models of some experiments by attributes, metrics, params and tags, in a
     requested order, one page at a time. See README.md.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+    filter, datasets, order_by or max_results, or a page token of another query;
+    RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next model alone is larger than
+    MESSAGE_BYTES_MAX encoded.
     """
 
 @_typing.type_check_only
@@ -69,46 +117,106 @@ class LoggedModelServiceAsyncStub(LoggedModelServiceStub):
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateLoggedModel: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.CreateLoggedModelRequest, _logged_model_service_pb2.CreateLoggedModelResponse]  # type: ignore[assignment]
-    """Creates a logged model in PENDING state."""
+    """Creates a logged model in PENDING state.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a param twice with
+    two values, a source run of another experiment, or params and tags that would make the
+    model larger than MESSAGE_BYTES_MAX encoded (checked before anything is written);
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or source run;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or source run.
+    """
     GetLoggedModel: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.GetLoggedModelRequest, _logged_model_service_pb2.GetLoggedModelResponse]  # type: ignore[assignment]
-    """Returns a logged model with its params, tags and latest metrics per dataset."""
+    """Returns a logged model with its params, tags and latest metrics per dataset.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX encoded.
+    """
     FinalizeLoggedModel: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.FinalizeLoggedModelRequest, _logged_model_service_pb2.FinalizeLoggedModelResponse]  # type: ignore[assignment]
     """Sets the final status of a model: READY or UPLOAD_FAILED. The same status again is
     accepted (and replaces the message); another final status is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id, a status
+    other than READY or UPLOAD_FAILED, or a message too long; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for another final status, or a model of a deleted experiment;
+    RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX
+    encoded (the status is set all the same).
     """
     DeleteLoggedModel: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.DeleteLoggedModelRequest, _logged_model_service_pb2.DeleteLoggedModelResponse]  # type: ignore[assignment]
-    """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored."""
+    """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for a model of a deleted experiment.
+    """
     SetLoggedModelTags: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.SetLoggedModelTagsRequest, _logged_model_service_pb2.SetLoggedModelTagsResponse]  # type: ignore[assignment]
-    """Sets (creates or replaces) tags of a logged model."""
+    """Sets (creates or replaces) tags of a logged model.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+    (INVALID_STATE) for a model of a deleted experiment.
+    """
     DeleteLoggedModelTag: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.DeleteLoggedModelTagRequest, _logged_model_service_pb2.DeleteLoggedModelTagResponse]  # type: ignore[assignment]
-    """Deletes one tag of a logged model; NOT_FOUND if the model has no such tag."""
+    """Deletes one tag of a logged model.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id or key;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model or a tag it does
+    not have; FAILED_PRECONDITION (INVALID_STATE) for a model of a deleted experiment.
+    """
     LogLoggedModelParams: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.LogLoggedModelParamsRequest, _logged_model_service_pb2.LogLoggedModelParamsResponse]  # type: ignore[assignment]
     """Logs params of a logged model. Params are immutable: the same value again is accepted,
     another value is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a key
+    twice with two values; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted
+    model; FAILED_PRECONDITION (INVALID_STATE) for a param logged before with another
+    value, or a model of a deleted experiment.
     """
     SearchLoggedModels: _aio.UnaryUnaryMultiCallable[_logged_model_service_pb2.SearchLoggedModelsRequest, _logged_model_service_pb2.SearchLoggedModelsResponse]  # type: ignore[assignment]
     """Finds logged models of some experiments by attributes, metrics, params and tags, in a
     requested order, one page at a time. See README.md.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+    filter, datasets, order_by or max_results, or a page token of another query;
+    RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next model alone is larger than
+    MESSAGE_BYTES_MAX encoded.
     """
 
 class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
     """LoggedModelService creates, finalizes, annotates, deletes and searches logged models.
 
     Metrics of a model are logged through RunService.LogMetric and LogBatch with the model's
-    id (and optionally a dataset). Every error carries a google.rpc.ErrorInfo whose reason is
-    an MLflow error code (RESOURCE_DOES_NOT_EXIST, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. A deleted
-    model is NOT_FOUND for every call; writes to a model of a deleted experiment are
-    FAILED_PRECONDITION.
+    id (and optionally a dataset). A deleted model is NOT_FOUND for every call; writes to a
+    model of a deleted experiment are FAILED_PRECONDITION.
+
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message is at most MESSAGE_BYTES_MAX = 4,000,000 bytes encoded,
+    under the 4 MiB (4,194,304 bytes) a gRPC client accepts by default, whatever the data.
+    Pages are cut by encoded size as well as by count: a page may hold fewer than
+    max_results items and still carry a next_page_token. A single item that cannot fit
+    (a model whose params, tags and metrics exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED).
     """
 
     @_abc_1.abstractmethod
@@ -117,7 +225,13 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _logged_model_service_pb2.CreateLoggedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_logged_model_service_pb2.CreateLoggedModelResponse, _abc.Awaitable[_logged_model_service_pb2.CreateLoggedModelResponse]]:
-        """Creates a logged model in PENDING state."""
+        """Creates a logged model in PENDING state.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a param twice with
+        two values, a source run of another experiment, or params and tags that would make the
+        model larger than MESSAGE_BYTES_MAX encoded (checked before anything is written);
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or source run;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or source run.
+        """
 
     @_abc_1.abstractmethod
     def GetLoggedModel(
@@ -125,7 +239,11 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _logged_model_service_pb2.GetLoggedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_logged_model_service_pb2.GetLoggedModelResponse, _abc.Awaitable[_logged_model_service_pb2.GetLoggedModelResponse]]:
-        """Returns a logged model with its params, tags and latest metrics per dataset."""
+        """Returns a logged model with its params, tags and latest metrics per dataset.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX encoded.
+        """
 
     @_abc_1.abstractmethod
     def FinalizeLoggedModel(
@@ -135,6 +253,12 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_logged_model_service_pb2.FinalizeLoggedModelResponse, _abc.Awaitable[_logged_model_service_pb2.FinalizeLoggedModelResponse]]:
         """Sets the final status of a model: READY or UPLOAD_FAILED. The same status again is
         accepted (and replaces the message); another final status is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id, a status
+        other than READY or UPLOAD_FAILED, or a message too long; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for another final status, or a model of a deleted experiment;
+        RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) for a model larger than MESSAGE_BYTES_MAX
+        encoded (the status is set all the same).
         """
 
     @_abc_1.abstractmethod
@@ -143,7 +267,11 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _logged_model_service_pb2.DeleteLoggedModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_logged_model_service_pb2.DeleteLoggedModelResponse, _abc.Awaitable[_logged_model_service_pb2.DeleteLoggedModelResponse]]:
-        """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored."""
+        """Soft-deletes a logged model: it no longer appears anywhere and cannot be restored.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for a model of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def SetLoggedModelTags(
@@ -151,7 +279,11 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _logged_model_service_pb2.SetLoggedModelTagsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_logged_model_service_pb2.SetLoggedModelTagsResponse, _abc.Awaitable[_logged_model_service_pb2.SetLoggedModelTagsResponse]]:
-        """Sets (creates or replaces) tags of a logged model."""
+        """Sets (creates or replaces) tags of a logged model.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model; FAILED_PRECONDITION
+        (INVALID_STATE) for a model of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def DeleteLoggedModelTag(
@@ -159,7 +291,11 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _logged_model_service_pb2.DeleteLoggedModelTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_logged_model_service_pb2.DeleteLoggedModelTagResponse, _abc.Awaitable[_logged_model_service_pb2.DeleteLoggedModelTagResponse]]:
-        """Deletes one tag of a logged model; NOT_FOUND if the model has no such tag."""
+        """Deletes one tag of a logged model.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed model id or key;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted model or a tag it does
+        not have; FAILED_PRECONDITION (INVALID_STATE) for a model of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def LogLoggedModelParams(
@@ -169,6 +305,10 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_logged_model_service_pb2.LogLoggedModelParamsResponse, _abc.Awaitable[_logged_model_service_pb2.LogLoggedModelParamsResponse]]:
         """Logs params of a logged model. Params are immutable: the same value again is accepted,
         another value is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a key
+        twice with two values; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown or deleted
+        model; FAILED_PRECONDITION (INVALID_STATE) for a param logged before with another
+        value, or a model of a deleted experiment.
         """
 
     @_abc_1.abstractmethod
@@ -179,6 +319,10 @@ class LoggedModelServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_logged_model_service_pb2.SearchLoggedModelsResponse, _abc.Awaitable[_logged_model_service_pb2.SearchLoggedModelsResponse]]:
         """Finds logged models of some experiments by attributes, metrics, params and tags, in a
         requested order, one page at a time. See README.md.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
+        filter, datasets, order_by or max_results, or a page token of another query;
+        RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next model alone is larger than
+        MESSAGE_BYTES_MAX encoded.
         """
 
 def add_LoggedModelServiceServicer_to_server(servicer: LoggedModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

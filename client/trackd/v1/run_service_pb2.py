@@ -22,95 +22,98 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import code_pb2 as google_dot_rpc_dot_code__pb2
 from trackd.v1 import common_pb2 as trackd_dot_v1_dot_common__pb2
 from trackd.v1 import dataset_pb2 as trackd_dot_v1_dot_dataset__pb2
 from trackd.v1 import metric_pb2 as trackd_dot_v1_dot_metric__pb2
 from trackd.v1 import run_pb2 as trackd_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrackd/v1/run_service.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\x1a\x13trackd/v1/run.proto\"\x98\x01\n\x10\x43reateRunRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x03\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x15\n\rparent_run_id\x18\x06 \x01(\t\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x90\x01\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x15\n\x08\x65nd_time\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08run_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_end_timeB\x0b\n\t_run_name\"9\n\x11UpdateRunResponse\x12$\n\x08run_info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"#\n\x11RestoreRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12RestoreRunResponse\"Z\n\x11\x44\x65leteRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14max_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\"*\n\x12\x44\x65leteRunsResponse\x12\x14\n\x0cruns_deleted\x18\x01 \x01(\x05\"[\n\x12RestoreRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14min_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\",\n\x13RestoreRunsResponse\x12\x15\n\rruns_restored\x18\x01 \x01(\x05\"\x9f\x01\n\x10LogMetricRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61taset_name\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x08 \x01(\t\"\x13\n\x11LogMetricResponse\"=\n\x0fLogParamRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x12\n\x10LogParamResponse\";\n\rSetTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x10\n\x0eSetTagResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse\"\x88\x01\n\x0fLogBatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x07metrics\x18\x02 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x03 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\"\x12\n\x10LogBatchResponse\"f\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"W\n\x18GetMetricHistoryResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12*\n\rrun_view_type\x18\x06 \x01(\x0e\x32\x13.trackd.v1.ViewType\"K\n\x12SearchRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.trackd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\rMetricColumns\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x03(\x03\x12\x12\n\ntimestamps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\"e\n\x14StreamMetricsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x06series\x18\x03 \x03(\x0b\x32\x18.trackd.v1.MetricColumns\"Q\n\x0e\x43hunkRejection\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"^\n\x15StreamMetricsResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x03\x12-\n\nrejections\x18\x02 \x03(\x0b\x32\x19.trackd.v1.ChunkRejection\"T\n\x1aStreamMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"P\n\x1bStreamMetricHistoryResponse\x12\r\n\x05steps\x18\x01 \x03(\x03\x12\x12\n\ntimestamps\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\"t\n\x10LogInputsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.trackd.v1.DatasetInput\x12%\n\x06models\x18\x03 \x03(\x0b\x32\x15.trackd.v1.ModelInput\"\x13\n\x11LogInputsResponse\"K\n\x11LogOutputsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.trackd.v1.ModelOutput\"\x14\n\x12LogOutputsResponse2\xdb\n\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.trackd.v1.CreateRunRequest\x1a\x1c.trackd.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.trackd.v1.GetRunRequest\x1a\x19.trackd.v1.GetRunResponse\x12\x46\n\tUpdateRun\x12\x1b.trackd.v1.UpdateRunRequest\x1a\x1c.trackd.v1.UpdateRunResponse\x12\x46\n\tDeleteRun\x12\x1b.trackd.v1.DeleteRunRequest\x1a\x1c.trackd.v1.DeleteRunResponse\x12I\n\nRestoreRun\x12\x1c.trackd.v1.RestoreRunRequest\x1a\x1d.trackd.v1.RestoreRunResponse\x12I\n\nDeleteRuns\x12\x1c.trackd.v1.DeleteRunsRequest\x1a\x1d.trackd.v1.DeleteRunsResponse\x12L\n\x0bRestoreRuns\x12\x1d.trackd.v1.RestoreRunsRequest\x1a\x1e.trackd.v1.RestoreRunsResponse\x12\x46\n\tLogMetric\x12\x1b.trackd.v1.LogMetricRequest\x1a\x1c.trackd.v1.LogMetricResponse\x12\x43\n\x08LogParam\x12\x1a.trackd.v1.LogParamRequest\x1a\x1b.trackd.v1.LogParamResponse\x12=\n\x06SetTag\x12\x18.trackd.v1.SetTagRequest\x1a\x19.trackd.v1.SetTagResponse\x12\x46\n\tDeleteTag\x12\x1b.trackd.v1.DeleteTagRequest\x1a\x1c.trackd.v1.DeleteTagResponse\x12\x43\n\x08LogBatch\x12\x1a.trackd.v1.LogBatchRequest\x1a\x1b.trackd.v1.LogBatchResponse\x12[\n\x10GetMetricHistory\x12\".trackd.v1.GetMetricHistoryRequest\x1a#.trackd.v1.GetMetricHistoryResponse\x12I\n\nSearchRuns\x12\x1c.trackd.v1.SearchRunsRequest\x1a\x1d.trackd.v1.SearchRunsResponse\x12V\n\rStreamMetrics\x12\x1f.trackd.v1.StreamMetricsRequest\x1a .trackd.v1.StreamMetricsResponse(\x01\x30\x01\x12\x66\n\x13StreamMetricHistory\x12%.trackd.v1.StreamMetricHistoryRequest\x1a&.trackd.v1.StreamMetricHistoryResponse0\x01\x12\x46\n\tLogInputs\x12\x1b.trackd.v1.LogInputsRequest\x1a\x1c.trackd.v1.LogInputsResponse\x12I\n\nLogOutputs\x12\x1c.trackd.v1.LogOutputsRequest\x1a\x1d.trackd.v1.LogOutputsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btrackd/v1/run_service.proto\x12\ttrackd.v1\x1a\x15google/rpc/code.proto\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\x1a\x13trackd/v1/run.proto\"\x98\x01\n\x10\x43reateRunRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x03\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x0f\n\x07user_id\x18\x05 \x01(\t\x12\x15\n\rparent_run_id\x18\x06 \x01(\t\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.trackd.v1.Run\"\x90\x01\n\x10UpdateRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x15\n\x08\x65nd_time\x18\x03 \x01(\x03H\x00\x88\x01\x01\x12\x15\n\x08run_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x42\x0b\n\t_end_timeB\x0b\n\t_run_name\"9\n\x11UpdateRunResponse\x12$\n\x08run_info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"#\n\x11RestoreRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12RestoreRunResponse\"Z\n\x11\x44\x65leteRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14max_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\"*\n\x12\x44\x65leteRunsResponse\x12\x14\n\x0cruns_deleted\x18\x01 \x01(\x05\"[\n\x12RestoreRunsRequest\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x1c\n\x14min_timestamp_millis\x18\x02 \x01(\x03\x12\x10\n\x08max_runs\x18\x03 \x01(\x05\",\n\x13RestoreRunsResponse\x12\x15\n\rruns_restored\x18\x01 \x01(\x05\"\x9f\x01\n\x10LogMetricRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0c\n\x04step\x18\x05 \x01(\x03\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x14\n\x0c\x64\x61taset_name\x18\x07 \x01(\t\x12\x16\n\x0e\x64\x61taset_digest\x18\x08 \x01(\t\"\x13\n\x11LogMetricResponse\"=\n\x0fLogParamRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x12\n\x10LogParamResponse\";\n\rSetTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"\x10\n\x0eSetTagResponse\"/\n\x10\x44\x65leteTagRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\x13\n\x11\x44\x65leteTagResponse\"\x88\x01\n\x0fLogBatchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x07metrics\x18\x02 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x03 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x04 \x03(\x0b\x32\x11.trackd.v1.RunTag\"\x12\n\x10LogBatchResponse\"f\n\x17GetMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"k\n\x18GetMetricHistoryResponse\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\nmetric_key\x18\x03 \x01(\t\"\xa2\x01\n\x11SearchRunsRequest\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0e\n\x06\x66ilter\x18\x02 \x01(\t\x12\x10\n\x08order_by\x18\x03 \x03(\t\x12\x13\n\x0bmax_results\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\x12*\n\rrun_view_type\x18\x06 \x01(\x0e\x32\x13.trackd.v1.ViewType\"K\n\x12SearchRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.trackd.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"_\n\rMetricColumns\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x03(\x03\x12\x12\n\ntimestamps\x18\x04 \x03(\x03\x12\x0e\n\x06values\x18\x05 \x03(\x01\"e\n\x14StreamMetricsRequest\x12\x11\n\tstream_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x06series\x18\x03 \x03(\x0b\x32\x18.trackd.v1.MetricColumns\"|\n\x0e\x43hunkRejection\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12\x10\n\x04\x63ode\x18\x02 \x01(\tB\x02\x18\x01\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12%\n\x0bstatus_code\x18\x05 \x01(\x0e\x32\x10.google.rpc.Code\"^\n\x15StreamMetricsResponse\x12\x16\n\x0e\x61\x63ked_sequence\x18\x01 \x01(\x03\x12-\n\nrejections\x18\x02 \x03(\x0b\x32\x19.trackd.v1.ChunkRejection\"T\n\x1aStreamMetricHistoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nmetric_key\x18\x02 \x01(\t\x12\x12\n\nchunk_size\x18\x03 \x01(\x05\"P\n\x1bStreamMetricHistoryResponse\x12\r\n\x05steps\x18\x01 \x03(\x03\x12\x12\n\ntimestamps\x18\x02 \x03(\x03\x12\x0e\n\x06values\x18\x03 \x03(\x01\"t\n\x10LogInputsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x17.trackd.v1.DatasetInput\x12%\n\x06models\x18\x03 \x03(\x0b\x32\x15.trackd.v1.ModelInput\"\x13\n\x11LogInputsResponse\"K\n\x11LogOutputsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12&\n\x06models\x18\x02 \x03(\x0b\x32\x16.trackd.v1.ModelOutput\"\x14\n\x12LogOutputsResponse2\xdb\n\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.trackd.v1.CreateRunRequest\x1a\x1c.trackd.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.trackd.v1.GetRunRequest\x1a\x19.trackd.v1.GetRunResponse\x12\x46\n\tUpdateRun\x12\x1b.trackd.v1.UpdateRunRequest\x1a\x1c.trackd.v1.UpdateRunResponse\x12\x46\n\tDeleteRun\x12\x1b.trackd.v1.DeleteRunRequest\x1a\x1c.trackd.v1.DeleteRunResponse\x12I\n\nRestoreRun\x12\x1c.trackd.v1.RestoreRunRequest\x1a\x1d.trackd.v1.RestoreRunResponse\x12I\n\nDeleteRuns\x12\x1c.trackd.v1.DeleteRunsRequest\x1a\x1d.trackd.v1.DeleteRunsResponse\x12L\n\x0bRestoreRuns\x12\x1d.trackd.v1.RestoreRunsRequest\x1a\x1e.trackd.v1.RestoreRunsResponse\x12\x46\n\tLogMetric\x12\x1b.trackd.v1.LogMetricRequest\x1a\x1c.trackd.v1.LogMetricResponse\x12\x43\n\x08LogParam\x12\x1a.trackd.v1.LogParamRequest\x1a\x1b.trackd.v1.LogParamResponse\x12=\n\x06SetTag\x12\x18.trackd.v1.SetTagRequest\x1a\x19.trackd.v1.SetTagResponse\x12\x46\n\tDeleteTag\x12\x1b.trackd.v1.DeleteTagRequest\x1a\x1c.trackd.v1.DeleteTagResponse\x12\x43\n\x08LogBatch\x12\x1a.trackd.v1.LogBatchRequest\x1a\x1b.trackd.v1.LogBatchResponse\x12[\n\x10GetMetricHistory\x12\".trackd.v1.GetMetricHistoryRequest\x1a#.trackd.v1.GetMetricHistoryResponse\x12I\n\nSearchRuns\x12\x1c.trackd.v1.SearchRunsRequest\x1a\x1d.trackd.v1.SearchRunsResponse\x12V\n\rStreamMetrics\x12\x1f.trackd.v1.StreamMetricsRequest\x1a .trackd.v1.StreamMetricsResponse(\x01\x30\x01\x12\x66\n\x13StreamMetricHistory\x12%.trackd.v1.StreamMetricHistoryRequest\x1a&.trackd.v1.StreamMetricHistoryResponse0\x01\x12\x46\n\tLogInputs\x12\x1b.trackd.v1.LogInputsRequest\x1a\x1c.trackd.v1.LogInputsResponse\x12I\n\nLogOutputs\x12\x1c.trackd.v1.LogOutputsRequest\x1a\x1d.trackd.v1.LogOutputsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.run_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATERUNREQUEST']._serialized_start=137
-  _globals['_CREATERUNREQUEST']._serialized_end=289
-  _globals['_CREATERUNRESPONSE']._serialized_start=291
-  _globals['_CREATERUNRESPONSE']._serialized_end=339
-  _globals['_GETRUNREQUEST']._serialized_start=341
-  _globals['_GETRUNREQUEST']._serialized_end=372
-  _globals['_GETRUNRESPONSE']._serialized_start=374
-  _globals['_GETRUNRESPONSE']._serialized_end=419
-  _globals['_UPDATERUNREQUEST']._serialized_start=422
-  _globals['_UPDATERUNREQUEST']._serialized_end=566
-  _globals['_UPDATERUNRESPONSE']._serialized_start=568
-  _globals['_UPDATERUNRESPONSE']._serialized_end=625
-  _globals['_DELETERUNREQUEST']._serialized_start=627
-  _globals['_DELETERUNREQUEST']._serialized_end=661
-  _globals['_DELETERUNRESPONSE']._serialized_start=663
-  _globals['_DELETERUNRESPONSE']._serialized_end=682
-  _globals['_RESTORERUNREQUEST']._serialized_start=684
-  _globals['_RESTORERUNREQUEST']._serialized_end=719
-  _globals['_RESTORERUNRESPONSE']._serialized_start=721
-  _globals['_RESTORERUNRESPONSE']._serialized_end=741
-  _globals['_DELETERUNSREQUEST']._serialized_start=743
-  _globals['_DELETERUNSREQUEST']._serialized_end=833
-  _globals['_DELETERUNSRESPONSE']._serialized_start=835
-  _globals['_DELETERUNSRESPONSE']._serialized_end=877
-  _globals['_RESTORERUNSREQUEST']._serialized_start=879
-  _globals['_RESTORERUNSREQUEST']._serialized_end=970
-  _globals['_RESTORERUNSRESPONSE']._serialized_start=972
-  _globals['_RESTORERUNSRESPONSE']._serialized_end=1016
-  _globals['_LOGMETRICREQUEST']._serialized_start=1019
-  _globals['_LOGMETRICREQUEST']._serialized_end=1178
-  _globals['_LOGMETRICRESPONSE']._serialized_start=1180
-  _globals['_LOGMETRICRESPONSE']._serialized_end=1199
-  _globals['_LOGPARAMREQUEST']._serialized_start=1201
-  _globals['_LOGPARAMREQUEST']._serialized_end=1262
-  _globals['_LOGPARAMRESPONSE']._serialized_start=1264
-  _globals['_LOGPARAMRESPONSE']._serialized_end=1282
-  _globals['_SETTAGREQUEST']._serialized_start=1284
-  _globals['_SETTAGREQUEST']._serialized_end=1343
-  _globals['_SETTAGRESPONSE']._serialized_start=1345
-  _globals['_SETTAGRESPONSE']._serialized_end=1361
-  _globals['_DELETETAGREQUEST']._serialized_start=1363
-  _globals['_DELETETAGREQUEST']._serialized_end=1410
-  _globals['_DELETETAGRESPONSE']._serialized_start=1412
-  _globals['_DELETETAGRESPONSE']._serialized_end=1431
-  _globals['_LOGBATCHREQUEST']._serialized_start=1434
-  _globals['_LOGBATCHREQUEST']._serialized_end=1570
-  _globals['_LOGBATCHRESPONSE']._serialized_start=1572
-  _globals['_LOGBATCHRESPONSE']._serialized_end=1590
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1592
-  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1694
-  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=1696
-  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=1783
-  _globals['_SEARCHRUNSREQUEST']._serialized_start=1786
-  _globals['_SEARCHRUNSREQUEST']._serialized_end=1948
-  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1950
-  _globals['_SEARCHRUNSRESPONSE']._serialized_end=2025
-  _globals['_METRICCOLUMNS']._serialized_start=2027
-  _globals['_METRICCOLUMNS']._serialized_end=2122
-  _globals['_STREAMMETRICSREQUEST']._serialized_start=2124
-  _globals['_STREAMMETRICSREQUEST']._serialized_end=2225
-  _globals['_CHUNKREJECTION']._serialized_start=2227
-  _globals['_CHUNKREJECTION']._serialized_end=2308
-  _globals['_STREAMMETRICSRESPONSE']._serialized_start=2310
-  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2404
-  _globals['_STREAMMETRICHISTORYREQUEST']._serialized_start=2406
-  _globals['_STREAMMETRICHISTORYREQUEST']._serialized_end=2490
-  _globals['_STREAMMETRICHISTORYRESPONSE']._serialized_start=2492
-  _globals['_STREAMMETRICHISTORYRESPONSE']._serialized_end=2572
-  _globals['_LOGINPUTSREQUEST']._serialized_start=2574
-  _globals['_LOGINPUTSREQUEST']._serialized_end=2690
-  _globals['_LOGINPUTSRESPONSE']._serialized_start=2692
-  _globals['_LOGINPUTSRESPONSE']._serialized_end=2711
-  _globals['_LOGOUTPUTSREQUEST']._serialized_start=2713
-  _globals['_LOGOUTPUTSREQUEST']._serialized_end=2788
-  _globals['_LOGOUTPUTSRESPONSE']._serialized_start=2790
-  _globals['_LOGOUTPUTSRESPONSE']._serialized_end=2810
-  _globals['_RUNSERVICE']._serialized_start=2813
-  _globals['_RUNSERVICE']._serialized_end=4184
+  _globals['_CHUNKREJECTION'].fields_by_name['code']._loaded_options = None
+  _globals['_CHUNKREJECTION'].fields_by_name['code']._serialized_options = b'\030\001'
+  _globals['_CREATERUNREQUEST']._serialized_start=160
+  _globals['_CREATERUNREQUEST']._serialized_end=312
+  _globals['_CREATERUNRESPONSE']._serialized_start=314
+  _globals['_CREATERUNRESPONSE']._serialized_end=362
+  _globals['_GETRUNREQUEST']._serialized_start=364
+  _globals['_GETRUNREQUEST']._serialized_end=395
+  _globals['_GETRUNRESPONSE']._serialized_start=397
+  _globals['_GETRUNRESPONSE']._serialized_end=442
+  _globals['_UPDATERUNREQUEST']._serialized_start=445
+  _globals['_UPDATERUNREQUEST']._serialized_end=589
+  _globals['_UPDATERUNRESPONSE']._serialized_start=591
+  _globals['_UPDATERUNRESPONSE']._serialized_end=648
+  _globals['_DELETERUNREQUEST']._serialized_start=650
+  _globals['_DELETERUNREQUEST']._serialized_end=684
+  _globals['_DELETERUNRESPONSE']._serialized_start=686
+  _globals['_DELETERUNRESPONSE']._serialized_end=705
+  _globals['_RESTORERUNREQUEST']._serialized_start=707
+  _globals['_RESTORERUNREQUEST']._serialized_end=742
+  _globals['_RESTORERUNRESPONSE']._serialized_start=744
+  _globals['_RESTORERUNRESPONSE']._serialized_end=764
+  _globals['_DELETERUNSREQUEST']._serialized_start=766
+  _globals['_DELETERUNSREQUEST']._serialized_end=856
+  _globals['_DELETERUNSRESPONSE']._serialized_start=858
+  _globals['_DELETERUNSRESPONSE']._serialized_end=900
+  _globals['_RESTORERUNSREQUEST']._serialized_start=902
+  _globals['_RESTORERUNSREQUEST']._serialized_end=993
+  _globals['_RESTORERUNSRESPONSE']._serialized_start=995
+  _globals['_RESTORERUNSRESPONSE']._serialized_end=1039
+  _globals['_LOGMETRICREQUEST']._serialized_start=1042
+  _globals['_LOGMETRICREQUEST']._serialized_end=1201
+  _globals['_LOGMETRICRESPONSE']._serialized_start=1203
+  _globals['_LOGMETRICRESPONSE']._serialized_end=1222
+  _globals['_LOGPARAMREQUEST']._serialized_start=1224
+  _globals['_LOGPARAMREQUEST']._serialized_end=1285
+  _globals['_LOGPARAMRESPONSE']._serialized_start=1287
+  _globals['_LOGPARAMRESPONSE']._serialized_end=1305
+  _globals['_SETTAGREQUEST']._serialized_start=1307
+  _globals['_SETTAGREQUEST']._serialized_end=1366
+  _globals['_SETTAGRESPONSE']._serialized_start=1368
+  _globals['_SETTAGRESPONSE']._serialized_end=1384
+  _globals['_DELETETAGREQUEST']._serialized_start=1386
+  _globals['_DELETETAGREQUEST']._serialized_end=1433
+  _globals['_DELETETAGRESPONSE']._serialized_start=1435
+  _globals['_DELETETAGRESPONSE']._serialized_end=1454
+  _globals['_LOGBATCHREQUEST']._serialized_start=1457
+  _globals['_LOGBATCHREQUEST']._serialized_end=1593
+  _globals['_LOGBATCHRESPONSE']._serialized_start=1595
+  _globals['_LOGBATCHRESPONSE']._serialized_end=1613
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_start=1615
+  _globals['_GETMETRICHISTORYREQUEST']._serialized_end=1717
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_start=1719
+  _globals['_GETMETRICHISTORYRESPONSE']._serialized_end=1826
+  _globals['_SEARCHRUNSREQUEST']._serialized_start=1829
+  _globals['_SEARCHRUNSREQUEST']._serialized_end=1991
+  _globals['_SEARCHRUNSRESPONSE']._serialized_start=1993
+  _globals['_SEARCHRUNSRESPONSE']._serialized_end=2068
+  _globals['_METRICCOLUMNS']._serialized_start=2070
+  _globals['_METRICCOLUMNS']._serialized_end=2165
+  _globals['_STREAMMETRICSREQUEST']._serialized_start=2167
+  _globals['_STREAMMETRICSREQUEST']._serialized_end=2268
+  _globals['_CHUNKREJECTION']._serialized_start=2270
+  _globals['_CHUNKREJECTION']._serialized_end=2394
+  _globals['_STREAMMETRICSRESPONSE']._serialized_start=2396
+  _globals['_STREAMMETRICSRESPONSE']._serialized_end=2490
+  _globals['_STREAMMETRICHISTORYREQUEST']._serialized_start=2492
+  _globals['_STREAMMETRICHISTORYREQUEST']._serialized_end=2576
+  _globals['_STREAMMETRICHISTORYRESPONSE']._serialized_start=2578
+  _globals['_STREAMMETRICHISTORYRESPONSE']._serialized_end=2658
+  _globals['_LOGINPUTSREQUEST']._serialized_start=2660
+  _globals['_LOGINPUTSREQUEST']._serialized_end=2776
+  _globals['_LOGINPUTSRESPONSE']._serialized_start=2778
+  _globals['_LOGINPUTSRESPONSE']._serialized_end=2797
+  _globals['_LOGOUTPUTSREQUEST']._serialized_start=2799
+  _globals['_LOGOUTPUTSREQUEST']._serialized_end=2874
+  _globals['_LOGOUTPUTSRESPONSE']._serialized_start=2876
+  _globals['_LOGOUTPUTSRESPONSE']._serialized_end=2896
+  _globals['_RUNSERVICE']._serialized_start=2899
+  _globals['_RUNSERVICE']._serialized_end=4270
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.rpc import code_pb2 as _code_pb2
 from trackd.v1 import common_pb2 as _common_pb2
 from trackd.v1 import dataset_pb2 as _dataset_pb2
 from trackd.v1 import metric_pb2 as _metric_pb2
@@ -19,6 +20,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -118,7 +124,9 @@ Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunResponse(_message.Message):
-    """GetRunResponse carries the run."""
+    """GetRunResponse carries the run; at most MESSAGE_BYTES_MAX bytes encoded (a larger run
+    is RESOURCE_EXHAUSTED).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -690,27 +698,37 @@ Global___GetMetricHistoryRequest: _TypeAlias = GetMetricHistoryRequest  # noqa: 
 
 @_typing.final
 class GetMetricHistoryResponse(_message.Message):
-    """GetMetricHistoryResponse is one page of a metric series."""
+    """GetMetricHistoryResponse is one page of a metric series. At most 25000 points of at
+    most 33 bytes each: a page is under 1 MB encoded, far below MESSAGE_BYTES_MAX.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     METRICS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    METRIC_KEY_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
+    metric_key: _builtins.str
+    """Key of the series, once for the whole page: the `key` of every point of metrics."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[_metric_pb2.Metric]:
-        """Points ordered by (step, timestamp, value)."""
+        """Points ordered by (step, timestamp, value). Each carries value, timestamp and step;
+        `key` is left empty (the page names it once, in metric_key), and so are the model and
+        dataset fields, which run histories do not keep. (Earlier servers filled `key` in
+        every point and sent no metric_key: a reader takes metric_key when it is set.)
+        """
 
     def __init__(
         self,
         *,
         metrics: _abc.Iterable[_metric_pb2.Metric] | None = ...,
         next_page_token: _builtins.str = ...,
+        metric_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["metrics", b"metrics", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric_key", b"metric_key", "metrics", b"metrics", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -733,7 +751,10 @@ class SearchRunsRequest(_message.Message):
     selects every run of the view type. At most 10000 characters.
     """
     max_results: _builtins.int
-    """Page size; 0 means the default of 1000; at most 50000."""
+    """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
+    would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded; next_page_token says whether
+    more follow.
+    """
     page_token: _builtins.str
     """Token from a previous response's next_page_token; empty for the first page. A token is
     only valid with the same experiment_ids, filter, order_by and run_view_type.
@@ -771,7 +792,7 @@ Global___SearchRunsRequest: _TypeAlias = SearchRunsRequest  # noqa: Y015
 
 @_typing.final
 class SearchRunsResponse(_message.Message):
-    """SearchRunsResponse is one page of runs."""
+    """SearchRunsResponse is one page of runs; at most MESSAGE_BYTES_MAX bytes encoded."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -891,14 +912,33 @@ class ChunkRejection(_message.Message):
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Sequence number of the rejected chunk."""
-    code: _builtins.str
-    """gRPC status code name, such as INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def code(self) -> _builtins.str:
+        """Deprecated: read status_code. The gRPC status code's name (INVALID_ARGUMENT,
+        NOT_FOUND or FAILED_PRECONDITION); still filled, the same code as status_code.
+        """
+
+    @code.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def code(self, value: _builtins.str) -> None:
+        """Deprecated: read status_code. The gRPC status code's name (INVALID_ARGUMENT,
+        NOT_FOUND or FAILED_PRECONDITION); still filled, the same code as status_code.
+        """
+
     reason: _builtins.str
-    """MLflow-style reason, as in google.rpc.ErrorInfo."""
+    """Reason, as in google.rpc.ErrorInfo: a trackd.v1.ErrorReason name without its prefix,
+    such as "INVALID_PARAMETER_VALUE"; at most 64 characters.
+    """
     message: _builtins.str
-    """What was wrong, naming the field."""
+    """What was wrong, naming the field; at most 2000 characters."""
+    status_code: _code_pb2.Code.ValueType
+    """Status code of the rejection, as numbered in google.rpc.Code (the gRPC status codes):
+    INVALID_ARGUMENT (3), NOT_FOUND (5) or FAILED_PRECONDITION (9). Never OK.
+    """
     def __init__(
         self,
         *,
@@ -906,10 +946,11 @@ class ChunkRejection(_message.Message):
         code: _builtins.str = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        status_code: _code_pb2.Code.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "reason", b"reason", "sequence", b"sequence", "status_code", b"status_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -917,7 +958,9 @@ Global___ChunkRejection: _TypeAlias = ChunkRejection  # noqa: Y015
 
 @_typing.final
 class StreamMetricsResponse(_message.Message):
-    """StreamMetricsResponse acknowledges chunks."""
+    """StreamMetricsResponse acknowledges chunks. It holds at most 17 rejections (a stream has
+    at most 16 chunks in flight), so it stays far below MESSAGE_BYTES_MAX.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -959,7 +1002,10 @@ class StreamMetricHistoryRequest(_message.Message):
     metric_key: _builtins.str
     """Key of the series."""
     chunk_size: _builtins.int
-    """Points per response; 0 means the default of 50000; at most 200000."""
+    """Points per response; 0 means the default of 50000; at most 200000. A response holds
+    fewer when chunk_size points would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded,
+    which can happen above about 140000 points per response.
+    """
     def __init__(
         self,
         *,
@@ -977,7 +1023,10 @@ Global___StreamMetricHistoryRequest: _TypeAlias = StreamMetricHistoryRequest  # 
 
 @_typing.final
 class StreamMetricHistoryResponse(_message.Message):
-    """StreamMetricHistoryResponse is one chunk of a series, column-wise."""
+    """StreamMetricHistoryResponse is one chunk of a series, column-wise; at most
+    MESSAGE_BYTES_MAX bytes encoded. The packed columns keep every double bit-exactly,
+    -0.0 included, whatever the generator.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

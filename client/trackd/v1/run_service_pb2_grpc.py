@@ -28,10 +28,21 @@ if _version_not_supported:
 class RunServiceStub:
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     def __init__(self, channel):
@@ -135,14 +146,29 @@ class RunServiceStub:
 class RunServiceServicer:
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     def CreateRun(self, request, context):
         """Creates a run in RUNNING state.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
+        differs from the `mlflow.runName` tag, or a parent run of another experiment;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,6 +176,9 @@ class RunServiceServicer:
 
     def GetRun(self, request, context):
         """Returns a run with its latest metrics, metric summaries, params and tags.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +186,9 @@ class RunServiceServicer:
 
     def UpdateRun(self, request, context):
         """Changes a run's status, end time or name.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,13 +196,19 @@ class RunServiceServicer:
 
     def DeleteRun(self, request, context):
         """Soft-deletes a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        run deleted already.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RestoreRun(self, request, context):
-        """Restores a soft-deleted run. FAILED_PRECONDITION while its experiment is deleted.
+        """Restores a soft-deleted run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for an
+        active run, or while its experiment is deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,6 +216,9 @@ class RunServiceServicer:
 
     def DeleteRuns(self, request, context):
         """Soft-deletes the active runs of an experiment that started at or before a time.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+        max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -185,6 +226,9 @@ class RunServiceServicer:
 
     def RestoreRuns(self, request, context):
         """Restores the deleted runs of an experiment that were deleted at or after a time.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+        max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +236,10 @@ class RunServiceServicer:
 
     def LogMetric(self, request, context):
         """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a dataset without a
+        model, or a model of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run or an unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +248,10 @@ class RunServiceServicer:
     def LogParam(self, request, context):
         """Logs one param. Params are immutable: the same value again is accepted, another value
         is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run, a run of a deleted experiment, or a param logged before with another
+        value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,13 +259,19 @@ class RunServiceServicer:
 
     def SetTag(self, request, context):
         """Sets (creates or replaces) one tag of a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTag(self, request, context):
-        """Deletes one tag of a run; NOT_FOUND if the run has no such tag.
+        """Deletes one tag of a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -221,6 +279,11 @@ class RunServiceServicer:
 
     def LogBatch(self, request, context):
         """Logs metrics, params and tags in one transaction: all of it or none of it.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field (limits,
+        a param twice with two values, a dataset without a model, a model of another
+        experiment); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or
+        deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+        experiment, or a param logged before with another value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -228,7 +291,11 @@ class RunServiceServicer:
 
     def GetMetricHistory(self, request, context):
         """Returns the points of one metric series ordered by (step, timestamp, value), one page
-        at a time.
+        at a time. A page names the key once (GetMetricHistoryResponse.metric_key); its points
+        leave `key` empty.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, a bad
+        max_results, or a foreign page token; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+        run. A run without the series has an empty history.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -239,6 +306,10 @@ class RunServiceServicer:
         a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
         attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
         tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
+        or order_by (the message points at the column), a bad max_results or view type, or a
+        page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
+        run alone is larger than MESSAGE_BYTES_MAX encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -253,6 +324,13 @@ class RunServiceServicer:
         client resends from acked_sequence + 1; a chunk already committed is never written
         twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
         acknowledged as rejected (nothing of it is written) and the stream goes on.
+        Errors: a rejected chunk is a ChunkRejection in an acknowledgement, with the status
+        code INVALID_ARGUMENT (INVALID_PARAMETER_VALUE), NOT_FOUND (RESOURCE_DOES_NOT_EXIST) or
+        FAILED_PRECONDITION (INVALID_STATE). The call itself ends with INVALID_ARGUMENT
+        (INVALID_PARAMETER_VALUE) for a malformed stream_id, a changed stream_id or a gap in
+        the sequence; UNAVAILABLE (TEMPORARILY_UNAVAILABLE) when the server shuts down (after
+        acknowledging what it took; reconnect); DEADLINE_EXCEEDED (DEADLINE_EXCEEDED) after
+        `--stream-idle-timeout` seconds without a message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -261,6 +339,8 @@ class RunServiceServicer:
     def StreamMetricHistory(self, request, context):
         """Streams the whole history of one metric series in (step, timestamp, value) order as
         column-wise chunks, so that a series of millions of points is one call.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, or a
+        bad chunk_size; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -270,6 +350,9 @@ class RunServiceServicer:
         """Records datasets and logged models a run consumed, in one transaction. A dataset is
         stored once per experiment by (name, digest); logging an input again merges its tags
         (the last value of a key wins). Models must be live; they may belong to any experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or deleted model;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +361,10 @@ class RunServiceServicer:
     def LogOutputs(self, request, context):
         """Records logged models a run produced, in one transaction. Each model must be a live
         model of the run's experiment; an output logged again is a no-op.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a model
+        of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
+        unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
+        run of a deleted experiment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -387,10 +474,21 @@ def add_RunServiceServicer_to_server(servicer, server):
 class RunService:
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     @staticmethod

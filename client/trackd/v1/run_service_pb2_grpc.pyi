@@ -29,10 +29,21 @@ GRPC_VERSION: str
 class RunServiceStub:
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     @_typing.overload
@@ -40,40 +51,100 @@ class RunServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> RunServiceAsyncStub: ...
     CreateRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.CreateRunRequest, _run_service_pb2.CreateRunResponse]
-    """Creates a run in RUNNING state."""
+    """Creates a run in RUNNING state.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
+    differs from the `mlflow.runName` tag, or a parent run of another experiment;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+    """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]
-    """Returns a run with its latest metrics, metric summaries, params and tags."""
+    """Returns a run with its latest metrics, metric summaries, params and tags.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
+    """
     UpdateRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.UpdateRunRequest, _run_service_pb2.UpdateRunResponse]
-    """Changes a run's status, end time or name."""
+    """Changes a run's status, end time or name.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     DeleteRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunRequest, _run_service_pb2.DeleteRunResponse]
-    """Soft-deletes a run."""
+    """Soft-deletes a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    run deleted already.
+    """
     RestoreRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.RestoreRunRequest, _run_service_pb2.RestoreRunResponse]
-    """Restores a soft-deleted run. FAILED_PRECONDITION while its experiment is deleted."""
+    """Restores a soft-deleted run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for an
+    active run, or while its experiment is deleted.
+    """
     DeleteRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunsRequest, _run_service_pb2.DeleteRunsResponse]
-    """Soft-deletes the active runs of an experiment that started at or before a time."""
+    """Soft-deletes the active runs of an experiment that started at or before a time.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+    max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     RestoreRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.RestoreRunsRequest, _run_service_pb2.RestoreRunsResponse]
-    """Restores the deleted runs of an experiment that were deleted at or after a time."""
+    """Restores the deleted runs of an experiment that were deleted at or after a time.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+    max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     LogMetric: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogMetricRequest, _run_service_pb2.LogMetricResponse]
-    """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op."""
+    """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a dataset without a
+    model, or a model of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run or an unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     LogParam: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogParamRequest, _run_service_pb2.LogParamResponse]
     """Logs one param. Params are immutable: the same value again is accepted, another value
     is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run, a run of a deleted experiment, or a param logged before with another
+    value.
     """
     SetTag: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.SetTagRequest, _run_service_pb2.SetTagResponse]
-    """Sets (creates or replaces) one tag of a run."""
+    """Sets (creates or replaces) one tag of a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     DeleteTag: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.DeleteTagRequest, _run_service_pb2.DeleteTagResponse]
-    """Deletes one tag of a run; NOT_FOUND if the run has no such tag."""
+    """Deletes one tag of a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
+    """
     LogBatch: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogBatchRequest, _run_service_pb2.LogBatchResponse]
-    """Logs metrics, params and tags in one transaction: all of it or none of it."""
+    """Logs metrics, params and tags in one transaction: all of it or none of it.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field (limits,
+    a param twice with two values, a dataset without a model, a model of another
+    experiment); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or
+    deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+    experiment, or a param logged before with another value.
+    """
     GetMetricHistory: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetMetricHistoryRequest, _run_service_pb2.GetMetricHistoryResponse]
     """Returns the points of one metric series ordered by (step, timestamp, value), one page
-    at a time.
+    at a time. A page names the key once (GetMetricHistoryResponse.metric_key); its points
+    leave `key` empty.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, a bad
+    max_results, or a foreign page token; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+    run. A run without the series has an empty history.
     """
     SearchRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.SearchRunsRequest, _run_service_pb2.SearchRunsResponse]
     """Finds runs of some experiments by what they logged, in a requested order, one page at
     a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
     tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
+    or order_by (the message points at the column), a bad max_results or view type, or a
+    page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
+    run alone is larger than MESSAGE_BYTES_MAX encoded.
     """
     StreamMetrics: _grpc.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]
     """Streams metric points in, column-wise, for training jobs. The client opens the stream
@@ -84,67 +155,154 @@ class RunServiceStub:
     client resends from acked_sequence + 1; a chunk already committed is never written
     twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
     acknowledged as rejected (nothing of it is written) and the stream goes on.
+    Errors: a rejected chunk is a ChunkRejection in an acknowledgement, with the status
+    code INVALID_ARGUMENT (INVALID_PARAMETER_VALUE), NOT_FOUND (RESOURCE_DOES_NOT_EXIST) or
+    FAILED_PRECONDITION (INVALID_STATE). The call itself ends with INVALID_ARGUMENT
+    (INVALID_PARAMETER_VALUE) for a malformed stream_id, a changed stream_id or a gap in
+    the sequence; UNAVAILABLE (TEMPORARILY_UNAVAILABLE) when the server shuts down (after
+    acknowledging what it took; reconnect); DEADLINE_EXCEEDED (DEADLINE_EXCEEDED) after
+    `--stream-idle-timeout` seconds without a message.
     """
     StreamMetricHistory: _grpc.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricHistoryRequest, _run_service_pb2.StreamMetricHistoryResponse]
     """Streams the whole history of one metric series in (step, timestamp, value) order as
     column-wise chunks, so that a series of millions of points is one call.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, or a
+    bad chunk_size; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run.
     """
     LogInputs: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogInputsRequest, _run_service_pb2.LogInputsResponse]
     """Records datasets and logged models a run consumed, in one transaction. A dataset is
     stored once per experiment by (name, digest); logging an input again merges its tags
     (the last value of a key wins). Models must be live; they may belong to any experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or deleted model;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
     """
     LogOutputs: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogOutputsRequest, _run_service_pb2.LogOutputsResponse]
     """Records logged models a run produced, in one transaction. Each model must be a live
     model of the run's experiment; an output logged again is a no-op.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a model
+    of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
+    unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
+    run of a deleted experiment.
     """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.CreateRunRequest, _run_service_pb2.CreateRunResponse]  # type: ignore[assignment]
-    """Creates a run in RUNNING state."""
+    """Creates a run in RUNNING state.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
+    differs from the `mlflow.runName` tag, or a parent run of another experiment;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+    """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]  # type: ignore[assignment]
-    """Returns a run with its latest metrics, metric summaries, params and tags."""
+    """Returns a run with its latest metrics, metric summaries, params and tags.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
+    """
     UpdateRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.UpdateRunRequest, _run_service_pb2.UpdateRunResponse]  # type: ignore[assignment]
-    """Changes a run's status, end time or name."""
+    """Changes a run's status, end time or name.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     DeleteRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunRequest, _run_service_pb2.DeleteRunResponse]  # type: ignore[assignment]
-    """Soft-deletes a run."""
+    """Soft-deletes a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    run deleted already.
+    """
     RestoreRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.RestoreRunRequest, _run_service_pb2.RestoreRunResponse]  # type: ignore[assignment]
-    """Restores a soft-deleted run. FAILED_PRECONDITION while its experiment is deleted."""
+    """Restores a soft-deleted run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for an
+    active run, or while its experiment is deleted.
+    """
     DeleteRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.DeleteRunsRequest, _run_service_pb2.DeleteRunsResponse]  # type: ignore[assignment]
-    """Soft-deletes the active runs of an experiment that started at or before a time."""
+    """Soft-deletes the active runs of an experiment that started at or before a time.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+    max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     RestoreRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.RestoreRunsRequest, _run_service_pb2.RestoreRunsResponse]  # type: ignore[assignment]
-    """Restores the deleted runs of an experiment that were deleted at or after a time."""
+    """Restores the deleted runs of an experiment that were deleted at or after a time.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+    max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+    """
     LogMetric: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogMetricRequest, _run_service_pb2.LogMetricResponse]  # type: ignore[assignment]
-    """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op."""
+    """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a dataset without a
+    model, or a model of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run or an unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     LogParam: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogParamRequest, _run_service_pb2.LogParamResponse]  # type: ignore[assignment]
     """Logs one param. Params are immutable: the same value again is accepted, another value
     is FAILED_PRECONDITION.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run, a run of a deleted experiment, or a param logged before with another
+    value.
     """
     SetTag: _aio.UnaryUnaryMultiCallable[_run_service_pb2.SetTagRequest, _run_service_pb2.SetTagResponse]  # type: ignore[assignment]
-    """Sets (creates or replaces) one tag of a run."""
+    """Sets (creates or replaces) one tag of a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
     DeleteTag: _aio.UnaryUnaryMultiCallable[_run_service_pb2.DeleteTagRequest, _run_service_pb2.DeleteTagResponse]  # type: ignore[assignment]
-    """Deletes one tag of a run; NOT_FOUND if the run has no such tag."""
+    """Deletes one tag of a run.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
+    """
     LogBatch: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogBatchRequest, _run_service_pb2.LogBatchResponse]  # type: ignore[assignment]
-    """Logs metrics, params and tags in one transaction: all of it or none of it."""
+    """Logs metrics, params and tags in one transaction: all of it or none of it.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field (limits,
+    a param twice with two values, a dataset without a model, a model of another
+    experiment); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or
+    deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+    experiment, or a param logged before with another value.
+    """
     GetMetricHistory: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetMetricHistoryRequest, _run_service_pb2.GetMetricHistoryResponse]  # type: ignore[assignment]
     """Returns the points of one metric series ordered by (step, timestamp, value), one page
-    at a time.
+    at a time. A page names the key once (GetMetricHistoryResponse.metric_key); its points
+    leave `key` empty.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, a bad
+    max_results, or a foreign page token; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+    run. A run without the series has an empty history.
     """
     SearchRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.SearchRunsRequest, _run_service_pb2.SearchRunsResponse]  # type: ignore[assignment]
     """Finds runs of some experiments by what they logged, in a requested order, one page at
     a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
     tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
+    or order_by (the message points at the column), a bad max_results or view type, or a
+    page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
+    run alone is larger than MESSAGE_BYTES_MAX encoded.
     """
     StreamMetrics: _aio.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]  # type: ignore[assignment]
     """Streams metric points in, column-wise, for training jobs. The client opens the stream
@@ -155,28 +313,55 @@ class RunServiceAsyncStub(RunServiceStub):
     client resends from acked_sequence + 1; a chunk already committed is never written
     twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
     acknowledged as rejected (nothing of it is written) and the stream goes on.
+    Errors: a rejected chunk is a ChunkRejection in an acknowledgement, with the status
+    code INVALID_ARGUMENT (INVALID_PARAMETER_VALUE), NOT_FOUND (RESOURCE_DOES_NOT_EXIST) or
+    FAILED_PRECONDITION (INVALID_STATE). The call itself ends with INVALID_ARGUMENT
+    (INVALID_PARAMETER_VALUE) for a malformed stream_id, a changed stream_id or a gap in
+    the sequence; UNAVAILABLE (TEMPORARILY_UNAVAILABLE) when the server shuts down (after
+    acknowledging what it took; reconnect); DEADLINE_EXCEEDED (DEADLINE_EXCEEDED) after
+    `--stream-idle-timeout` seconds without a message.
     """
     StreamMetricHistory: _aio.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricHistoryRequest, _run_service_pb2.StreamMetricHistoryResponse]  # type: ignore[assignment]
     """Streams the whole history of one metric series in (step, timestamp, value) order as
     column-wise chunks, so that a series of millions of points is one call.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, or a
+    bad chunk_size; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run.
     """
     LogInputs: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogInputsRequest, _run_service_pb2.LogInputsResponse]  # type: ignore[assignment]
     """Records datasets and logged models a run consumed, in one transaction. A dataset is
     stored once per experiment by (name, digest); logging an input again merges its tags
     (the last value of a key wins). Models must be live; they may belong to any experiment.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or deleted model;
+    FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
     """
     LogOutputs: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogOutputsRequest, _run_service_pb2.LogOutputsResponse]  # type: ignore[assignment]
     """Records logged models a run produced, in one transaction. Each model must be a live
     model of the run's experiment; an output logged again is a no-op.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a model
+    of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
+    unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
+    run of a deleted experiment.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     """RunService creates runs, logs their metrics, params and tags, and reads them back.
 
-    Every error carries a google.rpc.ErrorInfo whose reason is an MLflow error code
-    (RESOURCE_DOES_NOT_EXIST, RESOURCE_ALREADY_EXISTS, INVALID_PARAMETER_VALUE, INVALID_STATE)
-    and, for invalid input, a google.rpc.BadRequest naming each offending field. Writes to a
-    deleted run, or to a run of a deleted experiment, are FAILED_PRECONDITION.
+    Errors: every error is a gRPC status with a google.rpc.ErrorInfo (domain "trackd.v1",
+    reason a trackd.v1.ErrorReason name without its prefix, such as
+    "RESOURCE_DOES_NOT_EXIST") and, for invalid input, a google.rpc.BadRequest naming each
+    offending field; see errors.proto. Each method names the errors of its own below as
+    `CODE (REASON)`. Besides those, any call may answer UNAVAILABLE (TEMPORARILY_UNAVAILABLE),
+    ABORTED (ABORTED), DEADLINE_EXCEEDED (DEADLINE_EXCEEDED), INTERNAL (INTERNAL_ERROR),
+    RESOURCE_EXHAUSTED (REQUEST_LIMIT_EXCEEDED) when per-client limits are on, and
+    INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a request protobuf cannot parse.
+
+    Sizes: every response message, and every message of a response stream, is at most
+    MESSAGE_BYTES_MAX = 4,000,000 bytes encoded, under the 4 MiB (4,194,304 bytes) a gRPC
+    client accepts by default, whatever the data. Pages are cut by encoded size as well as
+    by count: a page may hold fewer than max_results items and still carry a
+    next_page_token. A single item that cannot fit (a run whose params, tags, metrics and
+    inputs exceed it) is RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), never a broken stream.
     """
 
     @_abc_1.abstractmethod
@@ -185,7 +370,12 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.CreateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.CreateRunResponse, _abc.Awaitable[_run_service_pb2.CreateRunResponse]]:
-        """Creates a run in RUNNING state."""
+        """Creates a run in RUNNING state.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
+        differs from the `mlflow.runName` tag, or a parent run of another experiment;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+        """
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -193,7 +383,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.GetRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.GetRunResponse, _abc.Awaitable[_run_service_pb2.GetRunResponse]]:
-        """Returns a run with its latest metrics, metric summaries, params and tags."""
+        """Returns a run with its latest metrics, metric summaries, params and tags.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
+        """
 
     @_abc_1.abstractmethod
     def UpdateRun(
@@ -201,7 +395,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.UpdateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.UpdateRunResponse, _abc.Awaitable[_run_service_pb2.UpdateRunResponse]]:
-        """Changes a run's status, end time or name."""
+        """Changes a run's status, end time or name.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def DeleteRun(
@@ -209,7 +407,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.DeleteRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.DeleteRunResponse, _abc.Awaitable[_run_service_pb2.DeleteRunResponse]]:
-        """Soft-deletes a run."""
+        """Soft-deletes a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        run deleted already.
+        """
 
     @_abc_1.abstractmethod
     def RestoreRun(
@@ -217,7 +419,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.RestoreRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.RestoreRunResponse, _abc.Awaitable[_run_service_pb2.RestoreRunResponse]]:
-        """Restores a soft-deleted run. FAILED_PRECONDITION while its experiment is deleted."""
+        """Restores a soft-deleted run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for an
+        active run, or while its experiment is deleted.
+        """
 
     @_abc_1.abstractmethod
     def DeleteRuns(
@@ -225,7 +431,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.DeleteRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.DeleteRunsResponse, _abc.Awaitable[_run_service_pb2.DeleteRunsResponse]]:
-        """Soft-deletes the active runs of an experiment that started at or before a time."""
+        """Soft-deletes the active runs of an experiment that started at or before a time.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+        max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def RestoreRuns(
@@ -233,7 +443,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.RestoreRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.RestoreRunsResponse, _abc.Awaitable[_run_service_pb2.RestoreRunsResponse]]:
-        """Restores the deleted runs of an experiment that were deleted at or after a time."""
+        """Restores the deleted runs of an experiment that were deleted at or after a time.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed experiment id or
+        max_runs; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def LogMetric(
@@ -241,7 +455,12 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.LogMetricRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.LogMetricResponse, _abc.Awaitable[_run_service_pb2.LogMetricResponse]]:
-        """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op."""
+        """Appends one metric point; an exact duplicate (key, step, timestamp, value) is a no-op.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a dataset without a
+        model, or a model of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run or an unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def LogParam(
@@ -251,6 +470,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_service_pb2.LogParamResponse, _abc.Awaitable[_run_service_pb2.LogParamResponse]]:
         """Logs one param. Params are immutable: the same value again is accepted, another value
         is FAILED_PRECONDITION.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run, a run of a deleted experiment, or a param logged before with another
+        value.
         """
 
     @_abc_1.abstractmethod
@@ -259,7 +482,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.SetTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.SetTagResponse, _abc.Awaitable[_run_service_pb2.SetTagResponse]]:
-        """Sets (creates or replaces) one tag of a run."""
+        """Sets (creates or replaces) one tag of a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def DeleteTag(
@@ -267,7 +494,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.DeleteTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.DeleteTagResponse, _abc.Awaitable[_run_service_pb2.DeleteTagResponse]]:
-        """Deletes one tag of a run; NOT_FOUND if the run has no such tag."""
+        """Deletes one tag of a run.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
+        """
 
     @_abc_1.abstractmethod
     def LogBatch(
@@ -275,7 +506,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.LogBatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.LogBatchResponse, _abc.Awaitable[_run_service_pb2.LogBatchResponse]]:
-        """Logs metrics, params and tags in one transaction: all of it or none of it."""
+        """Logs metrics, params and tags in one transaction: all of it or none of it.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field (limits,
+        a param twice with two values, a dataset without a model, a model of another
+        experiment); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or
+        deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+        experiment, or a param logged before with another value.
+        """
 
     @_abc_1.abstractmethod
     def GetMetricHistory(
@@ -284,7 +521,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.GetMetricHistoryResponse, _abc.Awaitable[_run_service_pb2.GetMetricHistoryResponse]]:
         """Returns the points of one metric series ordered by (step, timestamp, value), one page
-        at a time.
+        at a time. A page names the key once (GetMetricHistoryResponse.metric_key); its points
+        leave `key` empty.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, a bad
+        max_results, or a foreign page token; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+        run. A run without the series has an empty history.
         """
 
     @_abc_1.abstractmethod
@@ -297,6 +538,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
         attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
         tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
+        or order_by (the message points at the column), a bad max_results or view type, or a
+        page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
+        run alone is larger than MESSAGE_BYTES_MAX encoded.
         """
 
     @_abc_1.abstractmethod
@@ -313,6 +558,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         client resends from acked_sequence + 1; a chunk already committed is never written
         twice. A chunk whose run is unknown or deleted, or whose points break a rule, is
         acknowledged as rejected (nothing of it is written) and the stream goes on.
+        Errors: a rejected chunk is a ChunkRejection in an acknowledgement, with the status
+        code INVALID_ARGUMENT (INVALID_PARAMETER_VALUE), NOT_FOUND (RESOURCE_DOES_NOT_EXIST) or
+        FAILED_PRECONDITION (INVALID_STATE). The call itself ends with INVALID_ARGUMENT
+        (INVALID_PARAMETER_VALUE) for a malformed stream_id, a changed stream_id or a gap in
+        the sequence; UNAVAILABLE (TEMPORARILY_UNAVAILABLE) when the server shuts down (after
+        acknowledging what it took; reconnect); DEADLINE_EXCEEDED (DEADLINE_EXCEEDED) after
+        `--stream-idle-timeout` seconds without a message.
         """
 
     @_abc_1.abstractmethod
@@ -323,6 +575,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.StreamMetricHistoryResponse], _abc.AsyncIterator[_run_service_pb2.StreamMetricHistoryResponse]]:
         """Streams the whole history of one metric series in (step, timestamp, value) order as
         column-wise chunks, so that a series of millions of points is one call.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, or a
+        bad chunk_size; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run.
         """
 
     @_abc_1.abstractmethod
@@ -334,6 +588,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records datasets and logged models a run consumed, in one transaction. A dataset is
         stored once per experiment by (name, digest); logging an input again merges its tags
         (the last value of a key wins). Models must be live; they may belong to any experiment.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run or an unknown or deleted model;
+        FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
         """
 
     @_abc_1.abstractmethod
@@ -344,6 +601,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_service_pb2.LogOutputsResponse, _abc.Awaitable[_run_service_pb2.LogOutputsResponse]]:
         """Records logged models a run produced, in one transaction. Each model must be a live
         model of the run's experiment; an output logged again is a no-op.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) naming every bad field, or a model
+        of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
+        unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
+        run of a deleted experiment.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

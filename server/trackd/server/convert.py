@@ -8,11 +8,20 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
+import grpc
+from google.rpc import code_pb2
 
 from trackd.server.domain.datasets import DatasetInput
 from trackd.server.domain.logged_models import LoggedModelView
 from trackd.server.domain.runs import MetricColumns, RunView
-from trackd.v1 import dataset_pb2, experiment_pb2, logged_model_pb2, metric_pb2, run_pb2
+from trackd.v1 import (
+    dataset_pb2,
+    experiment_pb2,
+    logged_model_pb2,
+    metric_pb2,
+    run_pb2,
+    run_service_pb2,
+)
 
 
 def experiment(row: asyncpg.Record) -> experiment_pb2.Experiment:
@@ -210,12 +219,31 @@ def summary_fields(s: asyncpg.Record) -> dict[str, Any]:
     )
 
 
-def add_history(out: Any, key: str, columns: tuple[list[int], list[int], list[float]]) -> None:
+def add_history(out: Any, columns: tuple[list[int], list[int], list[float]]) -> None:
     """Appends Metric messages for history columns (steps, timestamps, values) to the
-    repeated field `out` (its add() is several times faster than building messages)."""
+    repeated field `out` (its add() is several times faster than building messages). The
+    points leave `key` empty: a history page names its key once."""
     add = out.add
     for s, t, v in zip(*columns, strict=True):
-        add(key=key, value=v, timestamp=t, step=s)
+        add(value=v, timestamp=t, step=s)
+
+
+# gRPC status code numbers (google.rpc.Code) by name.
+_CODE_NUMBERS = {code.name: code.value[0] for code in grpc.StatusCode}
+REJECTION_REASON_MAX = 64
+REJECTION_MESSAGE_MAX = 2000
+
+
+def complete_rejection(rejection: run_service_pb2.ChunkRejection) -> None:
+    """Fills a ChunkRejection's numeric status_code from its code name and bounds its
+    reason and message (so that an acknowledgement stays small whatever went wrong)."""
+    rejection.status_code = _CODE_NUMBERS.get(rejection.code, code_pb2.UNKNOWN)
+    rejection.reason = _shorten(rejection.reason, REJECTION_REASON_MAX)
+    rejection.message = _shorten(rejection.message, REJECTION_MESSAGE_MAX)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def metric_columns(metrics: Sequence[metric_pb2.Metric]) -> MetricColumns:

@@ -1,4 +1,5 @@
-"""Typed errors of trackd's domain; each carries its gRPC code and MLflow-style reason.
+"""Typed errors of trackd's domain; each carries its gRPC code and MLflow-style reason (a
+name of the contract's trackd.v1.ErrorReason without its prefix).
 
 The service layer turns them into a `google.rpc.Status` in one place (service/rpc.py).
 """
@@ -8,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import grpc
+
+# The longest error message sent (UTF-8 bytes): an error travels in trailing metadata,
+# which gRPC clients limit to 8 KiB by default (see service/rpc.py).
+STATUS_MESSAGE_BYTES_MAX = 1000
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,19 @@ class InvalidArgument(TrackdError):
 
     @classmethod
     def of(cls, violations: list[FieldViolation]) -> InvalidArgument:
-        """One error for all violations; the message lists them (the first 10 in full)."""
-        shown = "; ".join(f"{v.field}: {v.description}" for v in violations[:10])
-        more = f"; and {len(violations) - 10} more" if len(violations) > 10 else ""
-        return cls(shown + more, violations=list(violations))
+        """One error for all violations; the message lists the first ones (at most 10, and
+        as many as fit in STATUS_MESSAGE_BYTES_MAX) and counts the others."""
+        shown: list[str] = []
+        used = 0
+        for v in violations[:10]:
+            part = f"{v.field}: {v.description}"
+            used += len(part.encode("utf-8", "surrogatepass")) + 2
+            if shown and used > STATUS_MESSAGE_BYTES_MAX - 32:
+                break
+            shown.append(part)
+        rest = len(violations) - len(shown)
+        more = f"; and {rest} more" if rest else ""
+        return cls("; ".join(shown) + more, violations=list(violations))
 
     @classmethod
     def for_field(cls, name: str, description: str) -> InvalidArgument:
@@ -108,3 +122,13 @@ class DeadlineExceeded(TrackdError):
 
     code: grpc.StatusCode = grpc.StatusCode.DEADLINE_EXCEEDED
     reason: str = "DEADLINE_EXCEEDED"
+
+
+@dataclass
+class ResponseTooLarge(TrackdError):
+    """One item of an answer (a run, an experiment, a logged model) encodes to more bytes
+    than a response may hold; pages are cut before this, so only an item alone raises it.
+    Retrying cannot help; the call's writes, if any, are committed."""
+
+    code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason: str = "MAX_READ_SIZE_EXCEEDED"

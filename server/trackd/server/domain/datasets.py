@@ -114,10 +114,11 @@ class Datasets:
 
     async def search(
         self, experiment_ids: Sequence[str], max_results: int, page_token: str
-    ) -> tuple[list[asyncpg.Record], str]:
+    ) -> tuple[paging.Page[asyncpg.Record], str]:
         """One page of (experiment_id, name, digest, context) used by active runs of the
-        experiments, in that order, and the next page's token ('' on the last page).
-        Raises InvalidArgument for bad ids, size or token."""
+        experiments, in that order (a Page, which can also resume after any row), and the
+        next page's token ('' on the last page). Raises InvalidArgument for bad ids, size or
+        token."""
         eids = validation.experiment_ids(experiment_ids, maximum=EXPERIMENT_IDS_MAX)
         size = validation.page_size(
             max_results, default=SEARCH_MAX_RESULTS_DEFAULT, maximum=SEARCH_MAX_RESULTS_MAX
@@ -126,14 +127,15 @@ class Datasets:
         position = paging.decode(page_token, fingerprint)
         after = _position(position) if position is not None else None
         rows = await self.db.read(lambda conn: store.summaries(conn, eids, after, size + 1))
-        if len(rows) <= size:
-            return rows, ""
+        more = len(rows) > size
         rows = rows[:size]
-        last = rows[-1]
-        token = paging.encode(
-            [last["experiment_id"], last["name"], last["digest"], last["context"]], fingerprint
-        )
-        return rows, token
+
+        def resume(index: int) -> str:
+            row = rows[index]
+            position = [row["experiment_id"], row["name"], row["digest"], row["context"]]
+            return paging.encode(position, fingerprint)
+
+        return paging.Page(rows, resume), resume(len(rows) - 1) if more else ""
 
 
 def _position(position: list[object]) -> tuple[int, str, str, str]:

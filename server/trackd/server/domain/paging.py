@@ -1,4 +1,6 @@
-"""Opaque page tokens: a keyset position bound to the query that produced it."""
+"""Opaque page tokens: a keyset position bound to the query that produced it, and pages
+that can be cut short after any of their items (the service layer cuts pages by encoded
+size)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import hashlib
 import json
 import struct
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
@@ -16,6 +18,23 @@ from trackd.server.errors import InvalidArgument
 from trackd.server.store.pool import Connection, Database
 
 V = TypeVar("V")
+
+
+class Page(list[V]):
+    """The results of one page, which also knows the token that resumes right after each
+    of them: a caller may return only the first k results with `resume_after(k - 1)` as
+    the next page's token, and the following page starts at result k. Keyset tokens make
+    such a short page as valid as a full one."""
+
+    def __init__(self, items: Iterable[V], resume: Callable[[int], str]) -> None:
+        super().__init__(items)
+        self._resume = resume
+
+    def resume_after(self, index: int) -> str:
+        """The token of the page that starts right after result `index`."""
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self._resume(index)
 
 
 def query_fingerprint(*parts: object) -> str:
@@ -101,30 +120,34 @@ async def keyset_page(
         [Connection, list[Any] | None, int], Awaitable[tuple[list[asyncpg.Record], int]]
     ],
     load: Callable[[Connection, list[asyncpg.Record]], Awaitable[list[V]]],
-) -> tuple[list[V], str]:
+) -> tuple[Page[V], str]:
     """One page of a keyset-paginated search, in one read-only snapshot.
 
     `fetch(conn, after, limit)` returns rows in sort order strictly after the position
     `after` (None for the first page) with their sort keys as columns sk0, sk1, ..., and
-    how many there are; `load(conn, rows)` turns the page's rows into results. Returns
-    the results and the next page's token ('' on the last page). A malformed or foreign
-    token is INVALID_ARGUMENT on page_token."""
+    how many there are; `load(conn, rows)` turns the page's rows into results, one per
+    row and in order. Returns the results (a Page, which can also resume after any of
+    them) and the next page's token ('' on the last page). A malformed or foreign token is
+    INVALID_ARGUMENT on page_token."""
     position = decode(page_token, fingerprint)
     after = decode_position(position) if position is not None else None
 
-    async def work(conn: Connection) -> tuple[list[V], list[Any] | None]:
+    async def work(conn: Connection) -> tuple[list[V], list[list[Any]], bool]:
         try:
             rows, n_sort = await fetch(conn, after, size + 1)
         except (ValueError, asyncpg.DataError) as exc:
             raise InvalidArgument.for_field(
                 "page_token", "is not a token this server issued"
             ) from exc
-        last_key = None
-        if len(rows) > size:
-            rows = rows[:size]
-            last_key = [rows[-1][f"sk{i}"] for i in range(n_sort)]
-        return await load(conn, rows), last_key
+        more = len(rows) > size
+        rows = rows[:size]
+        keys = [[row[f"sk{i}"] for i in range(n_sort)] for row in rows]
+        return await load(conn, rows), keys, more
 
-    results, last_key = await db.read(work)
-    token = encode(encode_position(last_key), fingerprint) if last_key else ""
-    return results, token
+    results, keys, more = await db.read(work)
+
+    def resume(index: int) -> str:
+        return encode(encode_position(keys[index]), fingerprint)
+
+    token = resume(len(keys) - 1) if more else ""
+    return Page(results, resume), token

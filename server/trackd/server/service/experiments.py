@@ -5,6 +5,7 @@ from __future__ import annotations
 from trackd.server import convert
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
+from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
 from trackd.v1 import experiment_service_pb2 as pb
 from trackd.v1 import experiment_service_pb2_grpc
@@ -47,9 +48,11 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
             request.page_token,
             request.view_type,
         )
-        return pb.SearchExperimentsResponse(
+        response = pb.SearchExperimentsResponse(
             experiments=[convert.experiment(r) for r in rows], next_page_token=token
         )
+        sizes.fit_page(response, "experiments", rows, "SearchExperiments")
+        return response
 
     async def UpdateExperiment(
         self, request: pb.UpdateExperimentRequest, context: Context
@@ -87,6 +90,8 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
         rows, token = await self.datasets.search(
             list(request.experiment_ids), request.max_results, request.page_token
         )
-        return pb.SearchDatasetsResponse(
+        response = pb.SearchDatasetsResponse(
             dataset_summaries=[convert.dataset_summary(r) for r in rows], next_page_token=token
         )
+        sizes.fit_page(response, "dataset_summaries", rows, "SearchDatasets")
+        return response

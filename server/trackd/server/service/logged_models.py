@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from trackd.server import convert
 from trackd.server.domain.logged_models import LoggedModels
+from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
 from trackd.v1 import logged_model_service_pb2 as pb
 from trackd.v1 import logged_model_service_pb2_grpc
@@ -18,6 +19,7 @@ class LoggedModelService(logged_model_service_pb2_grpc.LoggedModelServiceService
     async def CreateLoggedModel(
         self, request: pb.CreateLoggedModelRequest, context: Context
     ) -> pb.CreateLoggedModelResponse:
+        sizes.check_created(request, "params", "params and tags")
         view = await self.models.create(
             experiment_id=request.experiment_id,
             name=request.name,
@@ -75,6 +77,8 @@ class LoggedModelService(logged_model_service_pb2_grpc.LoggedModelServiceService
             request.max_results,
             request.page_token,
         )
-        return pb.SearchLoggedModelsResponse(
+        response = pb.SearchLoggedModelsResponse(
             models=[convert.logged_model(v) for v in views], next_page_token=token
         )
+        sizes.fit_page(response, "models", views, "SearchLoggedModels")
+        return response

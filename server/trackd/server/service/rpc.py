@@ -3,7 +3,10 @@
 Each method of a service descriptor is registered with a deserializer that turns a
 message protobuf cannot parse (invalid UTF-8 in a string, truncated bytes) into
 INVALID_ARGUMENT instead of gRPC's INTERNAL, and with a wrapper that maps domain errors,
-database outages and unexpected failures to statuses with ErrorInfo details.
+database outages and unexpected failures to statuses with ErrorInfo details. The wrapper
+also encodes every response message itself and refuses one larger than
+sizes.MESSAGE_BYTES_MAX with RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED), so that no
+answer is ever too large for a client with gRPC's default limits.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from trackd.server.errors import (
+    STATUS_MESSAGE_BYTES_MAX,
     DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     TrackdError,
     Unavailable,
 )
+from trackd.server.service import sizes
 from trackd.server.service.guard import Call, Guard
 from trackd.server.store.pool import CONNECTION_ERRORS
 
@@ -58,34 +63,70 @@ class _WithRequestId(grpc.Status):
         self.trailing_metadata = (*status.trailing_metadata, ("x-request-id", request_id))
 
 
+# An error travels in trailing metadata: `grpc-message` (the message, percent-encoded, so
+# up to 3 bytes a byte) and `grpc-status-details-bin` (the google.rpc.Status, base64).
+# gRPC clients refuse metadata over 8 KiB by default (a soft limit, 16 KiB hard), so an
+# error is kept within TRAILERS_BYTES_MAX whatever its text: the message is cut to
+# STATUS_MESSAGE_BYTES_MAX bytes, metadata values and violations are cut, and violations
+# that would not fit are left out (the message counts them all).
+TRAILERS_BYTES_MAX = 7 * 1024
+_METADATA_VALUE_BYTES_MAX = 256
+_FIELD_BYTES_MAX = 256
+_DESCRIPTION_BYTES_MAX = 512
+# What else the trailers hold: grpc-status, x-request-id, names and HPACK overhead.
+_TRAILERS_OVERHEAD = 400
+
+
+def cut_utf8(text: str, limit: int) -> str:
+    """`text` if its UTF-8 form has at most `limit` bytes, else its longest prefix that,
+    with "...", does."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", "ignore") + "..."
+
+
+def _percent_encoded_size(text: str) -> int:
+    """Bytes of `text` in grpc-message: printable ASCII other than '%' as is, else %XX."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode("utf-8"))
+
+
 def to_status(err: TrackdError) -> grpc.Status:
-    """The gRPC status for a domain error, with ErrorInfo and, if any, BadRequest details."""
+    """The gRPC status for a domain error, with ErrorInfo and, if any, BadRequest and
+    RetryInfo details; within TRAILERS_BYTES_MAX in all, so that a client with gRPC's
+    default metadata limit receives it."""
+    message = cut_utf8(err.message, STATUS_MESSAGE_BYTES_MAX)
+    metadata = {
+        cut_utf8(k, _METADATA_VALUE_BYTES_MAX): cut_utf8(v, _METADATA_VALUE_BYTES_MAX)
+        for k, v in err.metadata.items()
+    }
     info = any_pb2.Any()
     info.Pack(
-        error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata)
+        error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=metadata)
     )
-    details = [info]
-    violations = getattr(err, "violations", None)
-    if violations:
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in violations
-                ]
-            )
-        )
-        details.append(bad)
+    status = status_pb2.Status(code=err.code.value[0], message=message, details=[info])
     if isinstance(err, ResourceExhausted) and err.retry_after is not None:
-        retry = any_pb2.Any()
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(err.retry_after * 1e9))
-        retry.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
-        details.append(retry)
-    status = status_pb2.Status(code=err.code.value[0], message=err.message, details=details)
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    violations = getattr(err, "violations", None)
+    if violations:
+        budget = (TRAILERS_BYTES_MAX - _TRAILERS_OVERHEAD - _percent_encoded_size(message)) * 3 // 4
+        bad = error_details_pb2.BadRequest()
+        room = budget - status.ByteSize() - 16  # the Any's type URL is counted below
+        for v in violations:
+            item = error_details_pb2.BadRequest.FieldViolation(
+                field=cut_utf8(v.field, _FIELD_BYTES_MAX),
+                description=cut_utf8(v.description, _DESCRIPTION_BYTES_MAX),
+            )
+            bad.field_violations.append(item)
+            packed = any_pb2.Any()
+            packed.Pack(bad)
+            if packed.ByteSize() + 4 > room:
+                del bad.field_violations[-1]
+                break
+        if bad.field_violations:
+            status.details.add().Pack(bad)
     return rpc_status.to_status(status)
 
 
@@ -164,7 +205,7 @@ def _wrap_unary(
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
         async with _guarded(name, context, guard):
-            return await fn(_checked(request), context)
+            return sizes.encode(name, await fn(_checked(request), context))
 
     return handler
 
@@ -175,7 +216,7 @@ def _wrap_stream_out(
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
         async with _guarded(name, context, guard):
             async for item in fn(_checked(request), context):
-                yield item
+                yield sizes.encode(name, item)
 
     return handler
 
@@ -192,24 +233,28 @@ def _wrap_stream_in(
 
         async with _guarded(name, context, guard):
             async for item in fn(checked(), context):
-                yield item
+                yield sizes.encode(name, item)
 
     return handler
 
 
-def add_service(
-    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, guard: Guard
-) -> None:
-    """Registers every method of `service` on `server`, implemented by the method of the
-    same name on `servicer`, each call going through `guard`."""
+def _encoded(data: bytes) -> bytes:
+    """The response serializer: the wrappers hand over messages encoded already."""
+    return data
+
+
+def method_handlers(
+    servicer: object, service: ServiceDescriptor, guard: Guard
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """The handler of every method of `service`, implemented by the method of the same
+    name on `servicer`, each call going through `guard` and the size check."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         request_cls = message_factory.GetMessageClass(method.input_type)
-        response_cls = message_factory.GetMessageClass(method.output_type)
         impl = getattr(servicer, method.name)
         kwargs: dict[str, Any] = {
             "request_deserializer": _safe_deserializer(request_cls),
-            "response_serializer": response_cls.SerializeToString,
+            "response_serializer": _encoded,
         }
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
@@ -225,6 +270,14 @@ def add_service(
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
                 _wrap_unary(method.name, impl, guard), **kwargs
             )
+    return handlers
+
+
+def add_service(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, guard: Guard
+) -> None:
+    """Registers every method of `service` on `server` (see method_handlers)."""
+    handlers = method_handlers(servicer, service, guard)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )

@@ -8,6 +8,7 @@ from trackd.server import convert
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
+from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
 from trackd.v1 import run_service_pb2 as pb
 from trackd.v1 import run_service_pb2_grpc
@@ -136,8 +137,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         columns, token = await self.runs.metric_history(
             request.run_id, request.metric_key, request.max_results, request.page_token
         )
-        response = pb.GetMetricHistoryResponse(next_page_token=token)
-        convert.add_history(response.metrics, request.metric_key, columns)
+        response = pb.GetMetricHistoryResponse(next_page_token=token, metric_key=request.metric_key)
+        convert.add_history(response.metrics, columns)
         return response
 
     async def SearchRuns(
@@ -151,17 +152,25 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             request.page_token,
             request.run_view_type,
         )
-        return pb.SearchRunsResponse(runs=[convert.run(v) for v in views], next_page_token=token)
+        response = pb.SearchRunsResponse(
+            runs=[convert.run(v) for v in views], next_page_token=token
+        )
+        sizes.fit_page(response, "runs", views, "SearchRuns")
+        return response
 
     async def StreamMetrics(
         self, request_iterator: AsyncIterator[pb.StreamMetricsRequest], context: Context
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
         async for ack in self.streams.serve(request_iterator):
+            for rejection in ack.rejections:
+                convert.complete_rejection(rejection)
             yield ack
 
     async def StreamMetricHistory(
         self, request: pb.StreamMetricHistoryRequest, context: Context
     ) -> AsyncIterator[pb.StreamMetricHistoryResponse]:
         chunks = self.runs.stream_history(request.run_id, request.metric_key, request.chunk_size)
-        async for steps, stamps, values in chunks:
-            yield pb.StreamMetricHistoryResponse(steps=steps, timestamps=stamps, values=values)
+        async for columns in chunks:
+            # A chunk of up to 200,000 points may exceed the message size: send it in parts.
+            for steps, stamps, values in sizes.split_columns(*columns):
+                yield pb.StreamMetricHistoryResponse(steps=steps, timestamps=stamps, values=values)
