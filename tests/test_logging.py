@@ -57,8 +57,12 @@ async def get(runs, run_id: str) -> run_pb2.Run:  # type: ignore[no-untyped-def]
 
 async def history(runs, run_id: str, key: str) -> list[metric_pb2.Metric]:  # type: ignore[no-untyped-def]
     resp = await runs.GetMetricHistory(rpb.GetMetricHistoryRequest(run_id=run_id, metric_key=key))
-    assert resp.next_page_token == ""
-    return list(resp.metrics)
+    assert resp.next_page_token == "" and resp.metric_key == key
+    points = list(resp.metrics)
+    for m in points:  # the page names its key once, as a client fills it in
+        assert not m.key
+        m.key = resp.metric_key
+    return points
 
 
 def params_of(run: run_pb2.Run) -> dict[str, str]:
