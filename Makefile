@@ -36,7 +36,10 @@ migrate: $(SERVER_STAMP)
 	$(BIN)/trackd migrate
 
 ## Run the test suite against TRACKD_TEST_DATABASE_URL, a testcontainers or an embedded PostgreSQL.
+## First `npm ci` for the Node client test (tests/polyglot), only when its package-lock.json
+## changed; without npm it says so and goes on.
 test: $(STAMP)
+	@$(BIN)/python tests/polyglot/npm_deps.py
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## Regenerate the Python stubs (committed under client/trackd/v1) from protos/.
