@@ -2,19 +2,26 @@
 
 A tight loop of CALLS calls, in the benchmark's own process, of
 - `logger.put(run_id, "loss", value, step)` on a blocking `Client(...).logger()`;
+- the same put on a logger whose server does not answer ("call only": the points stay
+  buffered, so the figure is the call without the logger's background work);
 - `run.log_metric("loss", value, step)` of a blocking `Client(...).start_run(...)` run;
 - `logger.log(run_id, "loss", value, step)`, the logger's older checked-point path;
 against a baseline loop that only appends the same (run_id, key, value, step) tuple to a
 list. The loops are the same but for the call, so the ratio to the baseline is what the
-call adds; the figures are medians of ROUNDS rounds. The logger streams the points to a
-trackd server process while the loop runs, so each figure includes the client's own
-background work (chunking and sending, on the same interpreter); the flush after each loop
-(waiting for the server's acknowledgements) is reported apart, not counted per call.
+call adds; the figures are medians of ROUNDS rounds, in wall time and in CPU time of the
+calling thread (which the other processes on the machine do not inflate). The logger
+streams the points to a trackd server process while the loop runs, so the wall figures
+include the client's own background work (chunking and sending, on the same interpreter)
+and the time the loop waits for a core while the server and PostgreSQL ingest; the flush
+after each loop (waiting for the server's acknowledgements) is reported apart, not counted
+per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -26,40 +33,53 @@ CALLS = 1_000_000
 ROUNDS = 3
 
 
-def _baseline(run_id: str, n: int) -> float:
+Times = tuple[float, float]  # (wall, CPU of the calling thread), in seconds
+
+
+def _baseline(run_id: str, n: int) -> Times:
     points: list[tuple[str, str, float, int]] = []
     append = points.append
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for step in range(n):
         append((run_id, "loss", step * 1e-6, step))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def _loop(call: Callable[[str, str, float, int], None], run_id: str, n: int) -> float:
-    t0 = time.perf_counter()
+def _loop(call: Callable[[str, str, float, int], None], run_id: str, n: int) -> Times:
+    t0, c0 = time.perf_counter(), time.thread_time()
     for step in range(n):
         call(run_id, "loss", step * 1e-6, step)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def _run_loop(call: Callable[[str, float, int], None], n: int) -> float:
-    t0 = time.perf_counter()
+def _run_loop(call: Callable[[str, float, int], None], n: int) -> Times:
+    t0, c0 = time.perf_counter(), time.thread_time()
     for step in range(n):
         call("loss", step * 1e-6, step)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def _measure(target: str, n: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per call (and per flush) of each loop, one entry per round."""
-    times: dict[str, list[float]] = {}
+def _measure(target: str, n: int, rounds: int) -> dict[str, list[Times]]:
+    """(wall, CPU) seconds per call (and per flush) of each loop, one entry per round."""
+    times: dict[str, list[Times]] = {}
 
-    def note(name: str, seconds: float, per: int = n) -> None:
-        times.setdefault(name, []).append(seconds / per)
+    def note(name: str, seconds: Times | float, per: int = n) -> None:
+        wall, cpu = seconds if isinstance(seconds, tuple) else (seconds, seconds)
+        times.setdefault(name, []).append((wall / per, cpu / per))
 
-    with Client(target) as client:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once closed
+    with Client(target) as client, Client(nowhere) as idle:
         run_id = client.create_run("0", run_name="bench-logcall").info.run_id
         for _ in range(rounds):
             note("baseline", _baseline(run_id, n))
+
+            unsent = idle.logger(capacity=n)
+            if hasattr(unsent, "put"):
+                note("put, call only", _loop(unsent.put, run_id, n))
+            with contextlib.suppress(TimeoutError):
+                unsent.close(timeout=0.01)
 
             logger = client.logger()
             put = getattr(logger, "put", None)
@@ -85,16 +105,19 @@ def _measure(target: str, n: int, rounds: int) -> dict[str, list[float]]:
 async def run(database_url: str) -> dict[str, dict[str, str]]:
     async with server_process(database_url) as server:
         times = await asyncio.to_thread(_measure, server.target, CALLS, ROUNDS)
-    base = statistics.median(times["baseline"])
+    base_wall = statistics.median(w for w, _ in times["baseline"])
+    base_cpu = statistics.median(c for _, c in times["baseline"])
     figures: dict[str, str] = {}
     for name, samples in times.items():
-        median = statistics.median(samples)
+        wall = statistics.median(w for w, _ in samples)
+        cpu = statistics.median(c for _, c in samples)
         if name.endswith("flush"):
-            figures[name] = f"{median:.2f} s after the loop (median of {len(samples)})"
+            figures[name] = f"{wall:.2f} s after the loop (median of {len(samples)})"
             continue
-        spread = ", ".join(f"{s * 1e6:.3f}" for s in samples)
+        spread = ", ".join(f"{w * 1e6:.3f}" for w, _ in samples)
         figures[name] = (
-            f"{median * 1e6:.3f} us/call, {1 / median / 1e6:.2f}M calls/s, "
-            f"{median / base:.1f}x the baseline (rounds: {spread} us)"
+            f"{wall * 1e6:.3f} us/call ({1 / wall / 1e6:.2f}M calls/s), "
+            f"{wall / base_wall:.1f}x the baseline; CPU {cpu * 1e6:.3f} us/call, "
+            f"{cpu / base_cpu:.1f}x (wall rounds: {spread} us)"
         )
     return {f"{CALLS:,} calls in a tight loop, {ROUNDS} rounds": figures}

@@ -452,7 +452,9 @@ class AsyncMetricLogger:
         When the buffer is full, on_full is "block" and the call is on another thread,
         it blocks that thread until acknowledgements free room. The capacity is exact
         for one producing thread; threads putting at the very same time may each add
-        their point beyond it.
+        their point beyond it. Without a lock, a put is not ordered with a close() that
+        another thread runs at the same moment: such a point may be left unsent (a put
+        that starts after close() has begun raises LoggerClosedError).
         """
         # Each check is one comparison when the field is of the usual type; the checks
         # module handles (and explains) everything else.
