@@ -15,6 +15,7 @@ import pytest
 from conftest import server_config
 from helpers import STATS, error_info, new_experiment, new_run
 from trackd.server import app
+from trackd.server.store import pool
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import experiment_service_pb2_grpc, metric_pb2, run_pb2, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
@@ -98,6 +99,94 @@ async def test_killed_connections_fail_calls_unavailable_and_the_pool_recovers(
         assert len(got.data.params) == sent[1] + sent[3]
         # The pool came back to full health by itself.
         await runs.GetRun(rpb.GetRunRequest(run_id=run_id))
+    finally:
+        await ch.close()
+        await admin.close()
+        await running.stop(1.0)
+
+
+async def test_reads_under_killed_connections_rerun_on_a_fresh_connection(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GetRun and GetMetricHistory whose connection is killed are rerun by the server: while
+    kills come now and then, no read fails; while they come faster than a read can finish,
+    a read answers UNAVAILABLE only after every one of its bounded attempts lost its
+    connection, and never INTERNAL."""
+    caplog.set_level("INFO", logger="trackd.server")
+    running = await app.start(server_config(pool_max_size=6), database_url)
+    admin = await asyncpg.connect(database_url)
+    database = await admin.fetchval("SELECT current_database()")
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    runs = run_service_pb2_grpc.RunServiceStub(ch)
+    try:
+        run_id = (await new_run(runs)).info.run_id
+        await runs.LogBatch(
+            rpb.LogBatchRequest(
+                run_id=run_id,
+                metrics=[
+                    metric_pb2.Metric(key="loss", value=float(i), step=i, timestamp=1)
+                    for i in range(500)
+                ],
+                params=[run_pb2.Param(key=f"p{i}", value="v") for i in range(50)],
+            )
+        )
+
+        async def phase(interval: float, kills: int) -> tuple[dict[grpc.StatusCode, int], int]:
+            """Readers run while every trackd connection is killed `kills` times,
+            `interval` seconds apart; returns the readers' failures and the kills."""
+            failures: dict[grpc.StatusCode, int] = {}
+            done = asyncio.Event()
+
+            async def reader(i: int) -> None:
+                while not done.is_set():
+                    try:
+                        if i % 2:
+                            got = await runs.GetRun(rpb.GetRunRequest(run_id=run_id), timeout=20)
+                            assert len(got.run.data.params) == 50
+                        else:
+                            hist = await runs.GetMetricHistory(
+                                rpb.GetMetricHistoryRequest(run_id=run_id, metric_key="loss"),
+                                timeout=20,
+                            )
+                            assert len(hist.metrics) == 500
+                    except grpc.aio.AioRpcError as err:
+                        failures[err.code()] = failures.get(err.code(), 0) + 1
+                        assert err.code() == grpc.StatusCode.UNAVAILABLE, (
+                            err.code(),
+                            err.details(),
+                        )
+                        assert error_info(err).reason == "TEMPORARILY_UNAVAILABLE"
+
+            async def killer() -> int:
+                killed = 0
+                for _ in range(kills):
+                    await asyncio.sleep(interval)
+                    killed += await _terminate_trackd_backends(admin, database)
+                done.set()
+                return killed
+
+            *_, killed = await asyncio.gather(*(reader(i) for i in range(6)), killer())
+            return failures, killed
+
+        def reruns() -> int:
+            return sum("retrying" in r.getMessage() for r in caplog.records)
+
+        # Kills now and then: every read whose connection died was rerun and succeeded.
+        failures, killed = await phase(0.3, 8)
+        assert killed > 0
+        STATS["faults injected"] += killed
+        assert reruns() > 0, "no kill met a read"
+        assert failures == {}, failures
+        # Kills faster than reads: a read may run out of attempts, and then answers
+        # UNAVAILABLE, having been rerun on another connection every time but the last.
+        caplog.clear()
+        failures, killed = await phase(0.01, 150)
+        STATS["faults injected"] += killed
+        attempts = pool.STALE_RETRIES
+        assert reruns() >= (attempts - 1) * failures.get(grpc.StatusCode.UNAVAILABLE, 0)
+        # And once the kills stop, reads work at once.
+        got = (await runs.GetRun(rpb.GetRunRequest(run_id=run_id))).run
+        assert len(got.data.params) == 50
     finally:
         await ch.close()
         await admin.close()

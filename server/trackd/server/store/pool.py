@@ -19,9 +19,10 @@ T = TypeVar("T")
 # Conflicts PostgreSQL resolves by failing one transaction; rerunning it is correct.
 RETRYABLE = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
 RETRIES = 5
-# Dead connections a unit of work may meet before it gives up (after a database restart,
-# every idle pooled connection is dead).
+# Attempts a unit of work makes in all when it meets dead connections (see Database._unit).
 STALE_RETRIES = 4
+# Seconds before the second rerun, doubling for each further one (0.01, 0.02).
+STALE_BACKOFF = 0.01
 
 # Failures that leave a connection unusable (server restarted, backend terminated, socket
 # reset, protocol state lost). The connection is terminated so that the pool replaces it;
@@ -47,6 +48,16 @@ class _Connection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return ""
+
+
+def _discard(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+    """Closes a connection found dead so that the pool opens a fresh one in its place.
+    asyncpg may already have detached it: a connection that sees its socket close releases
+    itself to the pool at once, and its proxy then refuses every call, terminate() too."""
+    try:
+        conn.terminate()
+    except asyncpg.InterfaceError:
+        pass  # already closed and released; the pool reconnects it on its next acquire
 
 
 class Database:
@@ -84,20 +95,35 @@ class Database:
         self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool, **transaction: Any
     ) -> T:
         """Runs `work` in a transaction on a pooled connection. A connection found dead is
-        discarded and the unit rerun on another one, as long as nothing of `work` can have
-        run (or `work` is idempotent); after that, its error is raised."""
+        discarded and the unit rerun, STALE_RETRIES attempts in all, as long as nothing of
+        `work` can have run (or `work` is idempotent); after that, its error is raised.
+
+        A rerun takes another pooled connection: the pool reopens one asyncpg has seen
+        closed (a backend that is terminated tells its client so, and asyncpg then closes
+        and releases the connection by itself), so a rerun meets a dead connection only if
+        the database killed it again meanwhile, or before asyncpg could notice."""
         for attempt in range(STALE_RETRIES):
-            conn = await self.pool.acquire()
+            if attempt > 1:
+                # Give a database that is restarting a moment; the first rerun is at once.
+                await asyncio.sleep(STALE_BACKOFF * 2 ** (attempt - 2))
+            try:
+                # Opening a connection in place of a dead one can fail too; nothing has run.
+                conn = await self.pool.acquire()
+            except CONNECTION_ERRORS:
+                if attempt == STALE_RETRIES - 1:
+                    raise
+                log.info("could not open a connection; retrying")
+                continue
             started = False
             try:
                 async with conn.transaction(**transaction):
                     started = True
                     return await work(conn)
             except CONNECTION_ERRORS:
-                conn.terminate()  # released below; the pool opens a fresh one when needed
+                _discard(conn)
                 if (started and not idempotent) or attempt == STALE_RETRIES - 1:
                     raise
-                log.info("discarded a dead pooled connection; retrying on another")
+                log.info("discarded a dead connection; retrying on another")
             finally:
                 await self.pool.release(conn)
         raise AssertionError("unreachable")
