@@ -350,24 +350,12 @@ VALUES = {
 
 LIMITS = {"param": 6000, "tag": 8000, "experiment tag": 5000}
 
-# A server bug, not the client's: PostgreSQL's btree (key, value) indexes (migrations 0002
-# and 0004) hold at most 2704 bytes a row, so a value within the limits that does not
-# compress below that fails with INTERNAL (ProgramLimitExceededError) instead of being
-# stored. Strict, so that the fix shows.
-SERVER_INDEX_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="server: (key, value) btree index rows over 2704 bytes; INTERNAL, not stored",
-)
-
 
 def _value_cases() -> list[object]:
-    cases = []
-    for what, limit in LIMITS.items():
-        for case, value in VALUES.items():
-            bug = "incompressible" in case and 2704 < len(value) <= limit
-            marks = [SERVER_INDEX_BUG] if bug else []
-            cases.append(pytest.param(what, case, marks=marks, id=f"{what}-{case}"))
-    return cases
+    # Values within the limits that do not compress once failed on the server with INTERNAL
+    # (its (key, value) indexes held at most 2704 bytes a row); migration 0005 fixed that,
+    # and these cases hold both sides to it.
+    return [pytest.param(what, case, id=f"{what}-{case}") for what in LIMITS for case in VALUES]
 
 
 @pytest.mark.parametrize(("what", "case"), _value_cases())

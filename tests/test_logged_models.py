@@ -745,6 +745,7 @@ class Catalog:
     experiment_id: str
     run_id: str
     ids: dict[str, str]
+    created: dict[str, int]
 
     def names(self, resp: mpb.SearchLoggedModelsResponse) -> list[str]:
         by_id = {v: k for k, v in self.ids.items()}
@@ -765,6 +766,7 @@ async def catalog(experiments, runs, models) -> Catalog:  # type: ignore[no-unty
     ]
     digests = {"train": "d1", "test": "d2", "": ""}
     cat.ids = {}
+    cat.created = {}
     for name, status, kind, ps, ts, accs in specs:
         model = await create(
             models,
@@ -777,6 +779,7 @@ async def catalog(experiments, runs, models) -> Catalog:  # type: ignore[no-unty
         )
         mid = model.info.model_id
         cat.ids[name] = mid
+        cat.created[name] = model.info.creation_timestamp
         if status != PENDING:
             await models.FinalizeLoggedModel(
                 mpb.FinalizeLoggedModelRequest(model_id=mid, status=status)
@@ -830,6 +833,18 @@ LIVE = {"m1", "m2", "m3", "m4"}
         ("metrics.acc < 0.6", (), {"m1"}),
         ("metrics.acc IS NULL", (("train", ""),), {"m3", "m4"}),
         ("metrics.acc IS NOT NULL", (), LIVE),
+        # `datasets` without a metric comparison: the models with a metric on one of them.
+        ("", (("train", ""),), {"m1", "m2"}),
+        ("", (("train", "d1"), ("test", "d2")), {"m1", "m2", "m3"}),
+        ("", (("train", "other"),), set()),
+        ("", (("nowhere", ""),), set()),
+        ("params.lr = '0.1'", (("train", ""),), {"m1"}),
+        ("params.lr = '0.1'", (("test", "d2"),), {"m1", "m3"}),
+        ("tags.team = 'vision' OR model_type = 'cnn'", (("test", ""),), {"m1", "m3"}),
+        ("NOT name = 'm1'", (("train", "d1"),), {"m2"}),
+        # With one, `datasets` restricts the metric comparisons only.
+        ("metrics.acc IS NULL", (("test", ""),), {"m4"}),
+        ("params.lr = '0.1' OR metrics.acc > 0.9", (("test", ""),), {"m1", "m2", "m3"}),
         ("metrics.missing = 1", (), set()),
         ("metrics.acc > 0.9 AND params.lr = '0.01'", (), {"m2"}),
         ("tags.team = 'nlp' OR status = 'PENDING'", (), {"m2", "m4"}),
@@ -867,16 +882,22 @@ async def test_search_default_order_is_newest_first(models, catalog: Catalog) ->
 
 
 # In an expected order, a tuple of names stands for models that tie on every key, so the
-# tiebreak (model_id) orders them.
+# tiebreak (creation_timestamp DESC, then model_id, as in MLflow) orders them. `datasets`
+# without a metric comparison in the filter keeps only the models with a metric on one of
+# them (MLflow's meaning), so m3 and m4 drop out of the train-only orders.
 @pytest.mark.parametrize(
     ("order_by", "datasets", "expected"),
     [
         (("name",), (), ["m1", "m2", "m3", "m4"]),
         (("attributes.name DESC",), (), ["m4", "m3", "m2", "m1"]),
-        (("metrics.acc DESC",), (("train", "d1"),), ["m1", "m2", ("m3", "m4")]),
-        (("metrics.acc ASC",), (("train", "d1"),), ["m2", "m1", ("m3", "m4")]),
-        (("metrics.acc DESC",), (("test", ""),), ["m2", "m3", "m1", "m4"]),
-        (("metrics.acc",), (("test", "d2"),), ["m1", "m3", "m2", "m4"]),
+        (("metrics.acc DESC",), (("train", "d1"),), ["m1", "m2"]),
+        (("metrics.acc ASC",), (("train", "d1"),), ["m2", "m1"]),
+        (("metrics.acc DESC",), (("test", ""),), ["m2", "m3", "m1"]),
+        (("metrics.acc",), (("test", "d2"),), ["m1", "m3", "m2"]),
+        (("metrics.acc DESC",), (), ["m4", "m2", "m1", "m3"]),
+        (("metrics.acc DESC",), (("nowhere", ""),), []),
+        (("metrics.nothing DESC",), (), [("m1", "m2", "m3", "m4")]),
+        (("model_type",), (), [("m3", "m4"), ("m1", "m2")]),
         # Every point has step 0 and one timestamp: a model's greatest value is its latest.
         (("metrics.acc DESC",), (), ["m4", "m2", "m1", "m3"]),
         (("metrics.nothing DESC", "name"), (), ["m1", "m2", "m3", "m4"]),
@@ -896,8 +917,42 @@ async def test_search_order_missing_values_last(
     resp = await search(models, [catalog.experiment_id], order_by=order_by, datasets=datasets)
     flat: list[str] = []
     for item in expected:
-        flat += sorted(item, key=catalog.ids.__getitem__) if isinstance(item, tuple) else [item]
+        if isinstance(item, tuple):
+            flat += sorted(item, key=lambda n: (-catalog.created[n], catalog.ids[n]))
+        else:
+            flat.append(item)
     assert catalog.names(resp) == flat
+
+
+async def test_search_order_ties_break_by_creation_newest_first_then_model_id(
+    experiments, models
+) -> None:
+    eid = await new_experiment(experiments)
+    made: list[tuple[int, str]] = []
+    for i in range(6):
+        m = await create(models, eid, name=f"t{i}", model_type="same")
+        made.append((m.info.creation_timestamp, m.info.model_id))
+        await asyncio.sleep(0.003)
+    expected = [mid for _, mid in sorted(made, key=lambda c: (-c[0], c[1]))]
+    for order_by in (
+        ("model_type",),
+        ("model_type DESC",),
+        ("params.none",),
+        ("tags.none DESC",),
+        ("metrics.none",),
+        ("status", "model_type"),
+    ):
+        resp = await search(models, [eid], order_by=order_by)
+        assert [m.info.model_id for m in resp.models] == expected, order_by
+        paged: list[str] = []
+        token = ""
+        while True:
+            page = await search(models, [eid], order_by=order_by, max_results=2, page_token=token)
+            paged += [m.info.model_id for m in page.models]
+            token = page.next_page_token
+            if not token:
+                break
+        assert paged == expected, order_by
 
 
 async def test_search_order_by_metric_without_datasets_uses_the_latest_point(
@@ -919,7 +974,7 @@ async def test_search_order_by_metric_without_datasets_uses_the_latest_point(
     resp = await search(models, [eid], "name != 'm'", order_by=("metrics.s DESC",))
     assert [m.info.name for m in resp.models] == ["b", "a"]  # a's latest point (step 5) is 0.1
     resp = await search(models, [eid], "name != 'm'", ("metrics.s DESC",), (("y", ""),))
-    assert [m.info.name for m in resp.models] == ["a", "b"]  # b has no point on y
+    assert [m.info.name for m in resp.models] == ["a"]  # b has no point on y
 
 
 async def test_search_pages_by_keyset_and_binds_the_token(models, catalog: Catalog) -> None:
@@ -953,17 +1008,24 @@ async def test_search_pages_by_keyset_and_binds_the_token(models, catalog: Catal
 
 
 @pytest.mark.parametrize(
-    ("order_by", "datasets"),
+    ("order_by", "datasets", "count"),
     [
-        (("metrics.acc DESC",), (("train", "d1"),)),
-        (("metrics.acc",), (("test", ""),)),
-        (("metrics.acc DESC",), ()),
-        (("tags.team DESC", "params.lr"), ()),
-        ((), ()),
+        (("metrics.acc DESC",), (("train", "d1"),), 2),
+        (("metrics.acc",), (("test", ""),), 3),
+        (("metrics.acc DESC",), (), 4),
+        (("tags.team DESC", "params.lr"), (), 4),
+        (("model_type",), (), 4),
+        (("status DESC",), (("test", ""),), 3),
+        ((), (), 4),
+        ((), (("train", ""),), 2),
     ],
 )
 async def test_search_pages_one_model_at_a_time_in_the_full_order(
-    models, catalog: Catalog, order_by: tuple[str, ...], datasets: tuple[tuple[str, str], ...]
+    models,
+    catalog: Catalog,
+    order_by: tuple[str, ...],
+    datasets: tuple[tuple[str, str], ...],
+    count: int,
 ) -> None:
     whole = await search(models, [catalog.experiment_id], order_by=order_by, datasets=datasets)
     seen: list[str] = []
@@ -982,7 +1044,7 @@ async def test_search_pages_one_model_at_a_time_in_the_full_order(
         if not token:
             break
     assert seen == catalog.names(whole)
-    assert len(seen) == 4
+    assert len(seen) == count
 
 
 async def test_search_spans_several_experiments_and_skips_deleted(

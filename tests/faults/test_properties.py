@@ -1,20 +1,31 @@
 """Property-based bad input (hypothesis): generated requests for every RPC, valid and
 invalid, get OK or a documented non-INTERNAL status, and the database then holds exactly
-what the OK answers promised."""
+what the OK answers promised.
+
+Two classes of input are generated on purpose, since random text rarely reaches them:
+values at exactly each documented length limit and one character past it, made of text
+that does not compress (random ASCII, BMP and astral characters: one to four UTF-8 bytes
+each), and filters whose parentheses and NOTs nest up to the parser's limit and past it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import math
+import random
 import string
+import uuid
+import zlib
 
 import grpc
+import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import STATS, new_experiment, new_run
+from helpers import STATS, new_experiment, new_run, violations
+from trackd.server.domain import limits
+from trackd.server.domain.search.parser import MAX_NESTING
 from trackd.v1 import (
     dataset_pb2,
     experiment_pb2,
@@ -48,9 +59,79 @@ TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=300)
 VALID_KEY = st.text(KEY_CHARS, min_size=1, max_size=250).filter(
     lambda k: ".." not in k and not k.startswith("/")
 )
-KEY = st.one_of(VALID_KEY, TEXT, st.text(KEY_CHARS, min_size=249, max_size=260))
-VALUE = st.one_of(TEXT, st.text(max_size=9000), st.just("\x00"))
 FLOAT = st.floats(allow_nan=True, allow_infinity=True)
+FILTER_MAX = 10_000
+
+# -- incompressible text at the documented limits -------------------------------------------
+
+# Alphabets of text that does not compress: each character random, of 1, 2-3 or 4 UTF-8
+# bytes. A btree entry holds at most 2704 bytes, so such values at the limits once failed
+# with INTERNAL where compressible ones passed.
+ALPHABETS = ("ascii", "bmp", "astral", "key")
+
+
+def incompressible(n: int, seed: int, alphabet: str) -> str:
+    """n random characters of `alphabet`; "key" text is also a valid key (no `..`, no
+    leading `/`)."""
+    rng = random.Random(seed)
+    if alphabet == "ascii":
+        return "".join(rng.choice(string.ascii_letters + string.digits + "+/") for _ in range(n))
+    if alphabet == "bmp":
+        # Above ASCII, below the surrogates (which protobuf strings cannot carry).
+        return "".join(chr(rng.randrange(0x80, 0xD800)) for _ in range(n))
+    if alphabet == "astral":
+        return "".join(chr(rng.randrange(0x10000, 0x110000)) for _ in range(n))
+    out = ["k"]
+    while len(out) < n:
+        ch = rng.choice(KEY_CHARS)
+        if not (ch == "." and out[-1] == "."):
+            out.append(ch)
+    return "".join(out[:n])
+
+
+@st.composite
+def at_limit(draw, limit: int, alphabets: tuple[str, ...] = ("ascii", "bmp", "astral")) -> str:  # type: ignore[no-untyped-def]
+    """Incompressible text of exactly `limit` characters, or one more."""
+    n = limit + draw(st.sampled_from((0, 0, 1)))
+    return incompressible(n, draw(st.integers(0, 2**32 - 1)), draw(st.sampled_from(alphabets)))
+
+
+LIMIT_KEY = at_limit(limits.KEY_MAX, ("key",))
+KEY = st.one_of(VALID_KEY, TEXT, st.text(KEY_CHARS, min_size=249, max_size=260), LIMIT_KEY)
+VALUE = st.one_of(
+    TEXT,
+    st.text(max_size=9000),
+    st.just("\x00"),
+    at_limit(limits.PARAM_VALUE_MAX),
+    at_limit(limits.TAG_VALUE_MAX),
+    at_limit(limits.EXPERIMENT_TAG_VALUE_MAX),
+    at_limit(limits.INPUT_TAG_VALUE_MAX),
+)
+
+# -- filters nested up to the parser's limit and past it ------------------------------------
+
+
+@st.composite
+def nested(draw, inner: str) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """`inner` under parentheses and NOTs nested around the limit (or far past it, up to
+    the filter's length limit), with its depth."""
+    depth = draw(
+        st.one_of(
+            st.integers(0, 3),
+            st.integers(MAX_NESTING - 3, MAX_NESTING + 3),
+            st.sampled_from((300, 1000, 2000)),
+        )
+    )
+    style = draw(st.sampled_from(("(", "NOT ", "mixed")))
+    rng = random.Random(draw(st.integers(0, 2**32 - 1)))
+    text = inner
+    for _ in range(depth):
+        layer = rng.choice(("(", "NOT ")) if style == "mixed" else style
+        text = f"({text})" if layer == "(" else f"NOT {text}"
+    siblings = draw(st.integers(0, 3))
+    text = " AND ".join([text] + [inner] * siblings) if siblings else text
+    return text, depth
+
 
 tried = {"count": 0}
 
@@ -183,6 +264,7 @@ async def test_generated_experiment_calls_answer_cleanly(  # type: ignore[no-unt
             r" ?('[^']{0,5}'|-?[0-9]{1,3}|\(|NULL)( (AND|OR) )?",
             fullmatch=True,
         ),
+        nested("tags.t = 'x'").map(lambda f: f[0]),
     ),
     order=st.lists(TEXT, max_size=3),
     size=st.integers(-(2**31), 2**31 - 1),
@@ -249,7 +331,7 @@ def test_report_how_many_inputs_were_tried() -> None:
     tags=st.lists(st.tuples(KEY, VALUE), max_size=4),
     model_id=st.one_of(st.just(""), TEXT, st.from_regex(r"m-[0-9a-f]{32}", fullmatch=True)),
     step=INT64,
-    filter_=TEXT,
+    filter_=st.one_of(TEXT, nested("params.lr = '0.1'").map(lambda f: f[0])),
     status=st.integers(0, 6),
     size=st.integers(-(2**31), 2**31 - 1),
 )
@@ -387,3 +469,423 @@ async def test_generated_streams_answer_cleanly(  # type: ignore[no-untyped-def]
         # status. trackd's own INTERNAL always names an incident.
         return
     assert code in ALLOWED, (code, details)
+
+
+# -- every documented length limit, exactly and one past -----------------------------------
+
+# Each field with a documented length limit: (limit, alphabets of its values, narrowest
+# first).
+LIMITED = {
+    "LogParam.value": (limits.PARAM_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "LogParam.key": (limits.KEY_MAX, ("key",)),
+    "SetTag.value": (limits.TAG_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "LogBatch.params.value": (limits.PARAM_VALUE_MAX, ("ascii", "astral")),
+    "LogBatch.tags.value": (limits.TAG_VALUE_MAX, ("ascii", "astral")),
+    "LogBatch.metrics.key": (limits.KEY_MAX, ("key",)),
+    "LogMetric.key": (limits.KEY_MAX, ("key",)),
+    "StreamMetrics.key": (limits.KEY_MAX, ("key",)),
+    "CreateRun.tags.value": (limits.TAG_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "CreateRun.run_name": (limits.RUN_NAME_MAX, ("ascii", "bmp", "astral")),
+    "CreateRun.user_id": (limits.USER_ID_MAX, ("ascii", "astral")),
+    "CreateExperiment.name": (limits.EXPERIMENT_NAME_MAX, ("ascii", "bmp", "astral")),
+    "CreateExperiment.artifact_location": (limits.ARTIFACT_LOCATION_MAX, ("ascii", "astral")),
+    "CreateExperiment.tags.value": (limits.EXPERIMENT_TAG_VALUE_MAX, ("ascii", "astral")),
+    "SetExperimentTag.value": (limits.EXPERIMENT_TAG_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "SetExperimentTag.key": (limits.EXPERIMENT_TAG_KEY_MAX, ("key",)),
+    "UpdateExperiment.new_name": (limits.EXPERIMENT_NAME_MAX, ("bmp", "astral")),
+    "LogInputs.dataset.name": (limits.DATASET_NAME_MAX, ("ascii", "bmp", "astral")),
+    "LogInputs.dataset.digest": (limits.DATASET_DIGEST_MAX, ("ascii", "astral")),
+    "LogInputs.dataset.source_type": (limits.DATASET_SOURCE_TYPE_MAX, ("ascii", "astral")),
+    "LogInputs.tags.value": (limits.INPUT_TAG_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "LogInputs.tags.key": (limits.KEY_MAX, ("key",)),
+    "LogMetric.dataset_name": (limits.DATASET_NAME_MAX, ("ascii", "astral")),
+    "LogMetric.dataset_digest": (limits.DATASET_DIGEST_MAX, ("ascii", "astral")),
+    "CreateLoggedModel.name": (limits.MODEL_NAME_MAX, ("ascii", "bmp", "astral")),
+    "CreateLoggedModel.model_type": (limits.MODEL_TYPE_MAX, ("ascii", "astral")),
+    "CreateLoggedModel.params.value": (limits.PARAM_VALUE_MAX, ("ascii", "astral")),
+    "CreateLoggedModel.tags.value": (limits.TAG_VALUE_MAX, ("ascii", "astral")),
+    "LogLoggedModelParams.value": (limits.PARAM_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "SetLoggedModelTags.value": (limits.TAG_VALUE_MAX, ("ascii", "bmp", "astral")),
+    "FinalizeLoggedModel.status_message": (limits.MODEL_STATUS_MESSAGE_MAX, ("ascii", "astral")),
+    "SearchRuns.filter": (FILTER_MAX, ("ascii",)),
+    "SearchExperiments.filter": (FILTER_MAX, ("ascii",)),
+    "SearchLoggedModels.filter": (FILTER_MAX, ("ascii", "astral")),
+}
+
+
+def quoted(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def starts_with(text: str) -> str:
+    """A LIKE pattern for the values that start as `text` does."""
+    head = text[:12].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return quoted(head + "%")
+
+
+class LimitWorld:
+    """An experiment with a run and a model, shared by the examples (each writes its own
+    keys and values)."""
+
+    experiment_id: str
+    run_id: str
+    model_id: str
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def limit_world(runs, experiments, channel) -> LimitWorld:  # type: ignore[no-untyped-def]
+    models = logged_model_service_pb2_grpc.LoggedModelServiceStub(channel)
+    w = LimitWorld()
+    w.experiment_id = await new_experiment(experiments)
+    w.run_id = (await new_run(runs, w.experiment_id)).info.run_id
+    w.model_id = (
+        await models.CreateLoggedModel(lpb.CreateLoggedModelRequest(experiment_id=w.experiment_id))
+    ).model.info.model_id
+    return w
+
+
+async def attempt(coro):  # type: ignore[no-untyped-def]
+    """Awaits a call like `call`; returns (status code, response or None)."""
+    tried["count"] += 1
+    STATS["generated inputs tried"] += 1
+    try:
+        return grpc.StatusCode.OK, await coro
+    except grpc.aio.AioRpcError as err:
+        assert err.code() in ALLOWED, (err.code(), err.details())
+        return err.code(), err
+
+
+# Each field at its limit, in its widest alphabet (the most bytes), and one past it, in its
+# narrowest; the text is drawn. (The write test above mixes such values with the others.)
+@pytest.mark.parametrize("over", [0, 1], ids=["at-limit", "one-past"])
+@pytest.mark.parametrize("field", sorted(LIMITED))
+@settings(SETTINGS, max_examples=1)
+@given(seed=st.integers(0, 2**32 - 1))
+async def test_generated_values_at_each_limit_are_taken_whole_and_one_more_is_refused(  # type: ignore[no-untyped-def]
+    runs, experiments, channel, limit_world, field, over, seed
+) -> None:
+    limit, alphabets = LIMITED[field]
+    seed += zlib.crc32(field.encode())  # fields drawing one seed still differ
+    value = incompressible(limit + over, seed, alphabets[0] if over else alphabets[-1])
+    w = limit_world
+    models = logged_model_service_pb2_grpc.LoggedModelServiceStub(channel)
+    fresh = "k" + uuid.uuid4().hex
+    rpc = field.split(".")[0]
+
+    async def get_run(run_id: str = w.run_id) -> run_pb2.Run:
+        return (await runs.GetRun(rpb.GetRunRequest(run_id=run_id))).run
+
+    async def get_model(model_id: str = w.model_id) -> logged_model_pb2.LoggedModel:
+        return (await models.GetLoggedModel(lpb.GetLoggedModelRequest(model_id=model_id))).model
+
+    async def runs_found(filter_: str) -> set[str]:
+        resp = await runs.SearchRuns(
+            rpb.SearchRunsRequest(experiment_ids=[w.experiment_id], filter=filter_)
+        )
+        return {r.info.run_id for r in resp.runs}
+
+    async def models_found(filter_: str) -> set[str]:
+        resp = await models.SearchLoggedModels(
+            lpb.SearchLoggedModelsRequest(experiment_ids=[w.experiment_id], filter=filter_)
+        )
+        return {m.info.model_id for m in resp.models}
+
+    # The write, and what reading it back must show once it succeeded.
+    if field == "LogParam.value":
+        code, _ = await attempt(
+            runs.LogParam(rpb.LogParamRequest(run_id=w.run_id, key=fresh, value=value))
+        )
+    elif field == "LogParam.key":
+        code, _ = await attempt(
+            runs.LogParam(rpb.LogParamRequest(run_id=w.run_id, key=value, value="v"))
+        )
+    elif field == "SetTag.value":
+        code, _ = await attempt(
+            runs.SetTag(rpb.SetTagRequest(run_id=w.run_id, key=fresh, value=value))
+        )
+    elif field.startswith("LogBatch."):
+        what = field.split(".")[1]
+        req = rpb.LogBatchRequest(run_id=w.run_id)
+        if what == "params":
+            req.params.append(run_pb2.Param(key=fresh, value=value))
+        elif what == "tags":
+            req.tags.append(run_pb2.RunTag(key=fresh, value=value))
+        else:
+            req.metrics.append(metric_pb2.Metric(key=value, value=1.0, step=1, timestamp=1))
+        code, _ = await attempt(runs.LogBatch(req))
+    elif field == "LogMetric.key":
+        code, _ = await attempt(
+            runs.LogMetric(rpb.LogMetricRequest(run_id=w.run_id, key=value, value=1.0, step=1))
+        )
+    elif field == "StreamMetrics.key":
+        stream = runs.StreamMetrics()
+        await stream.write(rpb.StreamMetricsRequest(stream_id=fresh, sequence=0))
+        await stream.write(
+            rpb.StreamMetricsRequest(
+                stream_id=fresh,
+                sequence=1,
+                series=[rpb.MetricColumns(run_id=w.run_id, key=value, steps=[1], values=[1.0])],
+            )
+        )
+        await stream.done_writing()
+        acks = [r async for r in stream]
+        tried["count"] += 1
+        STATS["generated inputs tried"] += 1
+        assert await stream.code() == grpc.StatusCode.OK
+        rejected = [x for r in acks for x in r.rejections]
+        code = grpc.StatusCode.INVALID_ARGUMENT if rejected else grpc.StatusCode.OK
+    elif field.startswith("CreateRun."):
+        what = field.split(".")[1]
+        req = rpb.CreateRunRequest(experiment_id=w.experiment_id)
+        if what == "tags":
+            req.tags.append(run_pb2.RunTag(key=fresh, value=value))
+        else:
+            setattr(req, what, value)
+        code, resp = await attempt(runs.CreateRun(req))
+        if code == grpc.StatusCode.OK:
+            run = await get_run(resp.run.info.run_id)
+            got = (
+                {t.key: t.value for t in run.data.tags}[fresh]
+                if what == "tags"
+                else getattr(run.info, what)
+            )
+            assert got == value
+    elif rpc in ("CreateExperiment", "SetExperimentTag", "UpdateExperiment"):
+        what = field.split(".")[1]
+        if rpc == "CreateExperiment":
+            req = epb.CreateExperimentRequest(name=fresh)
+            if what == "tags":
+                req.tags.append(experiment_pb2.ExperimentTag(key=fresh, value=value))
+            else:
+                setattr(req, what, value)
+            code, resp = await attempt(experiments.CreateExperiment(req))
+            eid = resp.experiment_id if code == grpc.StatusCode.OK else ""
+        elif rpc == "SetExperimentTag":
+            eid = await new_experiment(experiments)
+            key, val = (value, "v") if what == "key" else (fresh, value)
+            code, _ = await attempt(
+                experiments.SetExperimentTag(
+                    epb.SetExperimentTagRequest(experiment_id=eid, key=key, value=val)
+                )
+            )
+        else:
+            eid = await new_experiment(experiments)
+            code, _ = await attempt(
+                experiments.UpdateExperiment(
+                    epb.UpdateExperimentRequest(experiment_id=eid, new_name=value)
+                )
+            )
+        if code == grpc.StatusCode.OK:
+            got = (
+                await experiments.GetExperiment(epb.GetExperimentRequest(experiment_id=eid))
+            ).experiment
+            tags = {t.key: t.value for t in got.tags}
+            if what == "name" or what == "new_name":
+                assert got.name == value
+                found = await experiments.GetExperimentByName(
+                    epb.GetExperimentByNameRequest(experiment_name=value)
+                )
+                assert found.experiment.experiment_id == eid
+            elif what == "artifact_location":
+                assert got.artifact_location == value
+            elif what == "key":
+                assert tags[value] == "v"
+            else:
+                assert tags[fresh] == value
+                for f in (
+                    f'tags."{fresh}" = {quoted(value)}',
+                    f'tags."{fresh}" LIKE ' + starts_with(value),
+                ):
+                    resp = await experiments.SearchExperiments(
+                        epb.SearchExperimentsRequest(filter=f)
+                    )
+                    assert [e.experiment_id for e in resp.experiments] == [eid]
+    elif field.startswith("LogInputs."):
+        rid = (await new_run(runs, w.experiment_id)).info.run_id
+        ds = {"name": fresh, "digest": "d", "source_type": "local"}
+        tag = dataset_pb2.InputTag(key="mlflow.data.context", value="training")
+        part = field.split(".", 1)[1]
+        if part.startswith("dataset."):
+            ds[part.split(".")[1]] = value
+        elif part == "tags.value":
+            tag.value = value
+        else:
+            tag.key = value
+        code, _ = await attempt(
+            runs.LogInputs(
+                rpb.LogInputsRequest(
+                    run_id=rid,
+                    datasets=[
+                        dataset_pb2.DatasetInput(
+                            dataset=dataset_pb2.Dataset(**ds, source="{}"), tags=[tag]
+                        )
+                    ],
+                )
+            )
+        )
+        if code == grpc.StatusCode.OK:
+            (inp,) = (await get_run(rid)).inputs.dataset_inputs
+            assert (inp.dataset.name, inp.dataset.digest, inp.dataset.source_type) == (
+                ds["name"],
+                ds["digest"],
+                ds["source_type"],
+            )
+            assert [(t.key, t.value) for t in inp.tags] == [(tag.key, tag.value)]
+    elif field.startswith("LogMetric.dataset_"):
+        name, digest = (value, "d") if field.endswith("name") else ("n", value)
+        code, _ = await attempt(
+            runs.LogMetric(
+                rpb.LogMetricRequest(
+                    run_id=w.run_id,
+                    key=fresh,
+                    value=2.0,
+                    step=1,
+                    model_id=w.model_id,
+                    dataset_name=name,
+                    dataset_digest=digest,
+                )
+            )
+        )
+        if code == grpc.StatusCode.OK:
+            mine = [m for m in (await get_model()).data.metrics if m.key == fresh]
+            assert [(m.dataset_name, m.dataset_digest) for m in mine] == [(name, digest)]
+    elif rpc == "CreateLoggedModel":
+        what = field.split(".")[1]
+        req = lpb.CreateLoggedModelRequest(experiment_id=w.experiment_id)
+        if what == "params":
+            req.params.append(logged_model_pb2.LoggedModelParameter(key=fresh, value=value))
+        elif what == "tags":
+            req.tags.append(logged_model_pb2.LoggedModelTag(key=fresh, value=value))
+        else:
+            setattr(req, what, value)
+        code, resp = await attempt(models.CreateLoggedModel(req))
+        if code == grpc.StatusCode.OK:
+            m = await get_model(resp.model.info.model_id)
+            if what == "params":
+                assert {p.key: p.value for p in m.data.params} == {fresh: value}
+            elif what == "tags":
+                assert {t.key: t.value for t in m.info.tags} == {fresh: value}
+            else:
+                assert getattr(m.info, what) == value
+    elif rpc in ("LogLoggedModelParams", "SetLoggedModelTags"):
+        if rpc == "LogLoggedModelParams":
+            entity = "params"
+            code, _ = await attempt(
+                models.LogLoggedModelParams(
+                    lpb.LogLoggedModelParamsRequest(
+                        model_id=w.model_id,
+                        params=[logged_model_pb2.LoggedModelParameter(key=fresh, value=value)],
+                    )
+                )
+            )
+        else:
+            entity = "tags"
+            code, _ = await attempt(
+                models.SetLoggedModelTags(
+                    lpb.SetLoggedModelTagsRequest(
+                        model_id=w.model_id,
+                        tags=[logged_model_pb2.LoggedModelTag(key=fresh, value=value)],
+                    )
+                )
+            )
+        if code == grpc.StatusCode.OK:
+            m = await get_model()
+            held = m.data.params if entity == "params" else m.info.tags
+            assert {x.key: x.value for x in held}[fresh] == value
+            for f in (
+                f'{entity}."{fresh}" = {quoted(value)}',
+                f'{entity}."{fresh}" LIKE ' + starts_with(value),
+            ):
+                assert await models_found(f) == {w.model_id}
+    elif rpc == "FinalizeLoggedModel":
+        mid = (
+            await models.CreateLoggedModel(
+                lpb.CreateLoggedModelRequest(experiment_id=w.experiment_id)
+            )
+        ).model.info.model_id
+        code, _ = await attempt(
+            models.FinalizeLoggedModel(
+                lpb.FinalizeLoggedModelRequest(
+                    model_id=mid,
+                    status=logged_model_pb2.LOGGED_MODEL_STATUS_READY,
+                    status_message=value,
+                )
+            )
+        )
+        if code == grpc.StatusCode.OK:
+            assert (await get_model(mid)).info.status_message == value
+    else:
+        # A filter of exactly the limit (or one more): one comparison on a long value.
+        pad = len(value) - len("tags.t = ''")
+        filter_ = f"tags.t = '{value[:pad]}'"
+        if rpc == "SearchRuns":
+            search = runs.SearchRuns(
+                rpb.SearchRunsRequest(experiment_ids=[w.experiment_id], filter=filter_)
+            )
+        elif rpc == "SearchExperiments":
+            search = experiments.SearchExperiments(epb.SearchExperimentsRequest(filter=filter_))
+        else:
+            search = models.SearchLoggedModels(
+                lpb.SearchLoggedModelsRequest(experiment_ids=[w.experiment_id], filter=filter_)
+            )
+        code, _ = await attempt(search)
+
+    # The oracle: every value within the limit is taken, one character more is refused.
+    expected = grpc.StatusCode.OK if len(value) <= limit else grpc.StatusCode.INVALID_ARGUMENT
+    assert code == expected, (field, len(value), code)
+    if code != grpc.StatusCode.OK or rpc not in ("LogParam", "SetTag", "LogBatch"):
+        return
+    # A run's param or tag at its limit is read back whole and found by value.
+    run = await get_run()
+    if field == "LogParam.key":
+        assert {p.key: p.value for p in run.data.params}[value] == "v"
+        return
+    if field == "LogBatch.metrics.key":
+        assert value in {s.key for s in run.data.metric_summaries}
+        return
+    entity = "params" if "param" in field.lower() else "tags"
+    held = run.data.params if entity == "params" else run.data.tags
+    assert {x.key: x.value for x in held}[fresh] == value
+    for f in (
+        f'{entity}."{fresh}" = {quoted(value)}',
+        f'{entity}."{fresh}" LIKE ' + starts_with(value),
+    ):
+        assert await runs_found(f) == {w.run_id}
+
+
+# -- filters nested up to the parser's limit and past it -----------------------------------
+
+SEARCH_INNER = {
+    "SearchRuns": "tags.t = 'x' OR params.p LIKE 'a%'",
+    "SearchExperiments": "tags.t = 'x' OR name LIKE 'a%'",
+    "SearchLoggedModels": "tags.t = 'x' OR params.p LIKE 'a%'",
+}
+
+
+@settings(SETTINGS, max_examples=45)
+@given(rpc=st.sampled_from(sorted(SEARCH_INNER)), data=st.data())
+async def test_generated_nesting_is_taken_up_to_the_limit_and_refused_past_it(  # type: ignore[no-untyped-def]
+    runs, experiments, channel, limit_world, rpc, data
+) -> None:
+    filter_, depth = data.draw(nested("(" + SEARCH_INNER[rpc] + ")"))
+    depth += 1  # the parentheses around the inner OR
+    if data.draw(st.booleans()):
+        filter_ = "(" * FILTER_MAX  # far past the limit, and unbalanced
+        depth = FILTER_MAX
+    models = logged_model_service_pb2_grpc.LoggedModelServiceStub(channel)
+    eids = [limit_world.experiment_id]
+    if rpc == "SearchRuns":
+        search = runs.SearchRuns(rpb.SearchRunsRequest(experiment_ids=eids, filter=filter_))
+    elif rpc == "SearchExperiments":
+        search = experiments.SearchExperiments(epb.SearchExperimentsRequest(filter=filter_))
+    else:
+        search = models.SearchLoggedModels(
+            lpb.SearchLoggedModelsRequest(experiment_ids=eids, filter=filter_)
+        )
+    code, err = await attempt(search)
+    if depth <= MAX_NESTING and len(filter_) <= FILTER_MAX:
+        assert code == grpc.StatusCode.OK, (depth, len(filter_), err)
+        return
+    assert code == grpc.StatusCode.INVALID_ARGUMENT, (depth, len(filter_))
+    described = violations(err)["filter"]
+    assert str(MAX_NESTING if len(filter_) <= FILTER_MAX else FILTER_MAX) in described, described

@@ -17,6 +17,9 @@ from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
+# The longest filter SearchExperiments takes, as SearchRuns and SearchLoggedModels.
+FILTER_MAX = 10_000
+
 VIEW_STAGES = {
     0: (store.ACTIVE,),
     1: (store.ACTIVE,),
@@ -89,10 +92,15 @@ class Experiments:
         """One page of experiments and the token of the next page ('' on the last).
 
         The filter takes `name`, `experiment_id`, `creation_time`, `last_update_time` and
-        `tags.<key>` with the operators of the search language; order_by the same
-        attributes and tags. Raises InvalidArgument for a bad filter, order, size or token."""
+        `tags.<key>` with the operators of the search language, in at most FILTER_MAX
+        characters as for runs; order_by the same attributes and tags. Raises
+        InvalidArgument for a bad filter, order, size or token."""
         if view_type not in VIEW_STAGES:
             raise InvalidArgument.for_field("view_type", f"{view_type} is not a ViewType")
+        if len(filter_) > FILTER_MAX:
+            raise InvalidArgument.for_field(
+                "filter", f"is {len(filter_)} characters long; the limit is {FILTER_MAX}"
+            )
         node = parser.parse_filter(filter_, parser.EXPERIMENTS)
         order = parser.parse_order_by(list(order_by), parser.EXPERIMENTS)
         size = validation.page_size(

@@ -227,8 +227,10 @@ class LoggedModels:
     ) -> tuple[list[LoggedModelView], str]:
         """One page of live models matching the filter, with their data, and the next
         page's token ('' on the last page). `datasets` ((name, digest), an empty digest
-        meaning any) restricts metric comparisons and ordering to those datasets. Raises
-        InvalidArgument for a bad filter, dataset, order, size or token."""
+        meaning any) restricts metric comparisons and ordering to those datasets; with a
+        filter that compares no metric, it keeps only the models with a metric on one of
+        them (MLflow's meaning). Raises InvalidArgument for a bad filter, dataset, order,
+        size or token."""
         eids = validation.experiment_ids(experiment_ids, maximum=EXPERIMENT_IDS_MAX)
         v = Violations()
         v.text("filter", filter_, max_len=FILTER_MAX)

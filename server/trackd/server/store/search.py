@@ -6,6 +6,7 @@ SQL text is assembled only from the fixed fragments below, chosen by the parsed 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,18 @@ _NUMERIC_OP = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 _STATUS_SQL = "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED'])[r.status]"
 _MODEL_STATUS_SQL = "(ARRAY['PENDING','READY','UPLOAD_FAILED'])[m.status]"
 _CONTEXT_TAG = "mlflow.data.context"
+
+# The search indexes of params and tags hold a value's first VALUE_PREFIX characters in byte
+# order (migration 0005: `(key, left(value, 500) text_pattern_ops)`), since a whole value
+# may be too long for a btree entry. A comparison on a value comes with the same comparison
+# on this expression, which the index serves, and the exact one decides.
+VALUE_PREFIX = 500
+_PREFIX_SQL = "left({a}.value, 500)"
+# Sublinks (EXISTS, NOT EXISTS) the planner may turn into joins, counted in the filter's
+# top-level conjunction; the rest are fenced with OFFSET 0 and stay per-row subplans. The
+# planner's join search grows much faster than the number of joins (measured: 8 EXISTS in an
+# AND plan in 0.05 s, 50 in 0.3 s, 200 in 15 s), and a 10,000-character filter holds 700.
+PULL_UP_MAX = 8
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,12 @@ LOGGED_MODELS = Target(
     tags_table="logged_model_tags",
     params_table="logged_model_params",
     metrics=MetricSource("logged_model_metrics", "model_pk", "", per_dataset=True),
-    tiebreak=((Column("m.model_id", "text"), False),),
-    default_order=((Column("m.creation_timestamp", "bigint"), True),),
+    # As in MLflow: newest first, then by id (the default order is this tiebreak alone).
+    tiebreak=(
+        (Column("m.creation_timestamp", "bigint"), True),
+        (Column("m.model_id", "text"), False),
+    ),
+    default_order=(),
 )
 
 
@@ -163,37 +180,94 @@ class Binds:
         return f"${len(self.values)}::{pg_type}"
 
 
-def _metric_where(target: Target, datasets: Sequence[tuple[str, str]], binds: Binds) -> str:
+class _MetricScope:
     """The conditions (with `{a}` for the row alias) a metric row must meet to count: the
     target's own and, for per-dataset metrics, membership in `datasets` ((name, digest)
-    pairs, an empty digest meaning any digest of the name)."""
-    src = target.metrics
-    assert src is not None
-    where = f" AND {src.present}" if src.present else ""
-    if datasets and src.per_dataset:
-        names = binds.add([n for n, _ in datasets], "text[]")
-        digests = binds.add([d for _, d in datasets], "text[]")
-        where += (
-            f" AND EXISTS (SELECT 1 FROM unnest({names}, {digests}) AS f(n, d)"  # noqa: S608
-            " WHERE {a}.dataset_name = f.n AND (f.d = '' OR {a}.dataset_digest = f.d))"
+    pairs, an empty digest meaning any digest of the name). The datasets are bound on first
+    use only: a placeholder no fragment mentions would leave PostgreSQL unable to type it."""
+
+    def __init__(self, target: Target, datasets: Sequence[tuple[str, str]], binds: Binds):
+        self.t = target
+        self.datasets = datasets
+        self.b = binds
+        self._where: str | None = None
+
+    @property
+    def restricted(self) -> bool:
+        """Whether metrics are restricted to some datasets."""
+        return bool(self.datasets) and self.t.metrics is not None and self.t.metrics.per_dataset
+
+    def where(self) -> str:
+        if self._where is None:
+            src = self.t.metrics
+            assert src is not None
+            where = f" AND {src.present}" if src.present else ""
+            if self.restricted:
+                names = self.b.add([n for n, _ in self.datasets], "text[]")
+                digests = self.b.add([d for _, d in self.datasets], "text[]")
+                where += (
+                    f" AND EXISTS (SELECT 1 FROM unnest({names}, {digests}) AS f(n, d)"  # noqa: S608
+                    " WHERE {a}.dataset_name = f.n AND (f.d = '' OR {a}.dataset_digest = f.d))"
+                )
+            self._where = where
+        return self._where
+
+    def any_metric(self) -> str:
+        """The target has a metric row that counts (on one of the datasets)."""
+        src = self.t.metrics
+        assert src is not None
+        return (
+            f"EXISTS (SELECT 1 FROM {src.table} s"  # noqa: S608 - fixed names, placeholders
+            f" WHERE s.{src.owner} = {self.t.pk}" + self.where().replace("{a}", "s") + ")"
         )
-    return where
+
+
+def _has_metric_comparison(node: Node) -> bool:
+    """Whether the filter compares a metric anywhere (walked without recursion)."""
+    stack: list[Node] = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, And | Or):
+            stack.extend(n.parts)
+        elif isinstance(n, Not):
+            stack.append(n.part)
+        elif n.ident.entity == "metric":
+            return True
+    return False
 
 
 class _Compiler:
-    def __init__(self, target: Target, binds: Binds, metric_where: str = "") -> None:
+    def __init__(self, target: Target, binds: Binds, metrics: _MetricScope | None) -> None:
         self.t = target
         self.b = binds
-        self.metric_where = metric_where
+        self.metrics = metrics
+        # Whether the comparison being compiled sits in the top-level conjunction, where
+        # PostgreSQL turns an EXISTS into a semi-join (a NOT EXISTS into an anti-join).
+        self.top = False
+        self.pulled_up = 0
 
-    def node(self, n: Node) -> str:
+    def node(self, n: Node, top: bool = True) -> str:
+        """SQL for a filter tree. It recurses once per level, and the parser bounds the
+        depth (MAX_NESTING; AND and OR chains are flat), so it stays far from Python's
+        recursion limit."""
         if isinstance(n, And):
-            return "(" + " AND ".join(self.node(p) for p in n.parts) + ")"
+            return "(" + " AND ".join(self.node(p, top) for p in n.parts) + ")"
         if isinstance(n, Or):
-            return "(" + " OR ".join(self.node(p) for p in n.parts) + ")"
+            return "(" + " OR ".join(self.node(p, False) for p in n.parts) + ")"
         if isinstance(n, Not):
-            return f"(NOT {self.node(n.part)})"
+            return f"(NOT {self.node(n.part, top and isinstance(n.part, Compare))})"
+        self.top = top
         return self.compare(n)
+
+    def exists(self, subquery: str, negated: bool = False) -> str:
+        """`EXISTS (subquery)`; fenced (OFFSET 0, which keeps PostgreSQL from turning it
+        into a join) past the first PULL_UP_MAX in the top-level conjunction."""
+        fence = ""
+        if self.top:
+            self.pulled_up += 1
+            if self.pulled_up > PULL_UP_MAX:
+                fence = " OFFSET 0"
+        return f"{'NOT ' if negated else ''}EXISTS ({subquery}{fence})"
 
     def compare(self, c: Compare) -> str:
         e = c.ident.entity
@@ -207,18 +281,18 @@ class _Compiler:
 
     def metric(self, c: Compare) -> str:
         src = self.t.metrics
-        assert src is not None
+        assert src is not None and self.metrics is not None
         key = self.b.add(c.ident.key, "text")
         exists = (
             f"SELECT 1 FROM {src.table} s WHERE s.{src.owner} = {self.t.pk}"  # noqa: S608
-            f" AND s.key = {key}" + self.metric_where.replace("{a}", "s")
+            f" AND s.key = {key}" + self.metrics.where().replace("{a}", "s")
         )
         if c.op == "IS_NULL":
-            return f"NOT EXISTS ({exists})"
+            return self.exists(exists, negated=True)
         if c.op == "IS_NOT_NULL":
-            return f"EXISTS ({exists})"
+            return self.exists(exists)
         expr = SUMMARY_SQL[c.ident.aggregate or "latest"]
-        return f"EXISTS ({exists} AND {self.numeric(expr, c.op, c.value, 'float8')})"
+        return self.exists(f"{exists} AND {self.numeric(expr, c.op, c.value, 'float8')}")
 
     def numeric(self, expr: str, op: str, value: Any, pg_type: str) -> str:
         v = self.b.add(value, pg_type)
@@ -247,10 +321,47 @@ class _Compiler:
             f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {key}"
         )
         if c.op == "IS_NULL":
-            return f"NOT EXISTS ({exists})"
+            return self.exists(exists, negated=True)
         if c.op == "IS_NOT_NULL":
-            return f"EXISTS ({exists})"
-        return f"EXISTS ({exists} AND {self.string('p.value', c.op, c.value)})"
+            return self.exists(exists)
+        return self.exists(f"{exists} AND {self.value(c.op, c.value)}")
+
+    def value(self, op: str, value: Any) -> str:
+        """A comparison on `p.value` of a params or tags table, put where it can on the
+        indexed prefix `left(p.value, VALUE_PREFIX)` (migration 0005): equality, IN, and
+        LIKE with a literal prefix (a range of prefixes in byte order, as the index holds
+        them). Where the prefix decides alone (values shorter than VALUE_PREFIX, a pattern
+        that is a prefix and `%`), the exact comparison is left out, so that the planner
+        neither visits the heap for it nor counts its selectivity twice."""
+        prefix = _PREFIX_SQL.format(a="p")
+        # Built only when used: a value bound but not mentioned could not be typed.
+        exact = functools.partial(self.string, "p.value", op, value)
+        if op in ("=", "IN"):
+            values = [value] if op == "=" else list(value)
+            # A value shorter than the prefix equals only itself there; longer ones need
+            # the whole value too.
+            heads = sorted({v[:VALUE_PREFIX] for v in values})
+            cond = (
+                f"{prefix} = {self.b.add(heads[0], 'text')}"
+                if op == "="
+                else f"{prefix} = ANY({self.b.add(heads, 'text[]')})"
+            )
+            if all(len(v) < VALUE_PREFIX for v in values):
+                return cond
+            return f"{cond} AND {exact()}"
+        if op == "LIKE":
+            literal = like_prefix(value)
+            low = literal[:VALUE_PREFIX]
+            if not low:
+                return exact()
+            cond = f"{prefix} ~>=~ {self.b.add(low, 'text')}"
+            high = successor(low)
+            if high is not None:
+                cond += f" AND {prefix} ~<~ {self.b.add(high, 'text')}"
+            if len(literal) <= VALUE_PREFIX and value == like_escape(literal) + "%":
+                return cond  # `prefix%`: the range is the whole condition
+            return f"{cond} AND {exact()}"
+        return exact()
 
     def attribute(self, c: Compare) -> str:
         col = self.t.attributes[c.ident.key]
@@ -275,16 +386,16 @@ class _Compiler:
         assert self.t.datasets
         if c.ident.key == "context":
             tag = self.b.add(_CONTEXT_TAG, "text")
-            return (
-                "EXISTS (SELECT 1 FROM run_dataset_input_tags t"  # noqa: S608 - placeholders only
+            return self.exists(
+                "SELECT 1 FROM run_dataset_input_tags t"  # noqa: S608 - placeholders only
                 f" WHERE t.run_pk = {self.t.pk} AND t.key = {tag}"
-                f" AND {self.string('t.value', c.op, c.value)})"
+                f" AND {self.string('t.value', c.op, c.value)}"
             )
         column = {"name": "d.name", "digest": "d.digest"}[c.ident.key]
-        return (
-            "EXISTS (SELECT 1 FROM run_dataset_inputs i"  # noqa: S608 - placeholders only
+        return self.exists(
+            "SELECT 1 FROM run_dataset_inputs i"  # noqa: S608 - placeholders only
             " JOIN datasets d ON d.dataset_pk = i.dataset_pk"
-            f" WHERE i.run_pk = {self.t.pk} AND {self.string(column, c.op, c.value)})"
+            f" WHERE i.run_pk = {self.t.pk} AND {self.string(column, c.op, c.value)}"
         )
 
     def run_id(self, expr: str, op: str, value: Any) -> str:
@@ -295,6 +406,42 @@ class _Compiler:
         if op in ("=", "IN"):
             return f"{expr} = ANY({self.b.add(ids, 'uuid[]')})"
         return f"{expr} <> ALL({self.b.add(ids, 'uuid[]')})"
+
+
+def like_prefix(pattern: str) -> str:
+    """The literal text every match of a LIKE pattern starts with: up to its first
+    unescaped `%` or `_` (`\\` escapes the next character, as in PostgreSQL)."""
+    out: list[str] = []
+    chars = iter(pattern)
+    for ch in chars:
+        if ch == "\\":
+            escaped = next(chars, None)
+            if escaped is None:
+                break  # a trailing escape: PostgreSQL rejects the pattern itself
+            out.append(escaped)
+        elif ch in "%_":
+            break
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def like_escape(text: str) -> str:
+    """`text` as a LIKE pattern matching itself only."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def successor(prefix: str) -> str | None:
+    """The least string greater than every string that starts with `prefix`, in code point
+    (UTF-8 byte) order; None when there is none (every character is the greatest)."""
+    chars = list(prefix)
+    while chars:
+        last = ord(chars.pop()) + 1
+        if last == 0xD800:
+            last = 0xE000  # surrogates are no characters in PostgreSQL text
+        if last <= 0x10FFFF:
+            return "".join(chars) + chr(last)
+    return None
 
 
 def _uuid(text: str) -> uuid.UUID | None:
@@ -313,7 +460,7 @@ class _SortKey:
 
 
 def _order_keys(
-    target: Target, keys: Sequence[OrderKey], binds: Binds, metric_where: str = ""
+    target: Target, keys: Sequence[OrderKey], binds: Binds, metrics: _MetricScope | None
 ) -> tuple[list[_SortKey], list[str]]:
     """Sort expressions (with the joins they need) for order_by keys plus the tiebreak."""
     sort: list[_SortKey] = []
@@ -323,9 +470,9 @@ def _order_keys(
         alias = f"o{i}"
         if ident.entity == "metric":
             src = target.metrics
-            assert src is not None
+            assert src is not None and metrics is not None
             key = binds.add(ident.key, "text")
-            where = metric_where.replace("{a}", alias)
+            where = metrics.where().replace("{a}", alias)
             if src.per_dataset:
                 # Several rows (one per dataset) may match: the latest point among them.
                 joins.append(
@@ -409,13 +556,18 @@ def build_query(
 ) -> tuple[str, list[Any], int]:
     """The page query and its arguments, and how many sort-key columns (named sk0...) it
     returns after `columns`. `datasets` ((name, digest) pairs, an empty digest meaning any)
-    restricts per-dataset metrics, in comparisons and in ordering, to those datasets."""
+    restricts per-dataset metrics, in comparisons and in ordering, to those datasets, and,
+    as in MLflow, when the filter compares no metric, keeps only the rows with a metric on
+    one of them."""
     binds = Binds(scope_args)
-    metric_where = _metric_where(target, datasets, binds) if target.metrics else ""
+    metrics = _MetricScope(target, datasets, binds) if target.metrics else None
     where = [scope_sql]
     if node is not None:
-        where.append(_Compiler(target, binds, metric_where).node(node))
-    sort, joins = _order_keys(target, order, binds, metric_where)
+        where.append(_Compiler(target, binds, metrics).node(node))
+    if metrics is not None and metrics.restricted:
+        if node is None or not _has_metric_comparison(node):
+            where.append(metrics.any_metric())
+    sort, joins = _order_keys(target, order, binds, metrics)
     if after is not None:
         _check_position(sort, after)
         where.append(_after(sort, after, binds))
@@ -492,10 +644,11 @@ async def search_logged_models(
     after: Sequence[Any] | None,
     limit: int,
 ) -> tuple[list[asyncpg.Record], int]:
-    """A page of live logged models of the experiments that match `node`, in `order`
-    (default creation_timestamp DESC), ties by model_id, strictly after `after`, with metric
-    comparisons and ordering restricted to `datasets` when given; and the number of sort
-    columns."""
+    """A page of live logged models of the experiments that match `node`, in `order`, ties
+    by creation_timestamp DESC and then model_id (the default order), strictly after
+    `after`, with metric comparisons and ordering restricted to `datasets` when given (and
+    then, if `node` compares no metric, only models with a metric on one of them); and the
+    number of sort columns."""
     sql, args, n_sort = build_query(
         LOGGED_MODELS,
         "m.experiment_id = ANY($1::bigint[]) AND m.lifecycle_stage = 1",

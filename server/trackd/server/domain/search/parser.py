@@ -6,6 +6,11 @@ and what was expected:
 Precedence, loosest first: OR, AND, NOT. Keywords are case-insensitive. A key with
 characters other than letters, digits and `_ . : / -` is quoted with double quotes or
 backticks (`metrics."val loss"`); string values take single or double quotes.
+
+Parentheses and NOTs nest at most MAX_NESTING levels deep. The parser recurses once per
+level (a run of NOTs is read in a loop), and so does the SQL compiler over the tree, whose
+depth the limit bounds too (AND and OR chains are flat), so neither comes near Python's
+recursion limit whatever the filter.
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from trackd.server.domain.search.ast import (
     OrderKey,
 )
 from trackd.server.errors import InvalidArgument
+
+# How deep parentheses and NOTs may nest in a filter, counted together: `((NOT a = 'x'))`
+# is three levels. Deeper is INVALID_ARGUMENT naming the limit.
+MAX_NESTING = 100
 
 # Summaries of a metric series usable as `metrics.<key>.<summary>`.
 METRIC_AGGREGATES = {
@@ -214,6 +223,7 @@ class _Parser:
         self.field = field_name
         self.tokens = tokenize(text, field_name)
         self.i = 0
+        self.depth = 0
 
     # -- token helpers ---------------------------------------------------------------------
 
@@ -233,6 +243,16 @@ class _Parser:
     def where(self) -> str:
         tok = self.peek()
         return f"at column {tok.col}" if tok else "at the end of the filter"
+
+    def enter(self, tok: Token) -> None:
+        """One level deeper (an opening parenthesis or a NOT); past MAX_NESTING fails."""
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise _fail(
+                self.field,
+                f"nests parentheses and NOTs more than {MAX_NESTING} levels deep "
+                f"({tok.text!r} at column {tok.col}); the limit is {MAX_NESTING}",
+            )
 
     def error(self, expected: str, after: str | None = None) -> InvalidArgument:
         tok = self.peek()
@@ -265,22 +285,28 @@ class _Parser:
         return parts[0] if len(parts) == 1 else And(tuple(parts))
 
     def not_expr(self) -> Node:
-        if self.keyword("NOT") and not self.keyword("IN", offset=1):
-            self.next()
-            return Not(self.not_expr())
-        return self.primary()
+        nots = 0
+        while self.keyword("NOT") and not self.keyword("IN", offset=1):
+            self.enter(self.next())
+            nots += 1
+        node = self.primary()
+        self.depth -= nots
+        for _ in range(nots):
+            node = Not(node)
+        return node
 
     def primary(self) -> Node:
         tok = self.peek()
         if tok is None:
             raise self.error("a comparison")
         if tok.kind == "lparen":
-            self.next()
+            self.enter(self.next())
             node = self.or_expr()
             closing = self.peek()
             if closing is None or closing.kind != "rparen":
                 raise self.error("')'")
             self.next()
+            self.depth -= 1
             return node
         return self.comparison()
 
