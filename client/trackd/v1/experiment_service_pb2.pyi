@@ -181,7 +181,10 @@ class SearchExperimentsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_TYPE_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
-    """Filter expression; empty selects all experiments of the view type."""
+    """Filter expression, such as "name LIKE 'mnist%' AND tags.team = 'vision'"; empty
+    selects all experiments of the view type. Parentheses and NOTs nest at most 100
+    levels deep. At most 10000 characters.
+    """
     max_results: _builtins.int
     """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
     would exceed MESSAGE_BYTES_MAX (4,000,000 bytes) encoded; next_page_token says whether

@@ -411,8 +411,8 @@ class SearchLoggedModelsRequest(_message.Message):
     """Filter expression, such as "metrics.accuracy > 0.9 AND params.lr = '0.001' AND
     attributes.status = 'READY'"; empty selects every model. Prefixes: attributes.
     (name, model_id, model_type, status, source_run_id, creation_timestamp,
-    last_updated_timestamp), metrics., params., tags.; AND, OR, NOT and parentheses. At
-    most 10000 characters.
+    last_updated_timestamp), metrics., params., tags.; AND, OR, NOT and parentheses,
+    nested at most 100 levels deep. At most 10000 characters.
     """
     max_results: _builtins.int
     """Page size; 0 means the default of 100; at most 10000. A page holds fewer when more
@@ -430,14 +430,17 @@ class SearchLoggedModelsRequest(_message.Message):
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchLoggedModelsRequest.DatasetFilter]:
         """Datasets that metric comparisons and metric ordering consider; empty means every
-        metric of the key, whatever its dataset. At most 100.
+        metric of the key, whatever its dataset. With datasets and no metric comparison in
+        the filter, only models with a metric on one of the datasets match (MLflow's
+        meaning). At most 100.
         """
 
     @_builtins.property
     def order_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Order clauses such as "metrics.accuracy DESC" or "attributes.name"; ASC by default;
         models missing a value come last in either direction; empty means creation time,
-        newest first. Ties are broken by model_id. At most 10 clauses. With several (key,
+        newest first. Ties are broken by creation_timestamp DESC, then model_id (as in
+        MLflow). At most 10 clauses. With several (key,
         dataset) points a model sorts by its latest one among the considered datasets.
         """
 

@@ -748,7 +748,8 @@ class SearchRunsRequest(_message.Message):
     RUN_VIEW_TYPE_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """Filter expression, such as "metrics.val_loss < 0.2 AND params.lr = '0.001'"; empty
-    selects every run of the view type. At most 10000 characters.
+    selects every run of the view type. Parentheses and NOTs nest at most 100 levels
+    deep. At most 10000 characters.
     """
     max_results: _builtins.int
     """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
