@@ -1,0 +1,1 @@
+"""Identity and permissions: principals, levels and the policy per call."""
