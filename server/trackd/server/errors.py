@@ -132,3 +132,21 @@ class ResponseTooLarge(TrackdError):
 
     code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason: str = "MAX_READ_SIZE_EXCEEDED"
+
+
+@dataclass
+class Unauthenticated(TrackdError):
+    """The call carries no credential, or one that is malformed, expired, revoked or not
+    signed by a trusted key. The message says which, never the credential itself."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNAUTHENTICATED
+    reason: str = "UNAUTHENTICATED"
+
+
+@dataclass
+class PermissionDenied(TrackdError):
+    """The caller may see the resource but lacks the level the call needs (the message
+    names it)."""
+
+    code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED
+    reason: str = "PERMISSION_DENIED"
