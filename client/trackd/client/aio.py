@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from trackd.client.credentials import TlsArg, open_channel, resolve_tls, resolve_token
 from trackd.client.experiment_calls import ExperimentCalls
 from trackd.client.inputs import MetricLike, now_ms
 from trackd.client.logger import (
@@ -68,8 +69,14 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls):
     Args:
         target: "host:port" (a `grpc://` prefix is allowed); None means
             $TRACKD_TRACKING_URI, else 127.0.0.1:50051.
-        channel: a channel to use instead of opening one (not closed by `close()`).
+        channel: a channel to use instead of opening one (not closed by `close()`); it
+            carries its own credentials (`token` and `tls` are then not used).
         timeout: deadline of each unary call, in seconds; None waits as long as it takes.
+        token: bearer token sent as `authorization: Bearer ...` on every call (an API token
+            from `trackd token create`, or a JWT); None means $TRACKD_TOKEN, else none.
+        tls: True for TLS with the system's roots, or a TlsConfig (or dict) with `ca`,
+            `cert`, `key` PEM paths (cert and key for mTLS); None means TLS when
+            $TRACKD_TLS_CA, $TRACKD_TLS_CERT or $TRACKD_TLS_KEY is set, else plaintext.
     """
 
     def __init__(
@@ -78,11 +85,15 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls):
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float | None = 30.0,
+        token: str | None = None,
+        tls: TlsArg = None,
     ) -> None:
         self.target = resolve_target(target)
         self._owns_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
+        self.channel = channel or open_channel(
             self.target,
+            resolve_token(token),
+            resolve_tls(tls),
             options=[
                 # Reconnect soon after a server restart (gRPC's default backoff grows to 120s).
                 ("grpc.initial_reconnect_backoff_ms", 100),

@@ -12,6 +12,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from trackd.client.active_run import ActiveRun
 from trackd.client.aio import AsyncClient
+from trackd.client.credentials import TlsArg
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -75,9 +76,18 @@ class Client:
         target: "host:port" (a `grpc://` prefix is allowed); None means
             $TRACKD_TRACKING_URI, else 127.0.0.1:50051.
         timeout: deadline of each unary call, in seconds.
+        token: bearer token sent on every call; None means $TRACKD_TOKEN (see AsyncClient).
+        tls: TLS settings; None means from $TRACKD_TLS_* (see AsyncClient).
     """
 
-    def __init__(self, target: str | None = None, *, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        timeout: float | None = 30.0,
+        token: str | None = None,
+        tls: TlsArg = None,
+    ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="trackd-client", daemon=True
@@ -85,7 +95,7 @@ class Client:
         self._thread.start()
 
         async def make() -> AsyncClient:
-            return AsyncClient(target, timeout=timeout)
+            return AsyncClient(target, timeout=timeout, token=token, tls=tls)
 
         self.aio: AsyncClient = self._call(make())
 
@@ -187,6 +197,10 @@ class Client:
     rename_experiment = _blocking(AsyncClient.rename_experiment)
     delete_experiment = _blocking(AsyncClient.delete_experiment)
     restore_experiment = _blocking(AsyncClient.restore_experiment)
+    get_experiment_permission_levels = _blocking(AsyncClient.get_experiment_permission_levels)
+    get_experiment_permissions = _blocking(AsyncClient.get_experiment_permissions)
+    set_experiment_permissions = _blocking(AsyncClient.set_experiment_permissions)
+    update_experiment_permissions = _blocking(AsyncClient.update_experiment_permissions)
     set_experiment_tag = _blocking(AsyncClient.set_experiment_tag)
     delete_experiment_tag = _blocking(AsyncClient.delete_experiment_tag)
     search_datasets = _blocking(AsyncClient.search_datasets)

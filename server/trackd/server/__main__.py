@@ -1,5 +1,6 @@
 """The `trackd` command: `trackd serve` runs the server, `trackd migrate` applies the
-schema migrations and exits.
+schema migrations and exits, `trackd token|role|workspace ...` manage API tokens,
+workspace roles and workspaces (see identity_cli).
 
 A start-up failure (bad setting, unreachable database, address in use, embedded
 PostgreSQL failing) is one line on stderr naming the cause and the setting to change, and
@@ -15,7 +16,7 @@ import traceback
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from trackd.server import __version__, logs
+from trackd.server import __version__, identity_cli, logs
 from trackd.server import config as config_mod
 from trackd.server.embedded import EmbeddedPostgres
 from trackd.server.startup import EXIT_CODE, StartupError
@@ -59,10 +60,22 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     for name, text in (("serve", "run the gRPC server"), ("migrate", "apply migrations")):
         config_mod.add_arguments(sub.add_parser(name, help=text))
+    identity_cli.add_commands(sub, _database_flags)
     return parser
 
 
-def _start(command: str, cfg: config_mod.Config) -> int:
+def _database_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of the commands that only reach the database."""
+    for name in ("database_url", "data_dir", "log_level"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"(env {config_mod.setting(name).split(' / ')[1]})",
+        )
+
+
+def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> int:
     if command == "serve" and not cfg.reuse_port:
         # Before anything starts (the embedded PostgreSQL takes seconds): the port is free.
         for name in ("listen", "metrics_listen"):
@@ -70,6 +83,11 @@ def _start(command: str, cfg: config_mod.Config) -> int:
             problem = address and config_mod.listen_problem(address, name)
             if problem:
                 raise StartupError(problem)
+    if command == "serve":
+        # Before anything starts: never serve a reachable address open by accident.
+        exposed = config_mod.exposure_problem(cfg)
+        if exposed:
+            raise StartupError(exposed)
     try:
         from trackd.server import app, workers
     except ImportError as exc:  # the light install: pip install trackd
@@ -83,6 +101,14 @@ def _start(command: str, cfg: config_mod.Config) -> int:
         embedded = EmbeddedPostgres(cfg.data_dir)
         url = embedded.start()
     try:
+        if command in identity_cli.COMMANDS:
+            status: list[int] = []
+
+            async def manage() -> None:
+                status.append(await identity_cli.run(args, url))
+
+            _run(manage())
+            return status[0]
         if command == "migrate":
             _run(do_migrate(url))
         elif cfg.workers > 1:
@@ -103,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_mod.resolve(args)
         logs.configure(cfg.log_level, cfg.log_format)
-        return _start(args.command or "serve", cfg)
+        return _start(args.command or "serve", cfg, args)
     except StartupError as exc:
         logs.flush()
         if level.upper() == "DEBUG":

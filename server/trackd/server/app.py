@@ -13,7 +13,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from trackd.server.config import Config, listen_problem, setting
+from trackd.server.config import Config, is_loopback, listen_problem, setting
+from trackd.server.domain.auth.authn import Authenticator
+from trackd.server.domain.auth.jwt import JwtVerifier
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.ingest import Writers
@@ -92,8 +94,78 @@ async def prepare_database(db: Database, url: str) -> list[str]:
         raise (explain_database_error(exc, url) or exc) from exc
 
 
+def _read(path: str, name: str) -> bytes:
+    """The bytes of file `path` (Config field `name`); StartupError naming the setting if
+    it cannot be read. Its content never appears in a message."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot read {path}: {exc.strerror or exc}; fix {setting(name)}"
+        ) from None
+    if b"-----BEGIN " not in data:
+        raise StartupError(f"{path} is not a PEM file; fix {setting(name)}")
+    return data
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS credentials from --tls-cert/--tls-key (requiring client certificates signed by
+    --tls-client-ca when set); None to serve plaintext."""
+    if not config.tls_cert:
+        return None
+    cert = _read(config.tls_cert, "tls_cert")
+    key = _read(config.tls_key, "tls_key")
+    ca = _read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None
+    try:
+        return grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise StartupError(
+            f"cannot use the TLS certificate and key ({type(exc).__name__}); fix "
+            f"{setting('tls_cert')} and {setting('tls_key')}"
+        ) from None
+
+
+def authenticator(config: Config, db: Database) -> Authenticator | None:
+    """The Authenticator of `config`, or None when auth is off."""
+    if not config.auth_enabled:
+        return None
+    verifier = None
+    if config.jwt_enabled:
+        verifier = JwtVerifier(
+            config.jwt_issuer,
+            config.jwt_jwks_url,
+            config.jwt_audience,
+            config.jwt_groups_claim,
+            config.jwt_admin_group,
+        )
+    return Authenticator(
+        db, jwt=verifier, mtls=config.mtls_enabled, token_ttl=config.auth_cache_ttl
+    )
+
+
+def auth_summary(config: Config) -> str:
+    """One line saying how calls are authenticated (no secret in it)."""
+    tls = "TLS" if config.tls_cert else "plaintext"
+    if not config.auth_enabled:
+        where = "loopback only" if is_loopback(config.listen) else "--allow-unauthenticated"
+        return (
+            f"auth is off ({where}, {tls}): every caller is an admin; turn it on with "
+            f"{setting('auth')} on"
+        )
+    ways = ["API tokens"]
+    if config.jwt_enabled:
+        ways.append(f"JWTs from {config.jwt_issuer} for {config.jwt_audience}")
+    if config.mtls_enabled:
+        ways.append("client certificates")
+    return f"auth is on ({tls}): " + ", ".join(ways)
+
+
 async def start(config: Config, database_url: str) -> Running:
     """Migrates the database and starts serving on config.listen (port 0 picks a free one)."""
+    credentials = server_credentials(config)
     db = await connect_database(
         database_url, min_size=config.pool_min_size, max_size=config.pool_max_size
     )
@@ -121,6 +193,7 @@ async def start(config: Config, database_url: str) -> Running:
         Limits(config.client_rate_limit, config.client_max_concurrency),
         metrics,
         access_log=config.access_log,
+        authenticator=authenticator(config, db),
     )
     add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
     writers = Writers(
@@ -151,7 +224,10 @@ async def start(config: Config, database_url: str) -> Running:
         server,
     )
     try:
-        port = server.add_insecure_port(config.listen)
+        if credentials is None:
+            port = server.add_insecure_port(config.listen)
+        else:
+            port = server.add_secure_port(config.listen, credentials)
     except RuntimeError:
         port = 0
     if port == 0:
@@ -181,6 +257,7 @@ async def serve(config: Config, database_url: str) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits."""
     running = await start(config, database_url)
     log.info("trackd listening on %s (port %s)", config.listen, running.port)
+    log.info("%s", auth_summary(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -49,6 +51,41 @@ class Config:
     workers: int = 1
     # Let other processes bind the same port (set for each of --workers' processes).
     reuse_port: bool = False
+    # "on" authenticates every call (API tokens, plus JWT and mTLS when configured); "off"
+    # serves everyone as the anonymous admin. Configuring JWT or a client CA turns it on.
+    auth: str = "off"
+    # Serve TLS with this certificate chain and private key (PEM files).
+    tls_cert: str = ""
+    tls_key: str = ""
+    # Require client certificates signed by this CA (PEM); the certificate names the caller.
+    tls_client_ca: str = ""
+    # OIDC / JWT bearer tokens: the issuer (`iss`), its JWKS URL and the audience (`aud`).
+    jwt_issuer: str = ""
+    jwt_jwks_url: str = ""
+    jwt_audience: str = ""
+    # The claim holding the caller's groups, and the group whose members are admins.
+    jwt_groups_claim: str = "groups"
+    jwt_admin_group: str = ""
+    # Seconds a verified credential is trusted before it is checked again (a revoked API
+    # token stops working within this time); never past the credential's own expiry.
+    auth_cache_ttl: float = 5.0
+    # Serve a non-loopback address without any authenticator (everyone is an admin).
+    allow_unauthenticated: bool = False
+
+    @property
+    def jwt_enabled(self) -> bool:
+        """Whether JWT bearer tokens are accepted."""
+        return bool(self.jwt_jwks_url)
+
+    @property
+    def mtls_enabled(self) -> bool:
+        """Whether clients must present a certificate signed by tls_client_ca."""
+        return bool(self.tls_client_ca)
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether calls are authenticated (API tokens always are, once it is on)."""
+        return self.auth == "on" or self.jwt_enabled or self.mtls_enabled
 
 
 _ENV = {
@@ -71,6 +108,17 @@ _ENV = {
     "stream_idle_timeout": "TRACKD_STREAM_IDLE_TIMEOUT",
     "workers": "TRACKD_WORKERS",
     "reuse_port": "TRACKD_REUSE_PORT",
+    "auth": "TRACKD_AUTH",
+    "tls_cert": "TRACKD_TLS_CERT",
+    "tls_key": "TRACKD_TLS_KEY",
+    "tls_client_ca": "TRACKD_TLS_CLIENT_CA",
+    "jwt_issuer": "TRACKD_JWT_ISSUER",
+    "jwt_jwks_url": "TRACKD_JWT_JWKS_URL",
+    "jwt_audience": "TRACKD_JWT_AUDIENCE",
+    "jwt_groups_claim": "TRACKD_JWT_GROUPS_CLAIM",
+    "jwt_admin_group": "TRACKD_JWT_ADMIN_GROUP",
+    "auth_cache_ttl": "TRACKD_AUTH_CACHE_TTL",
+    "allow_unauthenticated": "TRACKD_ALLOW_UNAUTHENTICATED",
 }
 
 
@@ -115,7 +163,10 @@ _MINIMUMS: dict[str, float] = {
     "client_max_concurrency": 0,
     "stream_idle_timeout": 0.001,
     "workers": 1,
+    "auth_cache_ttl": 0,
 }
+
+AUTH_MODES = ("off", "on")
 
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -138,12 +189,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Config()
     for name, env in _ENV.items():
         flag = "--" + name.replace("_", "-")
+        kind = type(getattr(defaults, name))
+        # A boolean flag alone means true (`--allow-unauthenticated`); `--flag off` too.
+        extra: dict[str, object] = {"nargs": "?", "const": True} if kind is bool else {}
         parser.add_argument(
             flag,
             dest=name,
             default=None,
-            type=_parser(type(getattr(defaults, name))),
+            type=_parser(kind),
             help=f"(env {env}; default {getattr(defaults, name)!r})",
+            **extra,  # type: ignore[arg-type]
         )
 
 
@@ -237,7 +292,58 @@ def validate(cfg: Config) -> Config:
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < least:
             raise StartupError(f"{setting(name)} must be at least {least:g}; got {value}")
+    _validate_auth(cfg)
     return cfg
+
+
+def _validate_auth(cfg: Config) -> None:
+    """StartupError naming the setting if the authentication or TLS settings cannot work
+    together (the files themselves are read when the server starts)."""
+    if cfg.auth not in AUTH_MODES:
+        raise StartupError(f"{setting('auth')} must be one of off, on; got {cfg.auth!r}")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise StartupError(f"{setting('tls_cert')} and {setting('tls_key')} go together")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise StartupError(
+            f"{setting('tls_client_ca')} needs TLS: set {setting('tls_cert')} and "
+            f"{setting('tls_key')}"
+        )
+    jwt_names = ("jwt_issuer", "jwt_jwks_url", "jwt_audience")
+    if any(getattr(cfg, n) for n in (*jwt_names, "jwt_admin_group")):
+        missing = [setting(n) for n in jwt_names if not getattr(cfg, n)]
+        if missing:
+            raise StartupError(f"JWT authentication also needs {', '.join(missing)}")
+        if not cfg.jwt_jwks_url.startswith(("https://", "http://")):
+            raise StartupError(
+                f"{setting('jwt_jwks_url')} must be an https:// URL; got {cfg.jwt_jwks_url!r}"
+            )
+    if not cfg.jwt_groups_claim:
+        raise StartupError(f"{setting('jwt_groups_claim')} must not be empty")
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether `listen` is reachable from this machine only: a Unix socket, or a host
+    that names or resolves to loopback addresses only (127.0.0.0/8, ::1)."""
+    if is_unix_address(listen):
+        return True
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(ipaddress.ip_address(i[4][0]).is_loopback for i in infos)
+
+
+def exposure_problem(cfg: Config) -> str | None:
+    """Why `cfg` must not serve: a non-loopback address with no authenticator and no
+    --allow-unauthenticated (one line naming the settings); None if it may."""
+    if cfg.auth_enabled or cfg.allow_unauthenticated or is_loopback(cfg.listen):
+        return None
+    return (
+        f"refusing to serve {cfg.listen} without authentication: anyone reaching it could "
+        f"read and delete everything; turn it on ({setting('auth')} on, or JWT or mTLS "
+        f"settings) or accept the risk with {setting('allow_unauthenticated')}"
+    )
 
 
 def to_env(cfg: Config) -> dict[str, str]:

@@ -1,5 +1,12 @@
-"""What every call goes through: a request id, per-client admission (rate and concurrency
-limits), Prometheus metrics and one structured access-log line.
+"""What every call goes through: a request id, authentication (when auth is on), per-client
+admission (rate and concurrency limits), Prometheus metrics and one structured access-log
+line.
+
+With auth on, the caller's credentials (`authorization: Bearer ...` metadata, or the
+connection's verified client certificate) become the Principal in
+`trackd.server.domain.auth.context.current_principal` for the whole call (a StreamMetrics
+stream included), and the principal's name is the client the limits count against. No
+credential is ever written to a log line or kept on the Call.
 
 The request id comes from the caller's `x-request-id` metadata (or is generated), is sent
 back in the response's trailing metadata, and is attached to every log record written while
@@ -20,7 +27,10 @@ from typing import Any
 
 import grpc
 
-from trackd.server.errors import ResourceExhausted
+from trackd.server.domain.auth.authn import Authenticator
+from trackd.server.domain.auth.context import current_principal
+from trackd.server.domain.auth.principal import Principal
+from trackd.server.errors import ResourceExhausted, Unauthenticated
 
 log = logging.getLogger("trackd.access")
 
@@ -48,6 +58,9 @@ class Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     admitted: bool = False
     token: contextvars.Token[str] | None = None
+    # The `authorization` metadata values (read in start, dropped once authenticated).
+    authorization: list[str] | None = None
+    principal_token: contextvars.Token[Principal] | None = None
 
 
 @dataclass
@@ -113,34 +126,70 @@ class Guard:
     """Starts and finishes calls: request ids, limits, metrics, access log."""
 
     def __init__(
-        self, limits: Limits | None = None, metrics: Any = None, access_log: bool = True
+        self,
+        limits: Limits | None = None,
+        metrics: Any = None,
+        access_log: bool = True,
+        authenticator: Authenticator | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.metrics = metrics
         self.access_log = access_log
+        # None: auth is off, and every call is ANONYMOUS's (an admin).
+        self.authenticator = authenticator
 
     def start(self, method: str, context: Any) -> Call:
         """Begins a call: takes or makes its request id and names its client."""
         rid = ""
         client = ""
+        authorization: list[str] | None = None
         for key, value in context.invocation_metadata() or ():
             if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value):
                 rid = value
             elif key == "x-client-id" and isinstance(value, str):
                 client = value[:128]
+            elif key == "authorization":
+                if authorization is None:
+                    authorization = []
+                authorization.append(value if isinstance(value, str) else "")
         if not client:
             peer = context.peer() or "unknown"
             client = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
         call = Call(method, rid or uuid.uuid4().hex, client, time.perf_counter())
         call.token = request_id.set(call.request_id)
+        call.authorization = authorization
         return call
 
     async def admit(self, call: Call, context: Any) -> None:
         """Returns the request id in the response's trailing metadata (sent with the
-        status, so it costs no extra write) and applies the client's limits."""
+        status, so it costs no extra write), authenticates the caller (when auth is on;
+        Unauthenticated if it cannot be) and applies the client's limits."""
         context.set_trailing_metadata((("x-request-id", call.request_id),))
+        if self.authenticator is not None:
+            principal = await self._authenticate(call, context, self.authenticator)
+            call.principal_token = current_principal.set(principal)
+            # Limits count per principal: a caller cannot dodge them with x-client-id.
+            call.client = principal.name
         self.limits.admit(call.client, time.monotonic())
         call.admitted = True
+
+    @staticmethod
+    async def _authenticate(call: Call, context: Any, authenticator: Authenticator) -> Principal:
+        values, call.authorization = call.authorization, None
+        bearer = None
+        if values is not None:
+            if len(values) != 1:
+                raise Unauthenticated("send one authorization metadata value, not several")
+            scheme, _, credential = values[0].strip().partition(" ")
+            credential = credential.strip()
+            if scheme.lower() != "bearer" or not credential:
+                raise Unauthenticated("the authorization metadata must be `Bearer TOKEN`")
+            bearer = credential
+        cert = None
+        if bearer is None and authenticator.mtls:
+            pems = (context.auth_context() or {}).get("x509_pem_cert") or ()
+            cert = pems[0] if pems else None
+        return await authenticator.authenticate(bearer, cert)
 
     def finish(self, call: Call) -> None:
         """Ends a call: releases its limits, records its metrics and logs it."""
@@ -173,6 +222,11 @@ class Guard:
 
     @staticmethod
     def _reset(call: Call) -> None:
+        if call.principal_token is not None:
+            try:
+                current_principal.reset(call.principal_token)
+            except ValueError:  # finished in another context (a generator closed by GC)
+                pass
         if call.token is not None:
             request_id.reset(call.token)
 
