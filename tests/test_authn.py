@@ -710,3 +710,53 @@ def test_an_authenticated_session_logs_no_secret(
         "TLS key": key_body[20:80],
     }.items():
         assert value not in log, f"{name} appears in the log"
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--auth", "maybe"], ["--auth"]),
+        (["--tls-cert", "c.pem"], ["--tls-cert", "--tls-key"]),
+        (["--tls-client-ca", "ca.pem"], ["--tls-client-ca", "--tls-cert"]),
+        (["--jwt-jwks-url", "https://i/jwks"], ["--jwt-issuer", "--jwt-audience"]),
+        (["--jwt-admin-group", "admins"], ["--jwt-issuer", "--jwt-jwks-url"]),
+        (
+            ["--jwt-issuer", "i", "--jwt-audience", "a", "--jwt-jwks-url", "file:///etc/passwd"],
+            ["--jwt-jwks-url"],
+        ),
+    ],
+)
+def test_auth_settings_that_cannot_work_are_refused_naming_the_setting(
+    argv: list[str], names: list[str]
+) -> None:
+    from trackd.server import config
+    from trackd.server.startup import StartupError
+
+    with pytest.raises(StartupError) as exc:
+        config.parse(argv)
+    for name in names:
+        assert name in str(exc.value)
+
+
+def test_auth_turns_on_with_any_authenticator_and_env_variables_count() -> None:
+    from trackd.server import config
+
+    assert not config.parse([]).auth_enabled
+    assert config.parse(["--auth", "on"]).auth_enabled
+    jwt_on = ["--jwt-issuer", "i", "--jwt-audience", "a", "--jwt-jwks-url", "https://i/k"]
+    assert config.parse(jwt_on).auth_enabled
+    assert config.parse(["--tls-cert", "c", "--tls-key", "k", "--tls-client-ca", "ca"]).auth_enabled
+    assert not config.parse(["--tls-cert", "c", "--tls-key", "k"]).auth_enabled
+    assert config.parse(["--allow-unauthenticated"]).allow_unauthenticated
+    assert config.is_loopback("127.0.0.1:1") and config.is_loopback("[::1]:1")
+    assert config.is_loopback("localhost:1") and config.is_loopback("unix:/tmp/s")
+    assert not config.is_loopback("0.0.0.0:1") and not config.is_loopback("[::]:1")
+    parser = config.Parser()
+    config.add_arguments(parser)
+    env = {"TRACKD_AUTH": "on", "TRACKD_AUTH_CACHE_TTL": "1.5", "TRACKD_JWT_GROUPS_CLAIM": "roles"}
+    cfg = config.resolve(parser.parse_args([]), env)
+    assert cfg.auth_enabled and cfg.auth_cache_ttl == 1.5 and cfg.jwt_groups_claim == "roles"
+    assert config.to_env(cfg)["TRACKD_AUTH"] == "on"  # --workers' children get it too
