@@ -102,6 +102,21 @@ def tour(target: str) -> dict[str, object]:
             "tour-renamed",
             "tour",
         ]
+        # Permissions (auth is off: the anonymous caller manages everything).
+        assert exp.workspace == "default"
+        levels = client.get_experiment_permission_levels(eid)
+        assert list(levels) == ["CAN_READ", "CAN_EDIT", "CAN_MANAGE"]
+        acl = client.set_experiment_permissions(
+            eid, [{"user_name": "ana", "permission_level": "CAN_READ"}]
+        )
+        assert [(a.user_name, a.all_permissions[0].permission_level) for a in acl] == [
+            ("ana", "CAN_READ")
+        ]
+        acl = client.update_experiment_permissions(
+            eid, [{"group_name": "vision", "permission_level": "CAN_EDIT"}]
+        )
+        assert [(a.user_name, a.group_name) for a in acl] == [("ana", ""), ("", "vision")]
+        assert client.get_experiment_permissions(eid) == acl
 
         # Runs, MlflowClient's way.
         run = client.create_run(eid, tags={"stage": "dev"}, run_name="r0")

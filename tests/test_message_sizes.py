@@ -34,6 +34,7 @@ from helpers import error_info, new_experiment, new_run, unique, violations
 from trackd.client import AsyncClient
 from trackd.server import app
 from trackd.server.domain import limits, paging, runs, streams
+from trackd.server.domain.experiments import LEVEL_DESCRIPTIONS
 from trackd.server.service import rpc, sizes
 from trackd.server.service.guard import Guard
 from trackd.v1 import dataset_pb2, run_pb2
@@ -498,6 +499,9 @@ STRING_BYTES_MAX = {
     "trackd.v1.ChunkRejection.code": max(len(c.name) for c in grpc.StatusCode),
     "trackd.v1.ChunkRejection.reason": 4 * 64,
     "trackd.v1.ChunkRejection.message": 4 * 2000,
+    "trackd.v1.PermissionLevelDescription.description": max(
+        len(t) for t in LEVEL_DESCRIPTIONS.values()
+    ),
 }
 REPEATED_MAX = {
     "trackd.v1.GetMetricHistoryResponse.metrics": limits.HISTORY_MAX_RESULTS_MAX,
@@ -505,6 +509,15 @@ REPEATED_MAX = {
     "trackd.v1.StreamMetricHistoryResponse.steps": runs.HISTORY_CHUNK_MAX,
     "trackd.v1.StreamMetricHistoryResponse.timestamps": runs.HISTORY_CHUNK_MAX,
     "trackd.v1.StreamMetricHistoryResponse.values": runs.HISTORY_CHUNK_MAX,
+    "trackd.v1.GetExperimentPermissionLevelsResponse.permission_levels": len(LEVEL_DESCRIPTIONS),
+}
+# Answers that describe one resource whole, though not as a single message field: one
+# experiment's access control list (its grants and its workspace's roles). Like a single
+# resource, one too large is refused whole (MAX_READ_SIZE_EXCEEDED).
+WHOLE_RESOURCE = {
+    "trackd.v1.GetExperimentPermissionsResponse",
+    "trackd.v1.SetExperimentPermissionsResponse",
+    "trackd.v1.UpdateExperimentPermissionsResponse",
 }
 # Fields the server leaves empty in a given place (history points carry no key or model).
 LEFT_EMPTY = {
@@ -583,7 +596,8 @@ def test_every_response_message_fits_or_is_cut_or_refused() -> None:
             continue
         is_page = "next_page_token" in out.fields_by_name
         resources = [f for f in out.fields if f.type == f.TYPE_MESSAGE and not f.is_repeated]
-        assert is_page or method.server_streaming or len(resources) == len(out.fields) == 1, (
+        single = len(resources) == len(out.fields) == 1 or out.full_name in WHOLE_RESOURCE
+        assert is_page or method.server_streaming or single, (
             f"{method.full_name}: {out.name} can exceed {MAX:,} bytes and is neither a page, "
             "a stream message nor a single resource"
         )

@@ -438,6 +438,9 @@ class Experiment:
     last_update_time: int
     tags: dict[str, str]
     proto: experiment_pb2.Experiment | None = field(default=None, repr=False, compare=False)
+    # The workspace it belongs to ("default" with auth off) and the principal that made it.
+    workspace: str = "default"
+    owner: str = ""
 
     @classmethod
     def from_proto(cls, e: experiment_pb2.Experiment) -> Experiment:
@@ -451,6 +454,57 @@ class Experiment:
             e.last_update_time,
             {t.key: t.value for t in e.tags},
             e,
+            e.workspace,
+            e.owner,
+        )
+
+
+# Databricks' names of the levels, by PermissionLevel number.
+PERMISSION_LEVELS = {1: "CAN_READ", 2: "CAN_EDIT", 3: "CAN_MANAGE"}
+
+
+def permission_level_number(level: str | int) -> int:
+    """The PermissionLevel number of "CAN_READ"/"CAN_EDIT"/"CAN_MANAGE" (or 1..3)."""
+    if isinstance(level, int):
+        return level
+    for number, name in PERMISSION_LEVELS.items():
+        if level.upper() in (name, name.removeprefix("CAN_")):
+            return number
+    raise ValueError(f"{level!r} is not CAN_READ, CAN_EDIT or CAN_MANAGE")
+
+
+@dataclass(frozen=True)
+class Permission:
+    """One level held on an experiment: `permission_level` is "CAN_READ", "CAN_EDIT" or
+    "CAN_MANAGE"; `inherited_from_object` names the workspace of an inherited one."""
+
+    permission_level: str
+    inherited: bool
+    inherited_from_object: str
+
+
+@dataclass(frozen=True)
+class AccessControl:
+    """Every level one principal (`user_name`) or group (`group_name`) holds."""
+
+    user_name: str
+    group_name: str
+    all_permissions: list[Permission]
+
+    @classmethod
+    def from_proto(cls, a: experiment_pb2.AccessControl) -> AccessControl:
+        """The entry of an AccessControl message."""
+        return cls(
+            a.user_name,
+            a.group_name,
+            [
+                Permission(
+                    PERMISSION_LEVELS.get(p.permission_level, "UNSPECIFIED"),
+                    p.inherited,
+                    p.inherited_from_object,
+                )
+                for p in a.all_permissions
+            ],
         )
 
 

@@ -46,7 +46,13 @@ class FailedPreconditionError(TrackdError):
     """FAILED_PRECONDITION: the state forbids the call (deleted run, immutable param)."""
 
 
+class PermissionDeniedError(TrackdError):
+    """PERMISSION_DENIED: the caller sees the resource but lacks the level the call needs
+    (named in the message and in `metadata["level_needed"]`)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TrackdError]] = {
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,

@@ -8,9 +8,18 @@ import grpc
 
 from trackd.client import checks, inputs
 from trackd.client.calls import Calls, all_pages, rpc
-from trackd.client.entities import DatasetSummary, Experiment, PagedList, ViewType, view_type_number
+from trackd.client.entities import (
+    PERMISSION_LEVELS,
+    AccessControl,
+    DatasetSummary,
+    Experiment,
+    PagedList,
+    ViewType,
+    permission_level_number,
+    view_type_number,
+)
 from trackd.client.errors import NotFoundError, from_rpc_error
-from trackd.v1 import experiment_service_pb2
+from trackd.v1 import experiment_pb2, experiment_service_pb2
 
 
 class ExperimentCalls(Calls):
@@ -22,16 +31,19 @@ class ExperimentCalls(Calls):
         name: str,
         artifact_location: str | None = None,
         tags: Mapping[str, object] | None = None,
+        workspace: str | None = None,
     ) -> str:
-        """Creates an experiment; returns its id.
+        """Creates an experiment in `workspace` (None: "default"); returns its id.
 
         Raises:
             AlreadyExistsError: the name is taken. InvalidArgumentError: a bad name or tag.
+            NotFoundError: no such workspace (or none the caller has a role in).
         """
         req = experiment_service_pb2.CreateExperimentRequest(
             name=name,
             artifact_location=artifact_location or "",
             tags=inputs.experiment_tags(tags),
+            workspace=workspace or "",
         )
         resp = await self.experiments.CreateExperiment(req, timeout=self.timeout)
         return resp.experiment_id
@@ -163,3 +175,71 @@ class ExperimentCalls(Calls):
         return PagedList(
             map(DatasetSummary.from_proto, resp.dataset_summaries), resp.next_page_token
         )
+
+    @rpc
+    async def get_experiment_permission_levels(self, experiment_id: str) -> dict[str, str]:
+        """The levels an experiment can grant ("CAN_READ", ...), with what each allows."""
+        req = experiment_service_pb2.GetExperimentPermissionLevelsRequest(
+            experiment_id=experiment_id
+        )
+        resp = await self.experiments.GetExperimentPermissionLevels(req, timeout=self.timeout)
+        return {
+            PERMISSION_LEVELS.get(d.permission_level, "UNSPECIFIED"): d.description
+            for d in resp.permission_levels
+        }
+
+    @rpc
+    async def get_experiment_permissions(self, experiment_id: str) -> list[AccessControl]:
+        """Who holds which level on an experiment: grants and workspace roles (needs
+        CAN_MANAGE).
+
+        Raises:
+            NotFoundError: no such experiment. PermissionDeniedError: below CAN_MANAGE.
+        """
+        req = experiment_service_pb2.GetExperimentPermissionsRequest(experiment_id=experiment_id)
+        resp = await self.experiments.GetExperimentPermissions(req, timeout=self.timeout)
+        return [AccessControl.from_proto(a) for a in resp.access_control_list]
+
+    @rpc
+    async def set_experiment_permissions(
+        self, experiment_id: str, access_control_list: Iterable[Mapping[str, object]]
+    ) -> list[AccessControl]:
+        """Replaces the grants on an experiment with `access_control_list`, entries like
+        {"user_name": "ana", "permission_level": "CAN_EDIT"} or {"group_name": ...};
+        returns who holds which level after the change (needs CAN_MANAGE)."""
+        req = experiment_service_pb2.SetExperimentPermissionsRequest(
+            experiment_id=experiment_id, access_control_list=_grants(access_control_list)
+        )
+        resp = await self.experiments.SetExperimentPermissions(req, timeout=self.timeout)
+        return [AccessControl.from_proto(a) for a in resp.access_control_list]
+
+    @rpc
+    async def update_experiment_permissions(
+        self, experiment_id: str, access_control_list: Iterable[Mapping[str, object]]
+    ) -> list[AccessControl]:
+        """Adds or changes grants on an experiment (as set_experiment_permissions, keeping
+        the others); returns who holds which level after the change."""
+        req = experiment_service_pb2.UpdateExperimentPermissionsRequest(
+            experiment_id=experiment_id, access_control_list=_grants(access_control_list)
+        )
+        resp = await self.experiments.UpdateExperimentPermissions(req, timeout=self.timeout)
+        return [AccessControl.from_proto(a) for a in resp.access_control_list]
+
+
+def _grants(
+    entries: Iterable[Mapping[str, object]],
+) -> list[experiment_pb2.AccessControlRequest]:
+    """AccessControlRequest messages of {"user_name"|"group_name", "permission_level"}."""
+    out = []
+    for e in entries:
+        level = e.get("permission_level", "")
+        out.append(
+            experiment_pb2.AccessControlRequest(
+                user_name=str(e.get("user_name") or ""),
+                group_name=str(e.get("group_name") or ""),
+                permission_level=experiment_pb2.PermissionLevel.ValueType(
+                    permission_level_number(level if isinstance(level, int) else str(level))
+                ),
+            )
+        )
+    return out

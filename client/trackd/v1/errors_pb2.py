@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16trackd/v1/errors.proto\x12\ttrackd.v1*\xa4\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12(\n$ERROR_REASON_INVALID_PARAMETER_VALUE\x10\x01\x12(\n$ERROR_REASON_RESOURCE_DOES_NOT_EXIST\x10\x02\x12(\n$ERROR_REASON_RESOURCE_ALREADY_EXISTS\x10\x03\x12\x1e\n\x1a\x45RROR_REASON_INVALID_STATE\x10\x04\x12\'\n#ERROR_REASON_REQUEST_LIMIT_EXCEEDED\x10\x05\x12\'\n#ERROR_REASON_MAX_READ_SIZE_EXCEEDED\x10\x06\x12(\n$ERROR_REASON_TEMPORARILY_UNAVAILABLE\x10\x07\x12\x18\n\x14\x45RROR_REASON_ABORTED\x10\x08\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\t\x12\x1f\n\x1b\x45RROR_REASON_INTERNAL_ERROR\x10\nb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16trackd/v1/errors.proto\x12\ttrackd.v1*\xea\x03\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12(\n$ERROR_REASON_INVALID_PARAMETER_VALUE\x10\x01\x12(\n$ERROR_REASON_RESOURCE_DOES_NOT_EXIST\x10\x02\x12(\n$ERROR_REASON_RESOURCE_ALREADY_EXISTS\x10\x03\x12\x1e\n\x1a\x45RROR_REASON_INVALID_STATE\x10\x04\x12\'\n#ERROR_REASON_REQUEST_LIMIT_EXCEEDED\x10\x05\x12\'\n#ERROR_REASON_MAX_READ_SIZE_EXCEEDED\x10\x06\x12(\n$ERROR_REASON_TEMPORARILY_UNAVAILABLE\x10\x07\x12\x18\n\x14\x45RROR_REASON_ABORTED\x10\x08\x12\"\n\x1e\x45RROR_REASON_DEADLINE_EXCEEDED\x10\t\x12\x1f\n\x1b\x45RROR_REASON_INTERNAL_ERROR\x10\n\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x0b\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,5 +32,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.errors_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ERRORREASON']._serialized_start=38
-  _globals['_ERRORREASON']._serialized_end=458
+  _globals['_ERRORREASON']._serialized_end=528
 # @@protoc_insertion_point(module_scope)

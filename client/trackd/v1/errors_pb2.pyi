@@ -67,6 +67,15 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """INTERNAL: an unexpected failure; the message holds only an incident id (also in the
     ErrorInfo metadata as `incident`), the traceback is in the server's log.
     """
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 11
+    """UNAUTHENTICATED: the call carries no credential where one is needed, or one that is
+    malformed, expired, revoked or not signed by a trusted key.
+    """
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 12
+    """PERMISSION_DENIED: the caller may see the resource but lacks the level the call needs
+    (CAN_READ, CAN_EDIT or CAN_MANAGE, named in the message and in the ErrorInfo metadata
+    as `level_needed`).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason names why a call failed. Every error trackd itself returns is a gRPC status
@@ -139,5 +148,14 @@ chunks it had acknowledged stay committed).
 ERROR_REASON_INTERNAL_ERROR: ErrorReason.ValueType  # 10
 """INTERNAL: an unexpected failure; the message holds only an incident id (also in the
 ErrorInfo metadata as `incident`), the traceback is in the server's log.
+"""
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 11
+"""UNAUTHENTICATED: the call carries no credential where one is needed, or one that is
+malformed, expired, revoked or not signed by a trusted key.
+"""
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 12
+"""PERMISSION_DENIED: the caller may see the resource but lacks the level the call needs
+(CAN_READ, CAN_EDIT or CAN_MANAGE, named in the message and in the ErrorInfo metadata
+as `level_needed`).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015

@@ -25,15 +25,25 @@ _sym_db = _symbol_database.Default()
 from trackd.v1 import common_pb2 as trackd_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrackd/v1/experiment.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\"\xd9\x01\n\nExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x03 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\x04 \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\x12\x15\n\rcreation_time\x18\x05 \x01(\x03\x12\x18\n\x10last_update_time\x18\x06 \x01(\x03\x12&\n\x04tags\x18\x07 \x03(\x0b\x32\x18.trackd.v1.ExperimentTag\"+\n\rExperimentTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atrackd/v1/experiment.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\"\xfb\x01\n\nExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x19\n\x11\x61rtifact_location\x18\x03 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\x04 \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\x12\x15\n\rcreation_time\x18\x05 \x01(\x03\x12\x18\n\x10last_update_time\x18\x06 \x01(\x03\x12&\n\x04tags\x18\x07 \x03(\x0b\x32\x18.trackd.v1.ExperimentTag\x12\x11\n\tworkspace\x18\x08 \x01(\t\x12\r\n\x05owner\x18\t \x01(\t\"g\n\x1aPermissionLevelDescription\x12\x34\n\x10permission_level\x18\x01 \x01(\x0e\x32\x1a.trackd.v1.PermissionLevel\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"t\n\nPermission\x12\x34\n\x10permission_level\x18\x01 \x01(\x0e\x32\x1a.trackd.v1.PermissionLevel\x12\x11\n\tinherited\x18\x02 \x01(\x08\x12\x1d\n\x15inherited_from_object\x18\x03 \x01(\t\"f\n\rAccessControl\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x12\n\ngroup_name\x18\x02 \x01(\t\x12.\n\x0f\x61ll_permissions\x18\x03 \x03(\x0b\x32\x15.trackd.v1.Permission\"s\n\x14\x41\x63\x63\x65ssControlRequest\x12\x11\n\tuser_name\x18\x01 \x01(\t\x12\x12\n\ngroup_name\x18\x02 \x01(\t\x12\x34\n\x10permission_level\x18\x03 \x01(\x0e\x32\x1a.trackd.v1.PermissionLevel\"+\n\rExperimentTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*\x92\x01\n\x0fPermissionLevel\x12 \n\x1cPERMISSION_LEVEL_UNSPECIFIED\x10\x00\x12\x1d\n\x19PERMISSION_LEVEL_CAN_READ\x10\x01\x12\x1d\n\x19PERMISSION_LEVEL_CAN_EDIT\x10\x02\x12\x1f\n\x1bPERMISSION_LEVEL_CAN_MANAGE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.experiment_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PERMISSIONLEVEL']._serialized_start=809
+  _globals['_PERMISSIONLEVEL']._serialized_end=955
   _globals['_EXPERIMENT']._serialized_start=66
-  _globals['_EXPERIMENT']._serialized_end=283
-  _globals['_EXPERIMENTTAG']._serialized_start=285
-  _globals['_EXPERIMENTTAG']._serialized_end=328
+  _globals['_EXPERIMENT']._serialized_end=317
+  _globals['_PERMISSIONLEVELDESCRIPTION']._serialized_start=319
+  _globals['_PERMISSIONLEVELDESCRIPTION']._serialized_end=422
+  _globals['_PERMISSION']._serialized_start=424
+  _globals['_PERMISSION']._serialized_end=540
+  _globals['_ACCESSCONTROL']._serialized_start=542
+  _globals['_ACCESSCONTROL']._serialized_end=644
+  _globals['_ACCESSCONTROLREQUEST']._serialized_start=646
+  _globals['_ACCESSCONTROLREQUEST']._serialized_end=761
+  _globals['_EXPERIMENTTAG']._serialized_start=763
+  _globals['_EXPERIMENTTAG']._serialized_end=806
 # @@protoc_insertion_point(module_scope)

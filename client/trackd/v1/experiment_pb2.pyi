@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from trackd.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,37 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PermissionLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PermissionLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PermissionLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PERMISSION_LEVEL_UNSPECIFIED: _PermissionLevel.ValueType  # 0
+    """No level given."""
+    PERMISSION_LEVEL_CAN_READ: _PermissionLevel.ValueType  # 1
+    """See the experiment, its runs, metrics, datasets and logged models."""
+    PERMISSION_LEVEL_CAN_EDIT: _PermissionLevel.ValueType  # 2
+    """Also create and write runs and logged models."""
+    PERMISSION_LEVEL_CAN_MANAGE: _PermissionLevel.ValueType  # 3
+    """Also rename, delete, restore and change permissions."""
+
+class PermissionLevel(_PermissionLevel, metaclass=_PermissionLevelEnumTypeWrapper):
+    """PermissionLevel is what a principal or group may do with an experiment, in Databricks'
+    names. The effective level is the highest that applies (workspace role, grant to the
+    principal, grant to one of its groups).
+    """
+
+PERMISSION_LEVEL_UNSPECIFIED: PermissionLevel.ValueType  # 0
+"""No level given."""
+PERMISSION_LEVEL_CAN_READ: PermissionLevel.ValueType  # 1
+"""See the experiment, its runs, metrics, datasets and logged models."""
+PERMISSION_LEVEL_CAN_EDIT: PermissionLevel.ValueType  # 2
+"""Also create and write runs and logged models."""
+PERMISSION_LEVEL_CAN_MANAGE: PermissionLevel.ValueType  # 3
+"""Also rename, delete, restore and change permissions."""
+Global___PermissionLevel: _TypeAlias = PermissionLevel  # noqa: Y015
 
 @_typing.final
 class Experiment(_message.Message):
@@ -32,6 +64,8 @@ class Experiment(_message.Message):
     CREATION_TIME_FIELD_NUMBER: _builtins.int
     LAST_UPDATE_TIME_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     """Server-assigned identifier: a decimal string. The Default experiment is "0"."""
     name: _builtins.str
@@ -44,6 +78,14 @@ class Experiment(_message.Message):
     """Creation time, in milliseconds since the Unix epoch."""
     last_update_time: _builtins.int
     """Time of the last change to the experiment or its tags, in milliseconds since the epoch."""
+    workspace: _builtins.str
+    """Name of the workspace the experiment (and its runs, datasets and models) belongs to;
+    "default" for data made with auth off.
+    """
+    owner: _builtins.str
+    """The principal that created the experiment; empty for experiments made before
+    identity existed.
+    """
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExperimentTag]:
         """Tags of the experiment, ordered by key."""
@@ -58,14 +100,138 @@ class Experiment(_message.Message):
         creation_time: _builtins.int = ...,
         last_update_time: _builtins.int = ...,
         tags: _abc.Iterable[Global___ExperimentTag] | None = ...,
+        workspace: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_location", b"artifact_location", "creation_time", b"creation_time", "experiment_id", b"experiment_id", "last_update_time", b"last_update_time", "lifecycle_stage", b"lifecycle_stage", "name", b"name", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_location", b"artifact_location", "creation_time", b"creation_time", "experiment_id", b"experiment_id", "last_update_time", b"last_update_time", "lifecycle_stage", b"lifecycle_stage", "name", b"name", "owner", b"owner", "tags", b"tags", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Experiment: _TypeAlias = Experiment  # noqa: Y015
+
+@_typing.final
+class PermissionLevelDescription(_message.Message):
+    """PermissionLevelDescription names a level and what it allows."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERMISSION_LEVEL_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    permission_level: Global___PermissionLevel.ValueType
+    """The level."""
+    description: _builtins.str
+    """What the level allows, in a sentence."""
+    def __init__(
+        self,
+        *,
+        permission_level: Global___PermissionLevel.ValueType = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "permission_level", b"permission_level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PermissionLevelDescription: _TypeAlias = PermissionLevelDescription  # noqa: Y015
+
+@_typing.final
+class Permission(_message.Message):
+    """Permission is one level a principal or group holds on an experiment, and where it
+    comes from.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERMISSION_LEVEL_FIELD_NUMBER: _builtins.int
+    INHERITED_FIELD_NUMBER: _builtins.int
+    INHERITED_FROM_OBJECT_FIELD_NUMBER: _builtins.int
+    permission_level: Global___PermissionLevel.ValueType
+    """The level held."""
+    inherited: _builtins.bool
+    """Whether it comes from a workspace role rather than a grant on the experiment."""
+    inherited_from_object: _builtins.str
+    """Where an inherited level comes from, such as "workspaces/default"; empty otherwise."""
+    def __init__(
+        self,
+        *,
+        permission_level: Global___PermissionLevel.ValueType = ...,
+        inherited: _builtins.bool = ...,
+        inherited_from_object: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inherited", b"inherited", "inherited_from_object", b"inherited_from_object", "permission_level", b"permission_level"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Permission: _TypeAlias = Permission  # noqa: Y015
+
+@_typing.final
+class AccessControl(_message.Message):
+    """AccessControl is every level one principal or group holds on an experiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    GROUP_NAME_FIELD_NUMBER: _builtins.int
+    ALL_PERMISSIONS_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    """The principal, for a principal's entry; exactly one of user_name and group_name is set."""
+    group_name: _builtins.str
+    """The group, for a group's entry."""
+    @_builtins.property
+    def all_permissions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Permission]:
+        """The levels held, the grant first, then inherited ones."""
+
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        group_name: _builtins.str = ...,
+        all_permissions: _abc.Iterable[Global___Permission] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all_permissions", b"all_permissions", "group_name", b"group_name", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessControl: _TypeAlias = AccessControl  # noqa: Y015
+
+@_typing.final
+class AccessControlRequest(_message.Message):
+    """AccessControlRequest grants a level on an experiment to a principal or a group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_NAME_FIELD_NUMBER: _builtins.int
+    GROUP_NAME_FIELD_NUMBER: _builtins.int
+    PERMISSION_LEVEL_FIELD_NUMBER: _builtins.int
+    user_name: _builtins.str
+    """The principal to grant to; exactly one of user_name and group_name; at most 250
+    characters.
+    """
+    group_name: _builtins.str
+    """The group to grant to; at most 250 characters."""
+    permission_level: Global___PermissionLevel.ValueType
+    """The level to grant; not UNSPECIFIED."""
+    def __init__(
+        self,
+        *,
+        user_name: _builtins.str = ...,
+        group_name: _builtins.str = ...,
+        permission_level: Global___PermissionLevel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group_name", b"group_name", "permission_level", b"permission_level", "user_name", b"user_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccessControlRequest: _TypeAlias = AccessControlRequest  # noqa: Y015
 
 @_typing.final
 class ExperimentTag(_message.Message):

@@ -30,11 +30,16 @@ class CreateExperimentRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ARTIFACT_LOCATION_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    WORKSPACE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name; 1 to 500 characters, unique among active experiments."""
     artifact_location: _builtins.str
     """Root URI for the runs' artifacts; empty means `<server artifact root>/<experiment_id>`.
     At most 2000 characters.
+    """
+    workspace: _builtins.str
+    """Workspace to create it in; empty means "default". The caller needs EDIT in it.
+    At most 250 characters.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.ExperimentTag]:
@@ -46,10 +51,11 @@ class CreateExperimentRequest(_message.Message):
         name: _builtins.str = ...,
         artifact_location: _builtins.str = ...,
         tags: _abc.Iterable[_experiment_pb2.ExperimentTag] | None = ...,
+        workspace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_location", b"artifact_location", "name", b"name", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_location", b"artifact_location", "name", b"name", "tags", b"tags", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -524,3 +530,211 @@ class SearchDatasetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchDatasetsResponse: _TypeAlias = SearchDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class GetExperimentPermissionLevelsRequest(_message.Message):
+    """GetExperimentPermissionLevelsRequest names the experiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentPermissionLevelsRequest: _TypeAlias = GetExperimentPermissionLevelsRequest  # noqa: Y015
+
+@_typing.final
+class GetExperimentPermissionLevelsResponse(_message.Message):
+    """GetExperimentPermissionLevelsResponse lists the levels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERMISSION_LEVELS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def permission_levels(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.PermissionLevelDescription]:
+        """CAN_READ, CAN_EDIT and CAN_MANAGE, with what each allows."""
+
+    def __init__(
+        self,
+        *,
+        permission_levels: _abc.Iterable[_experiment_pb2.PermissionLevelDescription] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["permission_levels", b"permission_levels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentPermissionLevelsResponse: _TypeAlias = GetExperimentPermissionLevelsResponse  # noqa: Y015
+
+@_typing.final
+class GetExperimentPermissionsRequest(_message.Message):
+    """GetExperimentPermissionsRequest names the experiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentPermissionsRequest: _TypeAlias = GetExperimentPermissionsRequest  # noqa: Y015
+
+@_typing.final
+class GetExperimentPermissionsResponse(_message.Message):
+    """GetExperimentPermissionsResponse lists who holds which level."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_LIST_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    @_builtins.property
+    def access_control_list(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.AccessControl]:
+        """One entry per principal or group, principals first, each by name."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        access_control_list: _abc.Iterable[_experiment_pb2.AccessControl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_list", b"access_control_list", "experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetExperimentPermissionsResponse: _TypeAlias = GetExperimentPermissionsResponse  # noqa: Y015
+
+@_typing.final
+class SetExperimentPermissionsRequest(_message.Message):
+    """SetExperimentPermissionsRequest replaces an experiment's grants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_LIST_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    @_builtins.property
+    def access_control_list(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.AccessControlRequest]:
+        """The grants after the call; at most 100, subjects unique."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        access_control_list: _abc.Iterable[_experiment_pb2.AccessControlRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_list", b"access_control_list", "experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetExperimentPermissionsRequest: _TypeAlias = SetExperimentPermissionsRequest  # noqa: Y015
+
+@_typing.final
+class SetExperimentPermissionsResponse(_message.Message):
+    """SetExperimentPermissionsResponse lists who holds which level after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_LIST_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    @_builtins.property
+    def access_control_list(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.AccessControl]:
+        """As GetExperimentPermissionsResponse.access_control_list."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        access_control_list: _abc.Iterable[_experiment_pb2.AccessControl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_list", b"access_control_list", "experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetExperimentPermissionsResponse: _TypeAlias = SetExperimentPermissionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateExperimentPermissionsRequest(_message.Message):
+    """UpdateExperimentPermissionsRequest adds grants to an experiment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_LIST_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    @_builtins.property
+    def access_control_list(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.AccessControlRequest]:
+        """Grants to add or change; at most 100, subjects unique."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        access_control_list: _abc.Iterable[_experiment_pb2.AccessControlRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_list", b"access_control_list", "experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateExperimentPermissionsRequest: _TypeAlias = UpdateExperimentPermissionsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateExperimentPermissionsResponse(_message.Message):
+    """UpdateExperimentPermissionsResponse lists who holds which level after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCESS_CONTROL_LIST_FIELD_NUMBER: _builtins.int
+    experiment_id: _builtins.str
+    """Identifier of the experiment."""
+    @_builtins.property
+    def access_control_list(self) -> _containers.RepeatedCompositeFieldContainer[_experiment_pb2.AccessControl]:
+        """As GetExperimentPermissionsResponse.access_control_list."""
+
+    def __init__(
+        self,
+        *,
+        experiment_id: _builtins.str = ...,
+        access_control_list: _abc.Iterable[_experiment_pb2.AccessControl] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_control_list", b"access_control_list", "experiment_id", b"experiment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateExperimentPermissionsResponse: _TypeAlias = UpdateExperimentPermissionsResponse  # noqa: Y015

@@ -100,6 +100,26 @@ class ExperimentServiceStub:
                 request_serializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.FromString,
                 _registered_method=True)
+        self.GetExperimentPermissionLevels = channel.unary_unary(
+                '/trackd.v1.ExperimentService/GetExperimentPermissionLevels',
+                request_serializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsResponse.FromString,
+                _registered_method=True)
+        self.GetExperimentPermissions = channel.unary_unary(
+                '/trackd.v1.ExperimentService/GetExperimentPermissions',
+                request_serializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsResponse.FromString,
+                _registered_method=True)
+        self.SetExperimentPermissions = channel.unary_unary(
+                '/trackd.v1.ExperimentService/SetExperimentPermissions',
+                request_serializer=trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateExperimentPermissions = channel.unary_unary(
+                '/trackd.v1.ExperimentService/UpdateExperimentPermissions',
+                request_serializer=trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsResponse.FromString,
+                _registered_method=True)
 
 
 class ExperimentServiceServicer:
@@ -225,6 +245,45 @@ class ExperimentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExperimentPermissionLevels(self, request, context):
+        """Lists the permission levels an experiment can grant, with what each allows.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperimentPermissions(self, request, context):
+        """Lists who holds which level on an experiment: grants and workspace roles.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetExperimentPermissions(self, request, context):
+        """Replaces every grant on an experiment with the given list (workspace roles stay).
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateExperimentPermissions(self, request, context):
+        """Adds grants to an experiment (a subject's level is replaced by the new one).
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExperimentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -277,6 +336,26 @@ def add_ExperimentServiceServicer_to_server(servicer, server):
                     servicer.SearchDatasets,
                     request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.SerializeToString,
+            ),
+            'GetExperimentPermissionLevels': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentPermissionLevels,
+                    request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsResponse.SerializeToString,
+            ),
+            'GetExperimentPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentPermissions,
+                    request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsResponse.SerializeToString,
+            ),
+            'SetExperimentPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetExperimentPermissions,
+                    request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsResponse.SerializeToString,
+            ),
+            'UpdateExperimentPermissions': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateExperimentPermissions,
+                    request_deserializer=trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -565,6 +644,114 @@ class ExperimentService:
             '/trackd.v1.ExperimentService/SearchDatasets',
             trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsRequest.SerializeToString,
             trackd_dot_v1_dot_experiment__service__pb2.SearchDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentPermissionLevels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.ExperimentService/GetExperimentPermissionLevels',
+            trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsRequest.SerializeToString,
+            trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionLevelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.ExperimentService/GetExperimentPermissions',
+            trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsRequest.SerializeToString,
+            trackd_dot_v1_dot_experiment__service__pb2.GetExperimentPermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetExperimentPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.ExperimentService/SetExperimentPermissions',
+            trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsRequest.SerializeToString,
+            trackd_dot_v1_dot_experiment__service__pb2.SetExperimentPermissionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateExperimentPermissions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.ExperimentService/UpdateExperimentPermissions',
+            trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsRequest.SerializeToString,
+            trackd_dot_v1_dot_experiment__service__pb2.UpdateExperimentPermissionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

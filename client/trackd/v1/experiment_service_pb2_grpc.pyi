@@ -113,6 +113,29 @@ class ExperimentServiceStub:
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
     max_results or a page token of other experiments.
     """
+    GetExperimentPermissionLevels: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentPermissionLevelsRequest, _experiment_service_pb2.GetExperimentPermissionLevelsResponse]
+    """Lists the permission levels an experiment can grant, with what each allows.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it.
+    """
+    GetExperimentPermissions: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentPermissionsRequest, _experiment_service_pb2.GetExperimentPermissionsResponse]
+    """Lists who holds which level on an experiment: grants and workspace roles.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+    """
+    SetExperimentPermissions: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.SetExperimentPermissionsRequest, _experiment_service_pb2.SetExperimentPermissionsResponse]
+    """Replaces every grant on an experiment with the given list (workspace roles stay).
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+    """
+    UpdateExperimentPermissions: _grpc.UnaryUnaryMultiCallable[_experiment_service_pb2.UpdateExperimentPermissionsRequest, _experiment_service_pb2.UpdateExperimentPermissionsResponse]
+    """Adds grants to an experiment (a subject's level is replaced by the new one).
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+    """
 
 @_typing.type_check_only
 class ExperimentServiceAsyncStub(ExperimentServiceStub):
@@ -198,6 +221,29 @@ class ExperimentServiceAsyncStub(ExperimentServiceStub):
     name, digest, context), ordered by experiment id, name, digest and context.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
     max_results or a page token of other experiments.
+    """
+    GetExperimentPermissionLevels: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentPermissionLevelsRequest, _experiment_service_pb2.GetExperimentPermissionLevelsResponse]  # type: ignore[assignment]
+    """Lists the permission levels an experiment can grant, with what each allows.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it.
+    """
+    GetExperimentPermissions: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.GetExperimentPermissionsRequest, _experiment_service_pb2.GetExperimentPermissionsResponse]  # type: ignore[assignment]
+    """Lists who holds which level on an experiment: grants and workspace roles.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+    """
+    SetExperimentPermissions: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.SetExperimentPermissionsRequest, _experiment_service_pb2.SetExperimentPermissionsResponse]  # type: ignore[assignment]
+    """Replaces every grant on an experiment with the given list (workspace roles stay).
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+    """
+    UpdateExperimentPermissions: _aio.UnaryUnaryMultiCallable[_experiment_service_pb2.UpdateExperimentPermissionsRequest, _experiment_service_pb2.UpdateExperimentPermissionsResponse]  # type: ignore[assignment]
+    """Adds grants to an experiment (a subject's level is replaced by the new one).
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+    PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
     """
 
 class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -341,6 +387,53 @@ class ExperimentServiceServicer(metaclass=_abc_1.ABCMeta):
         name, digest, context), ordered by experiment id, name, digest and context.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad
         max_results or a page token of other experiments.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExperimentPermissionLevels(
+        self,
+        request: _experiment_service_pb2.GetExperimentPermissionLevelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.GetExperimentPermissionLevelsResponse, _abc.Awaitable[_experiment_service_pb2.GetExperimentPermissionLevelsResponse]]:
+        """Lists the permission levels an experiment can grant, with what each allows.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetExperimentPermissions(
+        self,
+        request: _experiment_service_pb2.GetExperimentPermissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.GetExperimentPermissionsResponse, _abc.Awaitable[_experiment_service_pb2.GetExperimentPermissionsResponse]]:
+        """Lists who holds which level on an experiment: grants and workspace roles.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+        """
+
+    @_abc_1.abstractmethod
+    def SetExperimentPermissions(
+        self,
+        request: _experiment_service_pb2.SetExperimentPermissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.SetExperimentPermissionsResponse, _abc.Awaitable[_experiment_service_pb2.SetExperimentPermissionsResponse]]:
+        """Replaces every grant on an experiment with the given list (workspace roles stay).
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateExperimentPermissions(
+        self,
+        request: _experiment_service_pb2.UpdateExperimentPermissionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_experiment_service_pb2.UpdateExperimentPermissionsResponse, _abc.Awaitable[_experiment_service_pb2.UpdateExperimentPermissionsResponse]]:
+        """Adds grants to an experiment (a subject's level is replaced by the new one).
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or entry;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) if there is none or the caller may not see it;
+        PERMISSION_DENIED (PERMISSION_DENIED) below CAN_MANAGE.
         """
 
 def add_ExperimentServiceServicer_to_server(servicer: ExperimentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -12,6 +12,7 @@ import grpc
 from google.rpc import code_pb2
 
 from trackd.server.domain.datasets import DatasetInput
+from trackd.server.domain.experiments import AccessEntry
 from trackd.server.domain.logged_models import LoggedModelView
 from trackd.server.domain.runs import MetricColumns, RunView
 from trackd.v1 import (
@@ -37,7 +38,35 @@ def experiment(row: asyncpg.Record) -> experiment_pb2.Experiment:
             experiment_pb2.ExperimentTag(key=k, value=v)
             for k, v in zip(row["tag_keys"], row["tag_values"], strict=True)
         ],
+        workspace=row["workspace"],
+        owner=row["owner"],
     )
+
+
+def access_list(entries: Sequence[AccessEntry]) -> list[experiment_pb2.AccessControl]:
+    """AccessControl messages of who holds which level on an experiment."""
+    return [
+        experiment_pb2.AccessControl(
+            user_name=e.user_name,
+            group_name=e.group_name,
+            all_permissions=[
+                experiment_pb2.Permission(
+                    permission_level=experiment_pb2.PermissionLevel.ValueType(level),
+                    inherited=inherited,
+                    inherited_from_object=src,
+                )
+                for level, inherited, src in e.levels
+            ],
+        )
+        for e in entries
+    ]
+
+
+def grants(
+    requests: Iterable[experiment_pb2.AccessControlRequest],
+) -> list[tuple[str, str, int]]:
+    """(user_name, group_name, level) of AccessControlRequest messages."""
+    return [(r.user_name, r.group_name, r.permission_level) for r in requests]
 
 
 def run_info(row: asyncpg.Record) -> run_pb2.RunInfo:

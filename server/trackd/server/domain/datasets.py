@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.auth import policy
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import InvalidArgument
 from trackd.server.store import datasets as store
@@ -126,7 +127,13 @@ class Datasets:
         fingerprint = paging.query_fingerprint("datasets", eids)
         position = paging.decode(page_token, fingerprint)
         after = _position(position) if position is not None else None
-        rows = await self.db.read(lambda conn: store.summaries(conn, eids, after, size + 1))
+
+        async def fetch(conn: Connection) -> list[asyncpg.Record]:
+            # Only the experiments the caller may see (in this snapshot), as for runs.
+            visible = await policy.visible_among(conn, eids)
+            return await store.summaries(conn, visible, after, size + 1)
+
+        rows = await self.db.read(fetch)
         more = len(rows) > size
         rows = rows[:size]
 

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.auth import policy
+from trackd.server.domain.auth.principal import (
+    DEFAULT_WORKSPACE,
+    Level,
+    group_subject,
+    user_subject,
+)
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import experiments as store
+from trackd.server.store import permissions as permission_store
 from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
@@ -36,22 +45,39 @@ class Experiments:
         self.artifact_root = artifact_root.rstrip("/")
 
     async def create(
-        self, name: str, artifact_location: str, tags: Sequence[tuple[str, str]]
+        self,
+        name: str,
+        artifact_location: str,
+        tags: Sequence[tuple[str, str]],
+        workspace: str = "",
     ) -> str:
-        """Creates an experiment; returns its id.
+        """Creates an experiment in a workspace ("" for "default"); returns its id. Its
+        owner is the caller, who also gets CAN_MANAGE on it when auth is on.
 
-        Raises InvalidArgument for a bad name, location or tag and AlreadyExists when an
-        active experiment holds the name."""
+        Raises InvalidArgument for a bad name, location, tag or workspace name, NotFound
+        for an unknown workspace, and AlreadyExists when an active experiment of the
+        workspace holds the name."""
         v = Violations()
         v.text("name", name, max_len=limits.EXPERIMENT_NAME_MAX, required=True)
         v.text("artifact_location", artifact_location, max_len=limits.ARTIFACT_LOCATION_MAX)
+        v.text("workspace", workspace, max_len=limits.WORKSPACE_NAME_MAX)
         keys, values = _check_tags(v, "tags", tags)
         v.raise_if_any()
+        workspace = workspace or DEFAULT_WORKSPACE
+        principal = policy.caller()
+        owner = "" if principal.anonymous else principal.name
 
         async def work(conn: Connection) -> int:
+            wid = await permission_store.workspace_id(conn, workspace)
+            if wid is None:
+                raise NotFound(
+                    f"no workspace is named {workspace!r}", metadata={"workspace": workspace}
+                )
             try:
                 async with conn.transaction():
-                    eid = await store.insert(conn, name, artifact_location, now_ms(), keys, values)
+                    eid = await store.insert(
+                        conn, name, artifact_location, now_ms(), keys, values, wid, owner
+                    )
             except asyncpg.UniqueViolationError as exc:
                 raise AlreadyExists(
                     f"experiment name {name!r} is held by an active experiment",
@@ -59,6 +85,10 @@ class Experiments:
                 ) from exc
             if not artifact_location:
                 await store.set_location(conn, eid, f"{self.artifact_root}/{eid}")
+            if owner:
+                await permission_store.set_grants(
+                    conn, eid, [user_subject(owner)], [Level.MANAGE], replace=False
+                )
             return eid
 
         return str(await self.db.transact(work))
@@ -76,7 +106,8 @@ class Experiments:
         v = Violations()
         v.text("experiment_name", name, max_len=limits.EXPERIMENT_NAME_MAX, required=True)
         v.raise_if_any()
-        row = await self.db.read(lambda conn: store.get_by_name(conn, name))
+        subjects = policy.subjects_if_limited()
+        row = await self.db.read(lambda conn: store.get_by_name(conn, name, subjects))
         if row is None:
             raise NotFound(f"no experiment is named {name!r}", metadata={"name": name})
         return row
@@ -110,11 +141,14 @@ class Experiments:
         )
         stages = VIEW_STAGES[view_type]
         fingerprint = paging.query_fingerprint("experiments", filter_, list(order_by), stages)
+        subjects = policy.subjects_if_limited()
 
         async def fetch(
             conn: Connection, after: list[Any] | None, limit: int
         ) -> tuple[list[asyncpg.Record], int]:
-            return await search_store.search_experiments(conn, stages, node, order, after, limit)
+            return await search_store.search_experiments(
+                conn, stages, node, order, after, limit, subjects
+            )
 
         async def keep(conn: Connection, rows: list[asyncpg.Record]) -> list[asyncpg.Record]:
             return rows
@@ -227,11 +261,105 @@ class Experiments:
 
         await self.db.transact(work)
 
+    async def permission_levels(self, experiment_id: str) -> list[tuple[Level, str]]:
+        """The levels a grant can give, with what each allows; NotFound for no such
+        experiment."""
+        await self.get(experiment_id)
+        return list(LEVEL_DESCRIPTIONS.items())
+
+    async def permissions(self, experiment_id: str) -> list[AccessEntry]:
+        """Who holds which level on the experiment (grants, then workspace roles)."""
+        eid = validation.experiment_id(experiment_id)
+        return await self.db.read(lambda conn: _access_list(conn, eid, experiment_id))
+
+    async def set_permissions(
+        self, experiment_id: str, grants: Sequence[tuple[str, str, int]], *, replace: bool
+    ) -> list[AccessEntry]:
+        """Grants levels on the experiment to principals and groups, given as (user_name,
+        group_name, level) with exactly one name; with `replace`, every other grant goes
+        (workspace roles stay). Returns who holds which level after the change.
+
+        Raises InvalidArgument for a bad entry or a repeated subject, NotFound for no such
+        experiment."""
+        eid = validation.experiment_id(experiment_id)
+        v = Violations()
+        v.count("access_control_list", len(grants), max_count=limits.GRANTS_MAX)
+        subjects: list[str] = []
+        levels: list[int] = []
+        for i, (user, group, level) in enumerate(grants):
+            path = f"access_control_list[{i}]"
+            if bool(user) == bool(group):
+                v.add(path, "give exactly one of user_name and group_name")
+                continue
+            field, name = ("user_name", user) if user else ("group_name", group)
+            if not v.text(f"{path}.{field}", name, max_len=limits.SUBJECT_NAME_MAX):
+                continue
+            if level not in (Level.READ, Level.EDIT, Level.MANAGE):
+                v.add(
+                    f"{path}.permission_level",
+                    f"{level} is not CAN_READ, CAN_EDIT or CAN_MANAGE",
+                )
+                continue
+            subject = user_subject(name) if user else group_subject(name)
+            if subject in subjects:
+                v.add(f"{path}.{field}", f"{name!r} is named twice")
+                continue
+            subjects.append(subject)
+            levels.append(level)
+        v.raise_if_any()
+
+        async def work(conn: Connection) -> list[AccessEntry]:
+            await _lock(conn, eid)
+            await permission_store.set_grants(conn, eid, subjects, levels, replace=replace)
+            return await _access_list(conn, eid, experiment_id)
+
+        try:
+            return await self.db.transact(work)
+        finally:
+            policy.levels_changed()
+
     async def set_default_location(self) -> None:
         """Gives the Default experiment an artifact location under the artifact root."""
         await self.db.transact(
             lambda conn: store.set_default_location(conn, f"{self.artifact_root}/0")
         )
+
+
+# What each level allows, as GetExperimentPermissionLevels says.
+LEVEL_DESCRIPTIONS = {
+    Level.READ: "See the experiment, its runs, metrics, datasets and logged models.",
+    Level.EDIT: "Also create and write runs and logged models, and set experiment tags.",
+    Level.MANAGE: "Also rename, delete and restore the experiment and change its permissions.",
+}
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    """Every level one principal or group holds on an experiment: (level, inherited,
+    inherited from) with the grant first."""
+
+    user_name: str
+    group_name: str
+    levels: list[tuple[Level, bool, str]]
+
+
+async def _access_list(conn: Connection, eid: int, experiment_id: str) -> list[AccessEntry]:
+    """Who holds which level on the experiment: principals first, then groups, by name."""
+    if await store.stage(conn, eid) is None:
+        raise _missing(experiment_id)
+    held: dict[str, list[tuple[Level, bool, str]]] = {}
+    for g in await permission_store.grants(conn, eid):
+        held.setdefault(g["subject"], []).append((Level(g["level"]), False, ""))
+    for r in await permission_store.roles(conn, eid):
+        held.setdefault(r["subject"], []).append(
+            (Level(r["role"]), True, f"workspaces/{r['workspace']}")
+        )
+    entries = []
+    for subject in sorted(held, key=lambda s: (not s.startswith("user:"), s)):
+        kind, _, name = subject.partition(":")
+        user, group = (name, "") if kind == "user" else ("", name)
+        entries.append(AccessEntry(user, group, held[subject]))
+    return entries
 
 
 def _check_tags(

@@ -13,6 +13,7 @@ import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import limits, names, paging, validation
+from trackd.server.domain.auth import policy
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -257,8 +258,10 @@ class LoggedModels:
         async def fetch(
             conn: Connection, after: list[Any] | None, limit: int
         ) -> tuple[list[asyncpg.Record], int]:
+            # Only the experiments the caller may see (in this snapshot), as for runs.
+            visible = await policy.visible_among(conn, eids)
             return await search_store.search_logged_models(
-                conn, eids, node, order, wanted, after, limit
+                conn, visible, node, order, wanted, after, limit
             )
 
         return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load_views)
@@ -290,6 +293,11 @@ async def resolve(
     id). Raises NotFound for an unknown or deleted model and, when `experiment_id` is given,
     InvalidArgument naming every field whose model belongs to another experiment."""
     found = await store.refs(conn, [m for _, m in wanted])
+    others = {r["experiment_id"] for r in found.values()} - {experiment_id}
+    if others:
+        # Models of experiments the caller may not see are answered as missing ones.
+        seen = set(await policy.visible_among(conn, sorted(others)))
+        found = {m: r for m, r in found.items() if r["experiment_id"] not in others - seen}
     v = Violations()
     for path, model_id in wanted:
         row = found.get(model_id)
@@ -327,7 +335,9 @@ async def _lock_writable(conn: Connection, model_id: str) -> asyncpg.Record:
 async def _check_source_run(conn: Connection, run_id: str, experiment_id: int) -> None:
     """A model's source run must be an active run of the model's experiment."""
     run = await run_store.ref(conn, run_id)
-    if run is None:
+    if run is None or (
+        run["experiment_id"] != experiment_id and await policy.hidden(conn, run["experiment_id"])
+    ):
         raise NotFound(f"source run {run_id} does not exist", metadata={"run_id": run_id})
     if run["experiment_id"] != experiment_id:
         raise InvalidArgument.for_field(

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from trackd.server.domain import limits, paging, validation
+from trackd.server.domain.auth import policy
 from trackd.server.domain.experiments import VIEW_STAGES
 from trackd.server.domain.runs import RunView, load_views
 from trackd.server.domain.search import parser
@@ -63,7 +64,10 @@ class RunSearch:
         async def fetch(
             conn: Connection, after: list[Any] | None, limit: int
         ) -> tuple[list[asyncpg.Record], int]:
-            return await search_store.search_runs(conn, eids, stages, node, order, after, limit)
+            # Only the experiments the caller may see, in this same snapshot: the others
+            # match nothing, as missing ones do, and pages stay full.
+            visible = await policy.visible_among(conn, eids)
+            return await search_store.search_runs(conn, visible, stages, node, order, after, limit)
 
         # A page can hold 50,000 runs: their datasets come without schema and profile.
         load = functools.partial(load_views, brief=True)

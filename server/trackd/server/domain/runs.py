@@ -15,6 +15,7 @@ import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import datasets, ingest, limits, logged_models, names, paging, validation
+from trackd.server.domain.auth import policy
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import datasets as dataset_store
@@ -92,6 +93,7 @@ class Runs:
         Raises InvalidArgument for bad fields, NotFound for an unknown experiment or parent,
         FailedPrecondition for a deleted experiment or parent."""
         eid = validation.experiment_id(experiment_id or "0")
+        user_id = _user_id(user_id)
         v = Violations()
         v.text("run_name", run_name, max_len=limits.RUN_NAME_MAX)
         v.text("user_id", user_id, max_len=limits.USER_ID_MAX)
@@ -125,7 +127,10 @@ class Runs:
             parent_pk = None
             if parent_run_id:
                 parent = await store.ref(conn, parent_run_id)
-                if parent is None:
+                if parent is None or (
+                    parent["experiment_id"] != eid
+                    and await policy.hidden(conn, parent["experiment_id"])
+                ):
                     raise NotFound(
                         f"parent run {parent_run_id} does not exist",
                         metadata={"run_id": parent_run_id},
@@ -650,6 +655,21 @@ def _history_position(position: list[object]) -> tuple[int, int, float]:
 
 
 # -- write helpers (inside a transaction holding the run's lock) ------------------------------
+
+
+def _user_id(user_id: str) -> str:
+    """The user_id a run records: the caller's name when auth is on (a different one given
+    is INVALID_ARGUMENT), else the one given."""
+    principal = policy.caller()
+    if principal.anonymous:
+        return user_id
+    if user_id and user_id != principal.name:
+        raise InvalidArgument.for_field(
+            "user_id",
+            f"is {user_id[:100]!r}, but the caller is {principal.name!r}; with auth on, "
+            "user_id is the caller's name: leave it empty or give that name",
+        )
+    return principal.name
 
 
 def _missing(run_id: str) -> NotFound:

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import ingest, validation
+from trackd.server.domain.auth import policy
+from trackd.server.domain.auth.policy import Authorizer
+from trackd.server.domain.auth.principal import Level
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import (
     DeadlineExceeded,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     TrackdError,
     Unavailable,
 )
@@ -30,6 +34,8 @@ from trackd.v1 import run_service_pb2 as pb
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 CHUNK_POINTS_MAX = 100_000
 WINDOW_CHUNKS = 16
+# Runs whose verdict one stream remembers (then it starts over).
+VERDICTS_MAX = 10_000
 
 
 @dataclass
@@ -57,19 +63,24 @@ class MetricStreams:
         self.draining.set()
 
     async def serve(
-        self, requests: AsyncIterator[pb.StreamMetricsRequest]
+        self,
+        requests: AsyncIterator[pb.StreamMetricsRequest],
+        authorizer: Authorizer | None = None,
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
         """Acknowledgements for the chunks of one call; the call ends with
-        DEADLINE_EXCEEDED when the client stays silent for idle_timeout seconds."""
+        DEADLINE_EXCEEDED when the client stays silent for idle_timeout seconds. With an
+        `authorizer`, each run is checked (CAN_EDIT) once per stream, and a chunk naming a
+        run the caller may not write is rejected (NOT_FOUND or PERMISSION_DENIED)."""
         self.open += 1
         try:
-            async for ack in self._serve(_requests(requests, self.idle_timeout, self.draining)):
+            requests = _requests(requests, self.idle_timeout, self.draining)
+            async for ack in self._serve(requests, authorizer):
                 yield ack
         finally:
             self.open -= 1
 
     async def _serve(
-        self, requests: AsyncIterator[pb.StreamMetricsRequest]
+        self, requests: AsyncIterator[pb.StreamMetricsRequest], authorizer: Authorizer | None
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
         first = await anext(requests, None)
         if first is None:
@@ -82,6 +93,10 @@ class MetricStreams:
         committed = await self.writers.db.read(lambda conn: store.stream_mark(conn, stream_id))
         pending: asyncio.Queue[_Pending | None] = asyncio.Queue(self.window)
         state = {"next": committed + 1}
+        # The verdict on each run this stream named: None to write, else the rejection.
+        verdicts: dict[str, TrackdError | None] | None = (
+            None if authorizer is None or policy.subjects_if_limited() is None else {}
+        )
 
         async def submit(req: pb.StreamMetricsRequest) -> None:
             if req.stream_id != stream_id:
@@ -103,6 +118,8 @@ class MetricStreams:
                 )
             state["next"] = seq + 1
             try:
+                if verdicts is not None and authorizer is not None:
+                    await _authorize(authorizer, req, verdicts)
                 item = await self._item(req, stream_id)
                 error = None
             except TrackdError as err:
@@ -204,6 +221,26 @@ class MetricStreams:
                 )
             )
         return ingest.Item(series, total, stream=(stream_id, req.sequence))
+
+
+async def _authorize(
+    authorizer: Authorizer, req: pb.StreamMetricsRequest, verdicts: dict[str, TrackdError | None]
+) -> None:
+    """Raises the rejection of the first run of the chunk the caller may not write; each
+    run is decided once per stream."""
+    for col in req.series:
+        run_id = col.run_id
+        if run_id not in verdicts:
+            if len(verdicts) >= VERDICTS_MAX:
+                verdicts.clear()
+            try:
+                await authorizer.require(policy.RUN, run_id, Level.EDIT)
+                verdicts[run_id] = None
+            except (NotFound, PermissionDenied) as err:
+                verdicts[run_id] = err
+        error = verdicts[run_id]
+        if error is not None:
+            raise error
 
 
 async def _requests(

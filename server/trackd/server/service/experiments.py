@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from trackd.server import convert
+from trackd.server.domain.auth.policy import Gate
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
+from trackd.v1 import experiment_pb2, experiment_service_pb2_grpc
 from trackd.v1 import experiment_service_pb2 as pb
-from trackd.v1 import experiment_service_pb2_grpc
 
 
 class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
@@ -17,12 +18,14 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
     def __init__(self, experiments: Experiments, datasets: Datasets) -> None:
         self.experiments = experiments
         self.datasets = datasets
+        # The permission policy of every call (service/rpc.py applies it).
+        self.gate = Gate(experiments.db)
 
     async def CreateExperiment(
         self, request: pb.CreateExperimentRequest, context: Context
     ) -> pb.CreateExperimentResponse:
         eid = await self.experiments.create(
-            request.name, request.artifact_location, convert.pairs(request.tags)
+            request.name, request.artifact_location, convert.pairs(request.tags), request.workspace
         )
         return pb.CreateExperimentResponse(experiment_id=eid)
 
@@ -95,3 +98,45 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
         )
         sizes.fit_page(response, "dataset_summaries", rows, "SearchDatasets")
         return response
+
+    async def GetExperimentPermissionLevels(
+        self, request: pb.GetExperimentPermissionLevelsRequest, context: Context
+    ) -> pb.GetExperimentPermissionLevelsResponse:
+        levels = await self.experiments.permission_levels(request.experiment_id)
+        return pb.GetExperimentPermissionLevelsResponse(
+            permission_levels=[
+                experiment_pb2.PermissionLevelDescription(
+                    permission_level=experiment_pb2.PermissionLevel.ValueType(level),
+                    description=text,
+                )
+                for level, text in levels
+            ]
+        )
+
+    async def GetExperimentPermissions(
+        self, request: pb.GetExperimentPermissionsRequest, context: Context
+    ) -> pb.GetExperimentPermissionsResponse:
+        entries = await self.experiments.permissions(request.experiment_id)
+        return pb.GetExperimentPermissionsResponse(
+            experiment_id=request.experiment_id, access_control_list=convert.access_list(entries)
+        )
+
+    async def SetExperimentPermissions(
+        self, request: pb.SetExperimentPermissionsRequest, context: Context
+    ) -> pb.SetExperimentPermissionsResponse:
+        entries = await self.experiments.set_permissions(
+            request.experiment_id, convert.grants(request.access_control_list), replace=True
+        )
+        return pb.SetExperimentPermissionsResponse(
+            experiment_id=request.experiment_id, access_control_list=convert.access_list(entries)
+        )
+
+    async def UpdateExperimentPermissions(
+        self, request: pb.UpdateExperimentPermissionsRequest, context: Context
+    ) -> pb.UpdateExperimentPermissionsResponse:
+        entries = await self.experiments.set_permissions(
+            request.experiment_id, convert.grants(request.access_control_list), replace=False
+        )
+        return pb.UpdateExperimentPermissionsResponse(
+            experiment_id=request.experiment_id, access_control_list=convert.access_list(entries)
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from trackd.server import convert
+from trackd.server.domain.auth.policy import Gate
 from trackd.server.domain.logged_models import LoggedModels
 from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
@@ -15,6 +16,8 @@ class LoggedModelService(logged_model_service_pb2_grpc.LoggedModelServiceService
 
     def __init__(self, models: LoggedModels) -> None:
         self.models = models
+        # The permission policy of every call (service/rpc.py applies it).
+        self.gate = Gate(models.db)
 
     async def CreateLoggedModel(
         self, request: pb.CreateLoggedModelRequest, context: Context

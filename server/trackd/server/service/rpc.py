@@ -26,6 +26,8 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from trackd.server.domain.auth import policy
+from trackd.server.domain.auth.policy import Gate
 from trackd.server.errors import (
     STATUS_MESSAGE_BYTES_MAX,
     DeadlineExceeded,
@@ -176,12 +178,20 @@ async def _fail(call: Call, context: Context, exc: Exception) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _guarded(name: str, context: Context, guard: Guard) -> AsyncIterator[None]:
-    """One call's life for every kind of handler: start and admit it, turn any failure of
-    the body into the call's status (through _fail), and finish it."""
+async def _guarded(
+    name: str, context: Context, guard: Guard, gate: Gate | None = None, request: Any = None
+) -> AsyncIterator[None]:
+    """One call's life for every kind of handler: start and admit it, check it against the
+    policy (when the servicer has a gate), turn any failure of the body into the call's
+    status (through _fail), audit it, and finish it."""
     call = guard.start(name, context)
+    full_name = f"{gate.service}.{name}" if gate is not None else name
+    if isinstance(request, _Undecodable):
+        request = None
     try:
         await guard.admit(call, context)
+        if gate is not None:
+            await gate.before(full_name, request)
         yield
     except asyncio.CancelledError:
         call.code = grpc.StatusCode.CANCELLED
@@ -189,6 +199,8 @@ async def _guarded(name: str, context: Context, guard: Guard) -> AsyncIterator[N
     except Exception as exc:  # noqa: BLE001 - every failure leaves through _fail()
         await _fail(call, context, exc)
     finally:
+        if gate is not None:
+            gate.after(full_name, request, call.code.name, call.request_id)
         guard.finish(call)
 
 
@@ -201,20 +213,20 @@ def _checked(request: Any) -> Any:
 
 
 def _wrap_unary(
-    name: str, fn: Callable[[Any, Context], Awaitable[Any]], guard: Guard
+    name: str, fn: Callable[[Any, Context], Awaitable[Any]], guard: Guard, gate: Gate | None
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
-        async with _guarded(name, context, guard):
+        async with _guarded(name, context, guard, gate, request):
             return sizes.encode(name, await fn(_checked(request), context))
 
     return handler
 
 
 def _wrap_stream_out(
-    name: str, fn: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard
+    name: str, fn: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard, gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
-        async with _guarded(name, context, guard):
+        async with _guarded(name, context, guard, gate, request):
             async for item in fn(_checked(request), context):
                 yield sizes.encode(name, item)
 
@@ -225,13 +237,14 @@ def _wrap_stream_in(
     name: str,
     fn: Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]],
     guard: Guard,
+    gate: Gate | None,
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 yield _checked(request)
 
-        async with _guarded(name, context, guard):
+        async with _guarded(name, context, guard, gate):
             async for item in fn(checked(), context):
                 yield sizes.encode(name, item)
 
@@ -247,9 +260,16 @@ def method_handlers(
     servicer: object, service: ServiceDescriptor, guard: Guard
 ) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
     """The handler of every method of `service`, implemented by the method of the same
-    name on `servicer`, each call going through `guard` and the size check."""
+    name on `servicer`, each call going through `guard`, the servicer's `gate` (the
+    permission policy, if it has one) and the size check. KeyError for a method whose
+    permission the policy does not declare."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    # The servicer's own attribute only (a servicer may answer every name it is asked).
+    gate: Gate | None = vars(servicer).get("gate") if hasattr(servicer, "__dict__") else None
+    if gate is not None:
+        gate.service = service.full_name
     for method in service.methods:
+        policy.rule(method.full_name)
         request_cls = message_factory.GetMessageClass(method.input_type)
         impl = getattr(servicer, method.name)
         kwargs: dict[str, Any] = {
@@ -258,17 +278,17 @@ def method_handlers(
         }
         if method.client_streaming and method.server_streaming:
             handlers[method.name] = grpc.stream_stream_rpc_method_handler(
-                _wrap_stream_in(method.name, impl, guard), **kwargs
+                _wrap_stream_in(method.name, impl, guard, gate), **kwargs
             )
         elif method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
-                _wrap_stream_out(method.name, impl, guard), **kwargs
+                _wrap_stream_out(method.name, impl, guard, gate), **kwargs
             )
         elif method.client_streaming:
             raise NotImplementedError(f"client-streaming method {method.full_name}")
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method.name, impl, guard), **kwargs
+                _wrap_unary(method.name, impl, guard, gate), **kwargs
             )
     return handlers
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from trackd.server import convert
+from trackd.server.domain.auth.policy import Gate
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
@@ -21,6 +22,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self.runs = runs
         self.search = search
         self.streams = streams
+        # The permission policy of every call (service/rpc.py applies it).
+        self.gate = Gate(runs.db)
 
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: Context
@@ -161,7 +164,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     async def StreamMetrics(
         self, request_iterator: AsyncIterator[pb.StreamMetricsRequest], context: Context
     ) -> AsyncIterator[pb.StreamMetricsResponse]:
-        async for ack in self.streams.serve(request_iterator):
+        async for ack in self.streams.serve(request_iterator, self.gate.authorizer):
             for rejection in ack.rejections:
                 convert.complete_rejection(rejection)
             yield ack

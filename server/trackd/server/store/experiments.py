@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from trackd.server.store import permissions
 from trackd.server.store.pool import Connection
 
 ACTIVE = 1
@@ -13,24 +14,28 @@ DELETED = 2
 
 COLUMNS = """
     e.experiment_id, e.name, e.artifact_location, e.lifecycle_stage, e.creation_time,
-    e.last_update_time,
+    e.last_update_time, e.owner,
+    (SELECT w.name FROM workspaces w WHERE w.workspace_id = e.workspace_id) AS workspace,
     COALESCE((SELECT array_agg(t.key ORDER BY t.key) FROM experiment_tags t
               WHERE t.experiment_id = e.experiment_id), '{}') AS tag_keys,
     COALESCE((SELECT array_agg(t.value ORDER BY t.key) FROM experiment_tags t
               WHERE t.experiment_id = e.experiment_id), '{}') AS tag_values"""
 
 INSERT = """
-INSERT INTO experiments (name, artifact_location, creation_time, last_update_time)
-VALUES ($1, $2, $3, $3)
+INSERT INTO experiments (name, artifact_location, creation_time, last_update_time,
+                         workspace_id, owner)
+VALUES ($1, $2, $3, $3, $4, $5)
 RETURNING experiment_id"""
 SET_LOCATION = "UPDATE experiments SET artifact_location = $2 WHERE experiment_id = $1"
 DEFAULT_LOCATION = """
 UPDATE experiments SET artifact_location = $1 WHERE experiment_id = 0 AND artifact_location = ''"""
 # The f-strings below splice in constant column lists only, never user input.
 GET = f"SELECT {COLUMNS} FROM experiments e WHERE e.experiment_id = $1"  # noqa: S608
+# Among the experiments the subjects ($2) may see; all of them when $2 is NULL (admins).
 GET_BY_NAME = f"""
-SELECT {COLUMNS} FROM experiments e WHERE e.name = $1
-ORDER BY e.lifecycle_stage, e.last_update_time DESC LIMIT 1"""  # noqa: S608
+SELECT {COLUMNS} FROM experiments e
+WHERE e.name = $1 AND ($2::text[] IS NULL OR {permissions.VISIBLE.format(n=2)})
+ORDER BY e.lifecycle_stage, e.workspace_id, e.last_update_time DESC LIMIT 1"""  # noqa: S608
 LOCK = """
 SELECT experiment_id, name, lifecycle_stage, artifact_location FROM experiments
 WHERE experiment_id = $1 FOR NO KEY UPDATE"""
@@ -56,10 +61,14 @@ async def insert(
     now: int,
     tag_keys: Sequence[str],
     tag_values: Sequence[str],
+    workspace_id: int = 1,
+    owner: str = "",
 ) -> int:
-    """Inserts an experiment with its tags; returns its id. An artifact location of ''
-    is filled in from `artifact_root` by the caller via set_location."""
-    experiment_id: int = await conn.fetchval(INSERT, name, artifact_location, now)
+    """Inserts an experiment with its tags into a workspace; returns its id. An artifact
+    location of '' is filled in from `artifact_root` by the caller via set_location."""
+    experiment_id: int = await conn.fetchval(
+        INSERT, name, artifact_location, now, workspace_id, owner
+    )
     if tag_keys:
         await conn.execute(UPSERT_TAGS, experiment_id, tag_keys, tag_values)
     return experiment_id
@@ -80,9 +89,12 @@ async def get(conn: Connection, experiment_id: int) -> asyncpg.Record | None:
     return await conn.fetchrow(GET, experiment_id)
 
 
-async def get_by_name(conn: Connection, name: str) -> asyncpg.Record | None:
-    """The experiment of that name, the active one first, or None."""
-    return await conn.fetchrow(GET_BY_NAME, name)
+async def get_by_name(
+    conn: Connection, name: str, subjects: Sequence[str] | None
+) -> asyncpg.Record | None:
+    """The experiment of that name the subjects may see (any for None), the active one
+    first, then that of the lowest workspace id, or None."""
+    return await conn.fetchrow(GET_BY_NAME, name, None if subjects is None else list(subjects))
 
 
 async def lock(conn: Connection, experiment_id: int) -> asyncpg.Record | None:

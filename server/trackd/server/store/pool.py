@@ -65,6 +65,8 @@ class Database:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        # Awaited by close() before the pool closes (the audit trail's last rows).
+        self.before_close: list[Callable[[], Awaitable[None]]] = []
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
@@ -88,7 +90,13 @@ class Database:
         return cls(pool)
 
     async def close(self) -> None:
-        """Closes every connection of the pool, waiting for those in use."""
+        """Writes what waits to be written (before_close), then closes every connection of
+        the pool, waiting for those in use."""
+        for hook in self.before_close:
+            try:
+                await hook()
+            except Exception:  # a failed hook must not keep the pool open
+                log.exception("a before-close hook failed")
         await self.pool.close()
 
     async def _unit(

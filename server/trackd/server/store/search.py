@@ -17,6 +17,7 @@ import asyncpg
 from trackd.server.domain.search.ast import And, Compare, Ident, Node, Not, Or, OrderKey
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as logged_model_store
+from trackd.server.store import permissions
 from trackd.server.store.pool import Connection
 
 # SQL for each metric summary over a metric_series row `s` (see convert.summary_fields).
@@ -619,13 +620,21 @@ async def search_experiments(
     order: Sequence[OrderKey],
     after: Sequence[Any] | None,
     limit: int,
+    subjects: Sequence[str] | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """A page of experiments in the lifecycle stages that match `node`, in `order` (default
-    creation_time DESC), ties by id, strictly after `after`; and the number of sort columns."""
+    creation_time DESC), ties by id, strictly after `after`, among those `subjects` may see
+    (all for None); and the number of sort columns."""
+    base = "e.lifecycle_stage = ANY($1::smallint[])"
+    base_args: list[Any] = [list(stages)]
+    if subjects is not None:
+        # Only the experiments the subjects may see, in the query itself.
+        base += " AND " + permissions.VISIBLE.format(n=2)
+        base_args.append(list(subjects))
     sql, args, n_sort = build_query(
         EXPERIMENTS,
-        "e.lifecycle_stage = ANY($1::smallint[])",
-        [list(stages)],
+        base,
+        base_args,
         node,
         order,
         after,
