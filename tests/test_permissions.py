@@ -1,17 +1,17 @@
 """The permission matrix: every RPC of every service (read from the descriptors) called as
-a reader, an editor, a manager, a principal of another workspace and an admin, each
-answer's code checked against the level the policy declares.
-
-STOP-GAP, until authentication (API tokens through `trackd token create`) is committed:
-the principal of a call is set from an `x-test-principal` metadata entry by a test-only
-wrapper around Guard.admit (see `_principal_from_metadata`). Everything after it (the
-policy, the SQL filtering, the audit) runs as it does in production.
+anonymous, with a malformed, an expired and a revoked token, and as a reader, an editor, a
+manager, a principal of another workspace and an admin, each answer's code checked against
+the level the policy declares. Principals are API tokens made by `trackd token create`
+through the real entry point; the server runs with `--auth on`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -23,9 +23,7 @@ from google.protobuf import message_factory
 from conftest import server_config
 from trackd.server import app
 from trackd.server.domain.auth import policy
-from trackd.server.domain.auth.context import current_principal
-from trackd.server.domain.auth.principal import Level, Principal
-from trackd.server.service.guard import Guard
+from trackd.server.domain.auth.principal import Level
 from trackd.v1 import (
     experiment_pb2,
     experiment_service_pb2,
@@ -42,79 +40,69 @@ SERVICES = [
     logged_model_service_pb2.DESCRIPTOR.services_by_name["LoggedModelService"],
 ]
 ALL_RPCS = [m for s in SERVICES for m in s.methods]
+TRACKD = [sys.executable, "-m", "trackd.server"]
 
-# name -> (workspace role in "default", other workspace role) ; admin separately.
-CALLERS: dict[str, Principal] = {
-    "reader": Principal("reader"),
-    "editor": Principal("editor"),
-    "manager": Principal("manager"),
-    "outsider": Principal("outsider"),
-    "admin": Principal("root", admin=True),
-}
+# The callers, and their level on the experiments of workspace "default".
 LEVELS = {
     "reader": Level.READ,
     "editor": Level.EDIT,
     "manager": Level.MANAGE,
-    "outsider": Level.NONE,
+    "outsider": Level.NONE,  # MANAGE in workspace "other" only
     "admin": Level.MANAGE,
+}
+UNAUTHENTICATED = ("anonymous", "malformed", "expired", "revoked")
+# Metadata of each caller's calls; filled by the `authed` fixture.
+METADATA: dict[str, tuple[tuple[str, str], ...]] = {
+    "anonymous": (),
+    "malformed": (("authorization", "Bearer tkd_not-a-token"),),
 }
 
 
-def _principal_from_metadata() -> Callable[[], None]:
-    """STOP-GAP: wraps Guard.admit so that `x-test-principal: <name>` makes the call's
-    principal CALLERS[name]; returns the undo."""
-    original = Guard.admit
+def trackd(database_url: str, *args: str) -> str:
+    """Runs the `trackd` CLI (the real entry point); its stdout."""
+    result = subprocess.run(
+        [*TRACKD, *args, "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.strip()
 
-    async def admit(self: Guard, call: Any, context: Any) -> None:
-        await original(self, call, context)
-        for key, value in context.invocation_metadata() or ():
-            if key == "x-test-principal":
-                current_principal.set(CALLERS[value])
 
-    Guard.admit = admit  # type: ignore[method-assign]
-
-    def undo() -> None:
-        Guard.admit = original  # type: ignore[method-assign]
-
-    return undo
+def make_token(database_url: str, principal: str, *args: str) -> tuple[tuple[str, str], ...]:
+    """A new API token of `principal` (`trackd token create`), as call metadata."""
+    secret = trackd(database_url, "token", "create", "--principal", principal, *args)
+    assert secret.startswith("tkd_")
+    return (("authorization", f"Bearer {secret}"),)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def authed(database_url: str) -> AsyncIterator[tuple[grpc.aio.Channel, str]]:
-    """A server whose callers are set per call (see the module docstring), with roles:
-    reader/editor/manager in "default", outsider only in workspace "other"."""
-    undo = _principal_from_metadata()
-    running = await app.start(server_config(), database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute(
-            "INSERT INTO workspaces (name, creation_time) VALUES ('other', 0)"
-            " ON CONFLICT DO NOTHING"
-        )
-        await conn.execute(
-            """INSERT INTO workspace_roles (workspace_id, subject, role)
-            SELECT 1, s, r FROM unnest($1::text[], $2::smallint[]) AS t(s, r)
-            ON CONFLICT DO NOTHING""",
-            ["user:reader", "user:editor", "user:manager"],
-            [1, 2, 3],
-        )
-        await conn.execute(
-            """INSERT INTO workspace_roles (workspace_id, subject, role)
-            SELECT workspace_id, 'user:outsider', 3 FROM workspaces WHERE name = 'other'
-            ON CONFLICT DO NOTHING"""
-        )
-    finally:
-        await conn.close()
+    """A server with auth on; reader/editor/manager hold those roles in "default", the
+    outsider MANAGE in "other" only; an expired and a revoked token."""
+    made = time.monotonic()
+    METADATA["expired"] = make_token(database_url, "expired", "--expires-in", "1s")
+    trackd(database_url, "workspace", "create", "other")
+    for who, role in (("reader", "READ"), ("editor", "EDIT"), ("manager", "MANAGE")):
+        METADATA[who] = make_token(database_url, who, "--role", f"default={role}")
+    METADATA["outsider"] = make_token(database_url, "outsider", "--role", "other=MANAGE")
+    METADATA["admin"] = make_token(database_url, "root", "--admin")
+    METADATA["revoked"] = make_token(
+        database_url, "revoked", "--name", "r", "--role", "default=MANAGE"
+    )
+    trackd(database_url, "token", "revoke", "--principal", "revoked", "--name", "r")
+    await asyncio.sleep(max(0.0, 1.5 - (time.monotonic() - made)))
+    running = await app.start(server_config(auth="on"), database_url)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             yield ch, database_url
     finally:
         await running.stop(1.0)
-        undo()
 
 
 def as_(who: str) -> tuple[tuple[str, str], ...]:
-    return (("x-test-principal", who),)
+    return METADATA[who]
 
 
 async def _call(ch: grpc.aio.Channel, method: Any, request: Any, who: str) -> grpc.StatusCode:
@@ -245,6 +233,8 @@ DENIED = {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
 
 def expected(rule: policy.Rule, who: str) -> set[grpc.StatusCode] | None:
     """The codes the caller must get; None for "anything but a refusal"."""
+    if who in UNAUTHENTICATED:
+        return {grpc.StatusCode.UNAUTHENTICATED}
     held = LEVELS[who]
     if rule is policy.POLICY["trackd.v1.ExperimentService.GetExperimentByName"]:
         # Among the experiments the caller may see: to the outsider the name is unknown.
@@ -267,7 +257,7 @@ async def test_permission_matrix(authed: tuple[grpc.aio.Channel, str], method: A
     rule = policy.POLICY[method.full_name]
     # Refused callers first, on one set of resources; then the allowed ones, each on its own
     # (a delete must not hide the resource from the next caller).
-    order = sorted(CALLERS, key=lambda w: expected(rule, w) is None)
+    order = sorted([*UNAUTHENTICATED, *LEVELS], key=lambda w: expected(rule, w) is None)
     shared = await _fixtures(ch, f"{method.name}-shared")
     for who in order:
         want = expected(rule, who)

@@ -2,8 +2,8 @@
 return or accept another workspace's rows, and what is hidden answers exactly as what is
 missing.
 
-STOP-GAP, until authentication is committed: principals are set per call from the
-`x-test-principal` metadata by test_permissions' wrapper around Guard.admit.
+The server runs with `--auth on`; alice and bob are API tokens made by `trackd token
+create` with an EDIT role in their own workspace.
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
 
 from conftest import server_config
-from test_permissions import CALLERS, _principal_from_metadata
+from test_permissions import make_token, trackd
 from trackd.server import app
-from trackd.server.domain.auth.principal import Principal
 from trackd.v1 import (
     dataset_pb2,
     experiment_service_pb2,
@@ -39,8 +37,8 @@ ALICE, BOB = "alice", "bob"
 class Stubs:
     """The three services' stubs, each call made as one principal."""
 
-    def __init__(self, ch: grpc.aio.Channel, who: str) -> None:
-        self.md = (("x-test-principal", who),)
+    def __init__(self, ch: grpc.aio.Channel, md: tuple[tuple[str, str], ...]) -> None:
+        self.md = md
         self.exp = experiment_service_pb2_grpc.ExperimentServiceStub(ch)
         self.runs = run_service_pb2_grpc.RunServiceStub(ch)
         self.models = logged_model_service_pb2_grpc.LoggedModelServiceStub(ch)
@@ -50,23 +48,13 @@ class Stubs:
 async def two(database_url: str) -> AsyncIterator[tuple[Stubs, Stubs, dict[str, Any]]]:
     """alice edits workspace ws-a, bob ws-b; each has an experiment with a run that logged
     a metric and a dataset, and a logged model."""
-    CALLERS[ALICE] = Principal(ALICE)
-    CALLERS[BOB] = Principal(BOB)
-    undo = _principal_from_metadata()
-    running = await app.start(server_config(), database_url)
-    conn = await asyncpg.connect(database_url)
-    try:
-        for ws, who in (("ws-a", ALICE), ("ws-b", BOB)):
-            wid = await conn.fetchval(
-                "INSERT INTO workspaces (name, creation_time) VALUES ($1, 0)"
-                " RETURNING workspace_id",
-                ws,
-            )
-            await conn.execute("INSERT INTO workspace_roles VALUES ($1, $2, 2)", wid, f"user:{who}")
-    finally:
-        await conn.close()
+    tokens = {}
+    for ws, who in (("ws-a", ALICE), ("ws-b", BOB)):
+        trackd(database_url, "workspace", "create", ws)
+        tokens[who] = make_token(database_url, who, "--role", f"{ws}=EDIT")
+    running = await app.start(server_config(auth="on"), database_url)
     ch = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    a, b = Stubs(ch, ALICE), Stubs(ch, BOB)
+    a, b = Stubs(ch, tokens[ALICE]), Stubs(ch, tokens[BOB])
     made: dict[str, Any] = {}
     for who, s, ws in ((ALICE, a, "ws-a"), (BOB, b, "ws-b")):
         eid = (
@@ -111,8 +99,6 @@ async def two(database_url: str) -> AsyncIterator[tuple[Stubs, Stubs, dict[str, 
     finally:
         await ch.close()
         await running.stop(1.0)
-        undo()
-        del CALLERS[ALICE], CALLERS[BOB]
 
 
 async def _error(call: Any) -> grpc.aio.AioRpcError:
