@@ -23,14 +23,16 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.context import current_principal
 from trackd.server.domain.auth.principal import Principal
 from trackd.server.errors import ResourceExhausted, Unauthenticated
+
+if TYPE_CHECKING:  # not at run time: a light install (no asyncpg) imports this via logs
+    from trackd.server.domain.auth.authn import Authenticator
 
 log = logging.getLogger("trackd.access")
 
