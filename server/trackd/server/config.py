@@ -315,7 +315,8 @@ def _validate_auth(cfg: Config) -> None:
             raise StartupError(f"JWT authentication also needs {', '.join(missing)}")
         if not cfg.jwt_jwks_url.startswith(("https://", "http://")):
             raise StartupError(
-                f"{setting('jwt_jwks_url')} must be an https:// URL; got {cfg.jwt_jwks_url!r}"
+                f"{setting('jwt_jwks_url')} must be an https:// URL (http:// only on a "
+                f"trusted network); got {cfg.jwt_jwks_url!r}"
             )
     if not cfg.jwt_groups_claim:
         raise StartupError(f"{setting('jwt_groups_claim')} must not be empty")
