@@ -280,3 +280,34 @@ async def test_stream_chunks_for_another_workspaces_run_are_rejected_and_not_wri
         metadata=b.md,
     )
     assert sorted(p.value for p in mine.metrics) == [1.0, 2.0]
+
+
+async def test_stream_ids_of_one_principal_are_not_anothers(
+    two: tuple[Stubs, Stubs, dict[str, Any]],
+) -> None:
+    a, b, made = two
+
+    def chunk(seq: int, run_id: str) -> run_service_pb2.StreamMetricsRequest:
+        cols = (
+            [run_service_pb2.MetricColumns(run_id=run_id, key="s", steps=[seq], values=[1.0])]
+            if seq
+            else []
+        )
+        return run_service_pb2.StreamMetricsRequest(stream_id="same-id", sequence=seq, series=cols)
+
+    alice = [chunk(0, ""), chunk(1, made[ALICE]["run_id"]), chunk(2, made[ALICE]["run_id"])]
+    acks = [x async for x in a.runs.StreamMetrics(iter(alice), metadata=a.md)]
+    assert acks[0].acked_sequence == 0 and acks[-1].acked_sequence == 2
+    # bob's stream of the same id starts from nothing, and writes his chunk 1.
+    bob = [chunk(0, ""), chunk(1, made[BOB]["run_id"])]
+    acks = [x async for x in b.runs.StreamMetrics(iter(bob), metadata=b.md)]
+    assert [x.acked_sequence for x in acks] == [0, 1]
+    assert not any(x.rejections for x in acks)
+    history = await b.runs.GetMetricHistory(
+        run_service_pb2.GetMetricHistoryRequest(run_id=made[BOB]["run_id"], metric_key="s"),
+        metadata=b.md,
+    )
+    assert [p.step for p in history.metrics] == [1]
+    # alice resumes her own stream where she left it.
+    acks = [x async for x in a.runs.StreamMetrics(iter([chunk(0, "")]), metadata=a.md)]
+    assert acks[0].acked_sequence == 2

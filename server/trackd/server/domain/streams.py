@@ -90,7 +90,8 @@ class MetricStreams:
             raise InvalidArgument.for_field(
                 "stream_id", "must be 1 to 64 letters, digits, '_' or '-'"
             )
-        committed = await self.writers.db.read(lambda conn: store.stream_mark(conn, stream_id))
+        stream_key = _stream_key(stream_id)
+        committed = await self.writers.db.read(lambda conn: store.stream_mark(conn, stream_key))
         pending: asyncio.Queue[_Pending | None] = asyncio.Queue(self.window)
         state = {"next": committed + 1}
         # The verdict on each run this stream named: None to write, else the rejection.
@@ -120,14 +121,14 @@ class MetricStreams:
             try:
                 if verdicts is not None and authorizer is not None:
                     await _authorize(authorizer, req, verdicts)
-                item = await self._item(req, stream_id)
+                item = await self._item(req, stream_key)
                 error = None
             except TrackdError as err:
                 # A rejected chunk still takes its place in the stream: an empty item
                 # records its sequence, so that a reconnect resumes after it.
-                item = ingest.Item([], 0, stream=(stream_id, seq))
+                item = ingest.Item([], 0, stream=(stream_key, seq))
                 error = err
-            future = await self.writers.enqueue(item, stream_id)
+            future = await self.writers.enqueue(item, stream_key)
             await pending.put(_Pending(seq, future, error))
 
         async def read() -> None:
@@ -221,6 +222,13 @@ class MetricStreams:
                 )
             )
         return ingest.Item(series, total, stream=(stream_id, req.sequence))
+
+
+def _stream_key(stream_id: str) -> str:
+    """Where a stream's progress is kept: its id, and with auth on the principal's name
+    before it, so that one principal's stream ids can neither read nor advance another's."""
+    principal = policy.caller()
+    return stream_id if principal.anonymous else f"{principal.name}/{stream_id}"
 
 
 async def _authorize(
