@@ -105,6 +105,15 @@ def as_(who: str) -> tuple[tuple[str, str], ...]:
     return METADATA[who]
 
 
+def unary(ch: grpc.aio.Channel, path: str, response: Any) -> Any:
+    """A callable for the unary method at `path` answering `response` messages."""
+    return ch.unary_unary(
+        path,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response.FromString,
+    )
+
+
 async def _call(ch: grpc.aio.Channel, method: Any, request: Any, who: str) -> grpc.StatusCode:
     """The code of one call (a streaming one is read to its end)."""
     path = f"/{method.containing_service.full_name}/{method.name}"
@@ -138,28 +147,22 @@ async def _fixtures(ch: grpc.aio.Channel, tag: str) -> dict[str, str]:
     """A fresh experiment (in "default"), run and logged model, made by the admin."""
     exp = experiment_service_pb2
     eid = (
-        await ch.unary_unary(
-            "/trackd.v1.ExperimentService/CreateExperiment",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=exp.CreateExperimentResponse.FromString,
+        await unary(
+            ch, "/trackd.v1.ExperimentService/CreateExperiment", exp.CreateExperimentResponse
         )(exp.CreateExperimentRequest(name=f"matrix-{tag}"), metadata=as_("admin"))
     ).experiment_id
     run = (
-        await ch.unary_unary(
-            "/trackd.v1.RunService/CreateRun",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=run_service_pb2.CreateRunResponse.FromString,
-        )(run_service_pb2.CreateRunRequest(experiment_id=eid), metadata=as_("admin"))
+        await unary(ch, "/trackd.v1.RunService/CreateRun", run_service_pb2.CreateRunResponse)(
+            run_service_pb2.CreateRunRequest(experiment_id=eid), metadata=as_("admin")
+        )
     ).run.info.run_id
     lm = logged_model_service_pb2
     mid = (
-        await ch.unary_unary(
-            "/trackd.v1.LoggedModelService/CreateLoggedModel",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=lm.CreateLoggedModelResponse.FromString,
+        await unary(
+            ch, "/trackd.v1.LoggedModelService/CreateLoggedModel", lm.CreateLoggedModelResponse
         )(lm.CreateLoggedModelRequest(experiment_id=eid), metadata=as_("admin"))
     ).model.info.model_id
-    unary = {
+    tags = {
         "/trackd.v1.ExperimentService/SetExperimentTag": exp.SetExperimentTagRequest(
             experiment_id=eid, key="k", value="v"
         ),
@@ -170,10 +173,8 @@ async def _fixtures(ch: grpc.aio.Channel, tag: str) -> dict[str, str]:
             model_id=mid, tags=[logged_model_pb2.LoggedModelTag(key="k", value="v")]
         ),
     }
-    for path, request in unary.items():
-        await ch.unary_unary(
-            path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=bytes
-        )(request, metadata=as_("admin"))
+    for path, request in tags.items():
+        await unary(ch, path, type(request))(request, metadata=as_("admin"))
     return {"experiment_id": eid, "run_id": run, "model_id": mid}
 
 
@@ -278,11 +279,7 @@ async def test_outsider_searches_see_nothing_and_admin_sees_all(
 ) -> None:
     ch, _ = authed
     ids = await _fixtures(ch, "search")
-    search = ch.unary_unary(
-        "/trackd.v1.RunService/SearchRuns",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=run_service_pb2.SearchRunsResponse.FromString,
-    )
+    search = unary(ch, "/trackd.v1.RunService/SearchRuns", run_service_pb2.SearchRunsResponse)
     req = run_service_pb2.SearchRunsRequest(experiment_ids=[ids["experiment_id"]])
     assert len((await search(req, metadata=as_("admin"))).runs) == 1
     assert len((await search(req, metadata=as_("reader"))).runs) == 1
@@ -294,20 +291,16 @@ async def test_grant_gives_an_outsider_the_level_and_set_replaces(
 ) -> None:
     ch, _ = authed
     ids = await _fixtures(ch, "grant")
-    get = ch.unary_unary(
-        "/trackd.v1.RunService/GetRun",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=run_service_pb2.GetRunResponse.FromString,
-    )
-    update = ch.unary_unary(
+    get = unary(ch, "/trackd.v1.RunService/GetRun", run_service_pb2.GetRunResponse)
+    update = unary(
+        ch,
         "/trackd.v1.ExperimentService/UpdateExperimentPermissions",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=experiment_service_pb2.UpdateExperimentPermissionsResponse.FromString,
+        experiment_service_pb2.UpdateExperimentPermissionsResponse,
     )
-    setp = ch.unary_unary(
+    setp = unary(
+        ch,
         "/trackd.v1.ExperimentService/SetExperimentPermissions",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=experiment_service_pb2.SetExperimentPermissionsResponse.FromString,
+        experiment_service_pb2.SetExperimentPermissionsResponse,
     )
     req = run_service_pb2.GetRunRequest(run_id=ids["run_id"])
     with pytest.raises(grpc.aio.AioRpcError) as exc:
@@ -341,11 +334,7 @@ async def test_writes_are_audited_with_their_outcome(
 ) -> None:
     ch, url = authed
     ids = await _fixtures(ch, "audit")
-    tag = ch.unary_unary(
-        "/trackd.v1.RunService/SetTag",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=run_service_pb2.SetTagResponse.FromString,
-    )
+    tag = unary(ch, "/trackd.v1.RunService/SetTag", run_service_pb2.SetTagResponse)
     req = run_service_pb2.SetTagRequest(run_id=ids["run_id"], key="a", value="b")
     await tag(req, metadata=as_("editor"))
     with pytest.raises(grpc.aio.AioRpcError):
@@ -370,11 +359,7 @@ async def test_writes_are_audited_with_their_outcome(
 async def test_user_id_comes_from_the_principal(authed: tuple[grpc.aio.Channel, str]) -> None:
     ch, _ = authed
     ids = await _fixtures(ch, "user")
-    create = ch.unary_unary(
-        "/trackd.v1.RunService/CreateRun",
-        request_serializer=lambda m: m.SerializeToString(),
-        response_deserializer=run_service_pb2.CreateRunResponse.FromString,
-    )
+    create = unary(ch, "/trackd.v1.RunService/CreateRun", run_service_pb2.CreateRunResponse)
     resp = await create(
         run_service_pb2.CreateRunRequest(experiment_id=ids["experiment_id"]),
         metadata=as_("editor"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from trackd.server import convert
 from trackd.server.domain.auth.policy import Gate
 from trackd.server.domain.datasets import Datasets
@@ -124,19 +126,24 @@ class ExperimentService(experiment_service_pb2_grpc.ExperimentServiceServicer):
     async def SetExperimentPermissions(
         self, request: pb.SetExperimentPermissionsRequest, context: Context
     ) -> pb.SetExperimentPermissionsResponse:
-        entries = await self.experiments.set_permissions(
-            request.experiment_id, convert.grants(request.access_control_list), replace=True
-        )
-        return pb.SetExperimentPermissionsResponse(
-            experiment_id=request.experiment_id, access_control_list=convert.access_list(entries)
-        )
+        return pb.SetExperimentPermissionsResponse(**await self._grant(request, replace=True))
 
     async def UpdateExperimentPermissions(
         self, request: pb.UpdateExperimentPermissionsRequest, context: Context
     ) -> pb.UpdateExperimentPermissionsResponse:
+        return pb.UpdateExperimentPermissionsResponse(**await self._grant(request, replace=False))
+
+    async def _grant(
+        self,
+        request: pb.SetExperimentPermissionsRequest | pb.UpdateExperimentPermissionsRequest,
+        *,
+        replace: bool,
+    ) -> dict[str, Any]:
+        """Set's or Update's change, and the fields of its answer."""
         entries = await self.experiments.set_permissions(
-            request.experiment_id, convert.grants(request.access_control_list), replace=False
+            request.experiment_id, convert.grants(request.access_control_list), replace=replace
         )
-        return pb.UpdateExperimentPermissionsResponse(
-            experiment_id=request.experiment_id, access_control_list=convert.access_list(entries)
-        )
+        return {
+            "experiment_id": request.experiment_id,
+            "access_control_list": convert.access_list(entries),
+        }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,11 +277,6 @@ def audit_resource(method: str, request: Any) -> str:
     if r.resource == WORKSPACE:
         value = value or DEFAULT_WORKSPACE
     return f"{r.resource}:{str(value)[:100]}"
-
-
-def level_names() -> Sequence[Level]:
-    """The levels a grant can give, lowest first."""
-    return (Level.READ, Level.EDIT, Level.MANAGE)
 
 
 class Gate:
