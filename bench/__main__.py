@@ -7,9 +7,14 @@ import asyncio
 import datetime
 import platform
 
-from bench import common, ingest, logcall, search
+from bench import auth, common, ingest, logcall, search
 
-SCENARIOS = {"ingest": ingest.run, "search": search.run, "logcall": logcall.run}
+SCENARIOS = {
+    "ingest": ingest.run,
+    "search": search.run,
+    "logcall": logcall.run,
+    "auth": auth.run,
+}
 
 
 async def main(names: list[str]) -> None:

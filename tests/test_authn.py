@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import server_config
 from helpers import error_info
-from trackd.client import AsyncClient, Client
+from trackd.client import AsyncClient, Client, UnauthenticatedError
 from trackd.client.credentials import TlsConfig
 from trackd.server import app
 from trackd.server.app import Running
@@ -342,9 +342,10 @@ async def test_the_clients_send_the_token_argument_or_trackd_token(
     async with AsyncClient(target, token=secret) as c:
         assert (await c.get_experiment("0")).experiment_id == "0"
     async with AsyncClient(target) as c:
-        with pytest.raises(Exception) as exc:
+        with pytest.raises(UnauthenticatedError) as exc:
             await c.get_experiment("0")
-        assert getattr(exc.value, "code", None) == grpc.StatusCode.UNAUTHENTICATED
+        assert exc.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert exc.value.reason == "UNAUTHENTICATED"
     monkeypatch.setenv("TRACKD_TOKEN", secret)
 
     def sync_call() -> str:

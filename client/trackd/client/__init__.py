@@ -48,7 +48,9 @@ from trackd.client.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     TrackdError,
+    UnauthenticatedError,
 )
 from trackd.client.fluent import (
     active_run,
@@ -106,6 +108,7 @@ __all__ = [
     "NotFoundError",
     "PagedList",
     "Param",
+    "PermissionDeniedError",
     "RejectedPointsError",
     "Rejection",
     "Run",
@@ -116,6 +119,7 @@ __all__ = [
     "RunStatus",
     "RunTag",
     "TrackdError",
+    "UnauthenticatedError",
     "ViewType",
     "__version__",
     "active_run",

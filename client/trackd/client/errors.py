@@ -51,7 +51,13 @@ class PermissionDeniedError(TrackdError):
     (named in the message and in `metadata["level_needed"]`)."""
 
 
+class UnauthenticatedError(TrackdError):
+    """UNAUTHENTICATED: the server has auth on and the call's credential is missing,
+    malformed, expired, revoked or not valid (pass `token=` or set TRACKD_TOKEN)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TrackdError]] = {
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
