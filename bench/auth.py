@@ -1,8 +1,10 @@
 """Auth benchmark: what authentication and permission checks cost. The same LogMetric
 latency and StreamMetrics ingest loads against a server with auth off and one with
 `--auth on` (on the same database), called by an API token of a principal with an EDIT
-role in the default workspace (not an admin, so every call pays for the token and the
-permission check). Rounds alternate off and on so that the machine's drift hits both.
+role in the default workspace (not an admin, so every call pays for the token, the
+permission check and the audit record). Rounds alternate off and on so that the machine's
+drift hits both. Besides wall-clock figures, it reports the server process's CPU time per
+call and per point, which waiting for a core on a shared machine does not inflate.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import uuid
 
 import grpc
 
-from bench.common import server_process
+from bench.common import ServerProcess, server_process
 from bench.ingest import _chunks, _stream, log_metric_latency
 from trackd.client.credentials import bearer_interceptors
 from trackd.v1 import run_service_pb2 as rpb
 from trackd.v1 import run_service_pb2_grpc
 
-ROUNDS = 3
+ROUNDS = 5
 CALLS = 1520
 STREAMS, POINTS = 8, 62_500
 
@@ -64,34 +66,66 @@ async def _ingest(stub: run_service_pb2_grpc.RunServiceStub) -> float:
     return STREAMS * POINTS / (loop.time() - t0)
 
 
-async def _measure(target: str, token: str | None) -> tuple[float, float]:
-    """(LogMetric p50 in ms, ingest points/s) through one channel."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (steadier than wall time on a shared
+    machine: it does not count waiting for a core)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(server: ServerProcess, token: str | None) -> tuple[float, float, float, float]:
+    """(LogMetric p50 in ms, server CPU us per LogMetric, ingest points/s, server CPU us
+    per ingested point) through one channel."""
     interceptors = bearer_interceptors(token) if token else None
-    async with grpc.aio.insecure_channel(target, interceptors=interceptors) as ch:
+    pid = server.proc.pid
+    async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as ch:
         stub = run_service_pb2_grpc.RunServiceStub(ch)
+        cpu0 = _cpu_seconds(pid)
         lat = await log_metric_latency(stub, CALLS)
+        cpu1 = _cpu_seconds(pid)
         rate = await _ingest(stub)
-    return statistics.median(lat) * 1000, rate
+        cpu2 = _cpu_seconds(pid)
+    return (
+        statistics.median(lat) * 1000,
+        (cpu1 - cpu0) / CALLS * 1e6,
+        rate,
+        (cpu2 - cpu1) / (STREAMS * POINTS) * 1e6,
+    )
 
 
 async def run(database_url: str) -> dict[str, dict[str, str]]:
     token = await _token(database_url)
     p50: dict[str, list[float]] = {"off": [], "on": []}
     ingest: dict[str, list[float]] = {"off": [], "on": []}
+    call_cpu: dict[str, list[float]] = {"off": [], "on": []}
+    point_cpu: dict[str, list[float]] = {"off": [], "on": []}
     async with (
         server_process(database_url, "--access-log", "off") as off,
         server_process(database_url, "--access-log", "off", "--auth", "on") as on,
     ):
-        await _measure(off.target, None)  # warm-up of both servers and the database
-        await _measure(on.target, token)
+        await _measure(off, None)  # warm-up of both servers and the database
+        await _measure(on, token)
         for _ in range(ROUNDS):
             for name, server, tok in (("off", off, None), ("on", on, token)):
-                lat, rate = await _measure(server.target, tok)
+                lat, per_call, rate, per_point = await _measure(server, tok)
                 p50[name].append(lat)
+                call_cpu[name].append(per_call)
                 ingest[name].append(rate)
+                point_cpu[name].append(per_point)
     lat_off, lat_on = statistics.median(p50["off"]), statistics.median(p50["on"])
     ing_off, ing_on = statistics.median(ingest["off"]), statistics.median(ingest["on"])
+    cc_off, cc_on = statistics.median(call_cpu["off"]), statistics.median(call_cpu["on"])
+    pc_off, pc_on = statistics.median(point_cpu["off"]), statistics.median(point_cpu["on"])
     return {
+        "server CPU (user + system), median of rounds": {
+            "per LogMetric, auth off / on": (
+                f"{cc_off:.0f} / {cc_on:.0f} us ({cc_on / cc_off:.3f}; +{cc_on - cc_off:.0f} us)"
+            ),
+            "per streamed point, auth off / on": (
+                f"{pc_off:.3f} / {pc_on:.3f} us ({pc_on / pc_off:.3f})"
+            ),
+        },
         f"LogMetric p50, 1 client, {CALLS} calls, median of {ROUNDS} rounds": {
             "auth off": f"{lat_off:.3f} ms (rounds {', '.join(f'{x:.3f}' for x in p50['off'])})",
             "auth on (API token, EDIT role)": (
