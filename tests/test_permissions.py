@@ -8,6 +8,8 @@ through the real entry point; the server runs with `--auth on`.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import pkgutil
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import pytest
 import pytest_asyncio
 from google.protobuf import message_factory
 
+import trackd.v1
 from conftest import server_config
 from trackd.server import app
 from trackd.server.domain.auth import policy
@@ -34,10 +37,14 @@ from trackd.v1 import (
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
+# Every service of every generated module of the contract, so a new service is covered too.
 SERVICES = [
-    experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
-    run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
-    logged_model_service_pb2.DESCRIPTOR.services_by_name["LoggedModelService"],
+    service
+    for m in pkgutil.iter_modules(trackd.v1.__path__)
+    if m.name.endswith("_pb2")
+    for service in importlib.import_module(
+        f"trackd.v1.{m.name}"
+    ).DESCRIPTOR.services_by_name.values()
 ]
 ALL_RPCS = [m for s in SERVICES for m in s.methods]
 TRACKD = [sys.executable, "-m", "trackd.server"]
