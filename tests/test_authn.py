@@ -699,6 +699,13 @@ def test_an_authenticated_session_logs_no_secret(
     log = "".join(lines) + rest
     assert '"UNAUTHENTICATED"' in log or "UNAUTHENTICATED" in log, log[-2000:]
     assert "CreateExperiment" in log  # the access log is on
+    audit = [json.loads(x) for x in log.splitlines() if '"logger":"trackd.audit"' in x]
+    assert {
+        "principal": "root",
+        "method": "trackd.v1.ExperimentService.CreateExperiment",
+        "resource": "workspace:default",
+        "outcome": "OK",
+    }.items() <= next(a for a in audit if a["method"].endswith("CreateExperiment")).items()
     key_body = "".join(pki.server_key.read_text().splitlines()[1:-1])
     for name, value in {
         "API token": secret,
@@ -711,6 +718,57 @@ def test_an_authenticated_session_logs_no_secret(
         "TLS key": key_body[20:80],
     }.items():
         assert value not in log, f"{name} appears in the log"
+
+
+def test_the_audit_line_written_directly_is_the_json_formatters_line() -> None:
+    """The JSON-logging server writes audit lines without a LogRecord (a hot path); they
+    are the lines JsonFormatter makes of the record the logger would write."""
+    import io
+    import logging
+    import re
+
+    from trackd.server import logs
+    from trackd.server.service import guard
+
+    class _Handler:
+        FLUSH_EVERY = 0.2
+        wall_flushed = time.time()
+        lock = threading.Lock()
+        stream = io.StringIO()
+
+        def flush(self) -> None:
+            pass
+
+    handler = _Handler()
+    who, what = 'ann"\\é\u2028', "run:<\x01>"  # escaped as json.dumps escapes them
+    sink = logs._audit_sink(handler)  # type: ignore[arg-type]
+    token = guard.request_id.set("rid-1")
+    try:
+        sink(who, "trackd.v1.RunService.LogMetric", what, "OK", "rid-2")
+        record = logging.getLogger("trackd.audit").makeRecord(
+            "trackd.audit",
+            logging.INFO,
+            __file__,
+            1,
+            "%s %s %s %s",
+            (who, "trackd.v1.RunService.LogMetric", what, "OK"),
+            None,
+            extra={
+                "principal": who,
+                "method": "trackd.v1.RunService.LogMetric",
+                "resource": what,
+                "outcome": "OK",
+                "audit_request_id": "rid-2",
+            },
+        )
+        guard.RequestIdFilter().filter(record)
+    finally:
+        guard.request_id.reset(token)
+    direct = handler.stream.getvalue()
+    formatted = logs.JsonFormatter().format(record) + "\n"
+    assert direct.count("\n") == 1 and json.loads(direct)["principal"] == who
+    stamp = re.compile(r'"ts":"[^"]*"')
+    assert stamp.sub("", direct) == stamp.sub("", formatted)  # the same bytes, in order
 
 
 # -- settings ------------------------------------------------------------------------------------

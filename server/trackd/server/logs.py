@@ -141,6 +141,37 @@ def _access_sink(handler: BufferedStderrHandler) -> Callable[[str, str, str, flo
     return write
 
 
+def _audit_sink(handler: BufferedStderrHandler) -> Callable[[str, str, str, str, str], None]:
+    """A writer of INFO audit lines (logger "trackd.audit") in JsonFormatter's shape,
+    without building a LogRecord (one is written per audited call, on the hot path): the
+    line is put together from its values, each escaped as json.dumps escapes it."""
+    formatter = JsonFormatter()
+    esc: Callable[[str], str] = json.encoder.encode_basestring_ascii
+    current_request_id = guard.request_id.get
+
+    def write(principal: str, method: str, resource: str, outcome: str, rid: str) -> None:
+        now = time.time()
+        p, m, r, o = esc(principal), esc(method), esc(resource), esc(outcome)
+        line = (
+            f'{{"ts":"{formatter._stamp(now)}","level":"INFO","logger":"trackd.audit",'
+            f'"request_id":{esc(current_request_id())},'
+            f'"msg":{esc(f"{principal} {method} {resource} {outcome}")},'
+            f'"principal":{p},"method":{m},"resource":{r},"outcome":{o},'
+            f'"audit_request_id":{esc(rid)}}}\n'
+        )
+        with handler.lock:  # type: ignore[union-attr]
+            handler.stream.write(line)
+            if now - handler.wall_flushed > handler.FLUSH_EVERY:
+                handler.flush()
+
+    return write
+
+
+# Set by configure() when logs go out as JSON lines: writes one audit line (principal,
+# method, resource, outcome, request_id) straight to the log stream.
+audit_sink: Callable[[str, str, str, str, str], None] | None = None
+
+
 def configure(level: str, fmt: str) -> None:
     """Sends trackd's logs to stderr in `fmt` at `level`: "json", "text", or "auto" (text
     when stderr is a terminal, JSON otherwise)."""
@@ -153,6 +184,8 @@ def configure(level: str, fmt: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     guard.access_sink = _access_sink(handler) if fmt == "json" else None
+    global audit_sink
+    audit_sink = _audit_sink(handler) if fmt == "json" else None
 
 
 def flush() -> None:

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 
+from trackd.server import logs
 from trackd.server.clock import now_ms
 from trackd.server.store import audit as store
 from trackd.server.store.pool import Connection, Database
@@ -37,6 +38,21 @@ class AuditTrail:
         self, principal: str, method: str, resource: str, outcome: str, request_id: str
     ) -> None:
         """Logs one audited call now and queues its row."""
+        sink = logs.audit_sink
+        if sink is not None and log.isEnabledFor(logging.INFO):
+            # The hot path: a ready JSON line, without a LogRecord and the formatter.
+            sink(principal, method, resource, outcome, request_id)
+        else:
+            self._log(principal, method, resource, outcome, request_id)
+        if len(self._pending) >= 2 * PENDING_MAX:
+            log.warning("audit rows dropped: the database has not taken them")
+            return
+        self._pending.append((now_ms(), principal, method, resource, outcome, request_id))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._later())
+
+    @staticmethod
+    def _log(principal: str, method: str, resource: str, outcome: str, request_id: str) -> None:
         log.info(
             "%s %s %s %s",
             principal,
@@ -51,12 +67,6 @@ class AuditTrail:
                 "audit_request_id": request_id,
             },
         )
-        if len(self._pending) >= 2 * PENDING_MAX:
-            log.warning("audit rows dropped: the database has not taken them")
-            return
-        self._pending.append((now_ms(), principal, method, resource, outcome, request_id))
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._later())
 
     async def _later(self) -> None:
         await asyncio.sleep(FLUSH_DELAY)

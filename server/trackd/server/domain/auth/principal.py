@@ -4,6 +4,7 @@ adapters) makes the Principal; the policy (domain/auth/policy.py) decides with i
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass, field
 
 # The workspace of existing data and of every experiment made with auth off.
@@ -55,9 +56,10 @@ class Principal:
     admin: bool = False
     via: str = "token"
 
-    @property
+    @functools.cached_property
     def subjects(self) -> tuple[str, ...]:
-        """The subjects roles and grants may name for this principal."""
+        """The subjects roles and grants may name for this principal (computed once: a
+        principal is immutable, and this is read by every permission check)."""
         return (user_subject(self.name), *sorted(group_subject(g) for g in self.groups))
 
     @property
