@@ -200,6 +200,14 @@ async def test_bad_points_raise_at_the_put_and_buffer_nothing(
         with pytest.raises(TypeError, match="value of 'b' must be a number, not None"):
             logger.put_many(run_id, {"a": 1.0, "b": None})
         assert logger.pending == 0 and not logger._buf
+        # The waiting coroutine path checks by the same rules.
+        with pytest.raises(InvalidArgumentError):
+            await logger.log(run_id, "bad*key", 1.0)
+        with pytest.raises(TypeError, match="None"):
+            await logger.log_many(run_id, {"a": None})  # type: ignore[dict-item]
+        with pytest.raises(InvalidArgumentError):
+            logger.log_nowait(run_id, "x", 1.0, 2**63)
+        assert logger.pending == 0 and not logger._buf
 
         # What is accepted: ints and other real numbers, NaN, step None (0).
         logger.put(run_id, "x", 3, None, 5)

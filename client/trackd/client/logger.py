@@ -66,7 +66,6 @@ DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
 # The protocol's limit on points per chunk.
 MAX_CHUNK_POINTS = 100_000
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # Estimated encoded bytes of one point (three packed varints/doubles, worst case) and of a
 # series besides its points.
 _POINT_BYTES = 30
@@ -110,23 +109,25 @@ def _now_ms() -> int:
 
 
 def make_point(
-    run_id: str, key: str, value: float, step: int = 0, timestamp: int | None = None
+    run_id: str, key: str, value: object, step: object = 0, timestamp: object = None
 ) -> Point:
-    """A checked point; the timestamp defaults to the client's clock now (ms).
+    """A point checked by the same rules as `put` (trackd.client.checks); the timestamp
+    defaults to the client's clock now (ms).
 
     Raises:
-        TypeError: run_id or key is not a str, or step or timestamp is not an integer.
-        ValueError: step is outside int64, or timestamp is negative or outside int64.
+        TypeError: run_id or key is not a str, value is not a number, or step or timestamp
+            is not an integer.
+        InvalidArgumentError: the key breaks a rule, or step or timestamp is out of range.
     """
-    if type(run_id) is not str or type(key) is not str:
-        raise TypeError(f"run_id and key must be str, not {type(run_id)!r} and {type(key)!r}")
-    step = operator.index(step)
-    ts = _now_ms() if timestamp is None else operator.index(timestamp)
-    if not _INT64_MIN <= step <= _INT64_MAX:
-        raise ValueError(f"step {step} is outside int64")
-    if not 0 <= ts <= _INT64_MAX:
-        raise ValueError(f"timestamp {ts} must be >= 0 and within int64")
-    return (run_id, key, step, ts, float(value))
+    if run_id.__class__ is not str:
+        raise TypeError(f"run_id must be a str, not {type(run_id).__name__}")
+    return (
+        run_id,
+        check_key(key),
+        step_value(step),
+        timestamp_value(timestamp),
+        metric_value(value),
+    )
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,7 @@ class AsyncMetricLogger:
             BufferFullError: the buffer is full and on_full is "raise".
             LoggerClosedError: the logger is closed.
             TrackdError: the stream failed for good (the failure's code and message).
-            TypeError, ValueError: a field is of the wrong type or out of range.
+            TypeError, InvalidArgumentError: a field is of the wrong type or breaks a rule.
         """
         await self.log_points((make_point(run_id, key, value, step, timestamp),))
 
@@ -409,7 +410,7 @@ class AsyncMetricLogger:
 
         Raises:
             BufferFullError: the buffer is full (whatever on_full says).
-            LoggerClosedError, TrackdError, TypeError, ValueError: as log().
+            LoggerClosedError, TrackdError, TypeError, InvalidArgumentError: as log().
         """
         point = make_point(run_id, key, value, step, timestamp)
         with self._lock:
@@ -1145,7 +1146,7 @@ class MetricLogger:
             BufferFullError: the buffer is full and on_full is "raise".
             LoggerClosedError: the logger is closed.
             TrackdError: the stream failed for good (the failure's code and message).
-            TypeError, ValueError: a field is of the wrong type or out of range.
+            TypeError, InvalidArgumentError: a field is of the wrong type or breaks a rule.
         """
         self.aio.put_blocking((make_point(run_id, key, value, step, timestamp),))
 
