@@ -364,7 +364,18 @@ async def test_a_jwt_from_the_issuer_is_accepted(server: Running, issuer: Issuer
 
 @pytest.mark.parametrize(
     "change",
-    ["signature", "audience", "issuer", "expired", "no-exp", "no-sub", "hs256", "none", "kid"],
+    [
+        "signature",
+        "audience",
+        "issuer",
+        "expired",
+        "no-exp",
+        "no-sub",
+        "hs256",
+        "none",
+        "kid",
+        "kid-not-a-string",
+    ],
 )
 async def test_a_bad_jwt_is_unauthenticated(server: Running, issuer: Issuer, change: str) -> None:
     now = int(time.time())
@@ -390,6 +401,9 @@ async def test_a_bad_jwt_is_unauthenticated(server: Running, issuer: Issuer, cha
     elif change == "none":
         payload = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ana", "exp": now + 600}
         token = jwt.encode(payload, None, algorithm="none", headers={"kid": KID})
+    elif change == "kid-not-a-string":
+        # PyJWT's JWKS client refuses this header with InvalidTokenError (not DecodeError).
+        token = "eyJhbGciOiJSUzI1NiIsImtpZCI6N30.e30.c2ln"  # {"alg":"RS256","kid":7}.{}.sig
     else:
         token = jwt.encode(
             {"iss": ISSUER, "aud": AUDIENCE, "sub": "ana", "exp": now + 600},

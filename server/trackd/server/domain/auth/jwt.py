@@ -87,7 +87,7 @@ class JwtVerifier:
             raise Unavailable("cannot fetch the JWT issuer's keys (JWKS); retry") from None
         except (jwt.PyJWKClientError, jwt.PyJWKError):
             raise Unauthenticated("the JWT names no key of the issuer's JWKS") from None
-        except jwt.DecodeError:
+        except jwt.InvalidTokenError:  # DecodeError, or a bad header (a `kid` not a string)
             raise Unauthenticated("malformed JWT") from None
         if key.algorithm_name not in ALGORITHMS:
             raise Unauthenticated("the issuer's key is not a public-key algorithm's")
