@@ -12,8 +12,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from google.protobuf.message import Message
-
 from trackd.v1 import (
     common_pb2,
     dataset_pb2,
@@ -593,11 +591,6 @@ def key_values(
                 f"not {type(item).__name__}"
             )
     return out
-
-
-def is_message(value: object) -> bool:
-    """Whether `value` is a protobuf message."""
-    return isinstance(value, Message)
 
 
 __all__ = [

@@ -4,8 +4,10 @@ messages, so that a bad key, value or type is reported at the call that made it.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from trackd.client import checks
 from trackd.client.entities import (
@@ -26,9 +28,6 @@ MetricLike = Metric | metric_pb2.Metric | tuple[Any, ...]
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 # MLflow's tag for a run's description.
 DESCRIPTION_TAG = "mlflow.note.content"
-
-# Experiment tag values are shorter than run tag values.
-EXPERIMENT_TAG_VALUE_LIMIT = 5000
 
 
 def now_ms() -> int:
@@ -74,59 +73,48 @@ def metrics(items: Iterable[MetricLike], arg: str = "metrics") -> list[metric_pb
     return [metric(m, f"{arg}[{i}]") for i, m in enumerate(items)]
 
 
-def params(
-    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "params"
-) -> list[run_pb2.Param]:
+Pairs = Mapping[str, object] | Iterable[Any] | None
+M = TypeVar("M", bound=Message)
+
+
+def _pairs(
+    items: Pairs, arg: str, make: Callable[..., M], value: Callable[[object, str], str]
+) -> list[M]:
+    """Checked key/value messages from a dict or a sequence of (key, value)-likes; fields
+    are named `arg[i].key` and `arg[i].value`."""
+    return [
+        make(key=checks.check_key(k, f"{arg}[{i}].key"), value=value(v, f"{arg}[{i}].value"))
+        for i, (k, v) in enumerate(key_values(items, arg))
+    ]
+
+
+def _experiment_tag_value(value: object, field: str) -> str:
+    return checks.tag_value(value, field, checks.EXPERIMENT_TAG_VALUE_MAX)
+
+
+def params(items: Pairs, arg: str = "params") -> list[run_pb2.Param]:
     """Checked Param messages from a dict or a sequence of Param/(key, value)."""
-    return [
-        run_pb2.Param(
-            key=checks.check_key(k, f"{arg}[{i}].key"),
-            value=checks.param_value(v, f"{arg}[{i}].value"),
-        )
-        for i, (k, v) in enumerate(key_values(items, arg))
-    ]
+    return _pairs(items, arg, run_pb2.Param, checks.param_value)
 
 
-def run_tags(
-    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
-) -> list[run_pb2.RunTag]:
+def run_tags(items: Pairs, arg: str = "tags") -> list[run_pb2.RunTag]:
     """Checked RunTag messages from a dict or a sequence of RunTag/(key, value)."""
-    return [
-        run_pb2.RunTag(
-            key=checks.check_key(k, f"{arg}[{i}].key"),
-            value=checks.tag_value(v, f"{arg}[{i}].value"),
-        )
-        for i, (k, v) in enumerate(key_values(items, arg))
-    ]
+    return _pairs(items, arg, run_pb2.RunTag, checks.tag_value)
 
 
-def experiment_tags(
-    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
-) -> list[experiment_pb2.ExperimentTag]:
+def experiment_tags(items: Pairs, arg: str = "tags") -> list[experiment_pb2.ExperimentTag]:
     """Checked ExperimentTag messages (values at most 5000 characters)."""
-    return [
-        experiment_pb2.ExperimentTag(
-            key=checks.check_key(k, f"{arg}[{i}].key"),
-            value=checks.tag_value(v, f"{arg}[{i}].value", EXPERIMENT_TAG_VALUE_LIMIT),
-        )
-        for i, (k, v) in enumerate(key_values(items, arg))
-    ]
+    return _pairs(items, arg, experiment_pb2.ExperimentTag, _experiment_tag_value)
 
 
-def model_params(
-    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "params"
-) -> list[logged_model_pb2.LoggedModelParameter]:
+def model_params(items: Pairs, arg: str = "params") -> list[logged_model_pb2.LoggedModelParameter]:
     """Checked LoggedModelParameter messages."""
-    return [
-        logged_model_pb2.LoggedModelParameter(key=p.key, value=p.value) for p in params(items, arg)
-    ]
+    return _pairs(items, arg, logged_model_pb2.LoggedModelParameter, checks.param_value)
 
 
-def model_tags(
-    items: Mapping[str, object] | Iterable[Any] | None, arg: str = "tags"
-) -> list[logged_model_pb2.LoggedModelTag]:
+def model_tags(items: Pairs, arg: str = "tags") -> list[logged_model_pb2.LoggedModelTag]:
     """Checked LoggedModelTag messages."""
-    return [logged_model_pb2.LoggedModelTag(key=t.key, value=t.value) for t in run_tags(items, arg)]
+    return _pairs(items, arg, logged_model_pb2.LoggedModelTag, checks.tag_value)
 
 
 def dataset(d: Dataset | dataset_pb2.Dataset, arg: str = "dataset") -> dataset_pb2.Dataset:
