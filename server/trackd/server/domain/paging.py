@@ -132,22 +132,21 @@ async def keyset_page(
     position = decode(page_token, fingerprint)
     after = decode_position(position) if position is not None else None
 
-    async def work(conn: Connection) -> tuple[list[V], list[list[Any]], bool]:
+    async def work(conn: Connection) -> tuple[list[V], list[asyncpg.Record], int]:
         try:
             rows, n_sort = await fetch(conn, after, size + 1)
         except (ValueError, asyncpg.DataError) as exc:
             raise InvalidArgument.for_field(
                 "page_token", "is not a token this server issued"
             ) from exc
-        more = len(rows) > size
-        rows = rows[:size]
-        keys = [[row[f"sk{i}"] for i in range(n_sort)] for row in rows]
-        return await load(conn, rows), keys, more
+        return await load(conn, rows[:size]), rows, n_sort
 
-    results, keys, more = await db.read(work)
+    results, rows, n_sort = await db.read(work)
 
     def resume(index: int) -> str:
-        return encode(encode_position(keys[index]), fingerprint)
+        # Read from the row only when a token is asked for (once a page, mostly).
+        row = rows[index]
+        return encode(encode_position([row[f"sk{i}"] for i in range(n_sort)]), fingerprint)
 
-    token = resume(len(keys) - 1) if more else ""
+    token = resume(size - 1) if len(rows) > size else ""
     return Page(results, resume), token
