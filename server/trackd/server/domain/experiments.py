@@ -26,8 +26,7 @@ from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
-# The longest filter SearchExperiments takes, as SearchRuns and SearchLoggedModels.
-FILTER_MAX = 10_000
+FILTER_MAX = limits.SEARCH_FILTER_MAX
 
 VIEW_STAGES = {
     0: (store.ACTIVE,),

@@ -18,7 +18,7 @@ from trackd.server.errors import InvalidArgument
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
-FILTER_MAX = 10_000
+FILTER_MAX = limits.SEARCH_FILTER_MAX
 ORDER_BY_MAX = 10
 EXPERIMENT_IDS_MAX = 100
 
