@@ -55,7 +55,7 @@ _CONTEXT_TAG = "mlflow.data.context"
 # may be too long for a btree entry. A comparison on a value comes with the same comparison
 # on this expression, which the index serves, and the exact one decides.
 VALUE_PREFIX = 500
-_PREFIX_SQL = "left({a}.value, 500)"
+_PREFIX_SQL = f"left({{a}}.value, {VALUE_PREFIX})"
 # Sublinks (EXISTS, NOT EXISTS) the planner may turn into joins, counted in the filter's
 # top-level conjunction; the rest are fenced with OFFSET 0 and stay per-row subplans. The
 # planner's join search grows much faster than the number of joins (measured: 8 EXISTS in an
