@@ -60,7 +60,8 @@ class Call:
     code: grpc.StatusCode = grpc.StatusCode.OK
     admitted: bool = False
     token: contextvars.Token[str] | None = None
-    # The `authorization` metadata values (read in start, dropped once authenticated).
+    # The `authorization` metadata values (read in start when auth is on, dropped once
+    # authenticated).
     authorization: list[str] | None = None
     principal_token: contextvars.Token[Principal] | None = None
 
@@ -150,7 +151,7 @@ class Guard:
                 rid = value
             elif key == "x-client-id" and isinstance(value, str):
                 client = value[:128]
-            elif key == "authorization":
+            elif key == "authorization" and self.authenticator is not None:
                 if authorization is None:
                     authorization = []
                 authorization.append(value if isinstance(value, str) else "")
