@@ -141,6 +141,7 @@ async def _token(args: argparse.Namespace, db: Any) -> None:
 
 async def _role(args: argparse.Namespace, db: Any) -> None:
     from trackd.server.domain.auth import tokens
+    from trackd.server.domain.auth.principal import Level
     from trackd.server.store import identity
 
     if args.action == "list":
@@ -149,10 +150,9 @@ async def _role(args: argparse.Namespace, db: Any) -> None:
             return await identity.list_roles(conn, args.workspace)
 
         rows = await db.read(fetch)
-        names = {1: "READ", 2: "EDIT", 3: "MANAGE"}
         _print_table(
             ("workspace", "subject", "role"),
-            [(r["workspace"], r["subject"], names[r["role"]]) for r in rows],
+            [(r["workspace"], r["subject"], Level(r["role"]).name) for r in rows],
         )
         return
     subject = tokens.subject(args.user, args.group)

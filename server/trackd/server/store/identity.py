@@ -27,7 +27,6 @@ REVOKE_TOKEN_BY_NAME = """
 UPDATE api_tokens SET revoked_time = $3
 WHERE principal = $1 AND name = $2 AND revoked_time IS NULL
 RETURNING token_id"""
-TOKEN_EXISTS = "SELECT 1 FROM api_tokens WHERE token_id = $1"
 
 WORKSPACE_ID = "SELECT workspace_id FROM workspaces WHERE name = $1"
 INSERT_WORKSPACE = """

@@ -44,9 +44,6 @@ WORKSPACE = "SELECT workspace_id FROM workspaces WHERE name = $1"
 WORKSPACE_LEVEL = """
 SELECT COALESCE(max(role), 0)::int FROM workspace_roles
 WHERE workspace_id = $1 AND subject = ANY($2::text[])"""
-WORKSPACE_NAME = """
-SELECT w.name FROM workspaces w JOIN experiments e ON e.workspace_id = w.workspace_id
-WHERE e.experiment_id = $1"""
 GRANTS = """
 SELECT subject, level FROM experiment_grants WHERE experiment_id = $1 ORDER BY subject"""
 ROLES = """
@@ -99,12 +96,6 @@ async def workspace_id(conn: Connection, name: str) -> int | None:
 async def workspace_level(conn: Connection, workspace: int, subjects: Sequence[str]) -> int:
     """The highest role the subjects hold in the workspace; 0 for none."""
     value: int = await conn.fetchval(WORKSPACE_LEVEL, workspace, list(subjects))
-    return value
-
-
-async def workspace_name(conn: Connection, experiment_id: int) -> str:
-    """The name of the experiment's workspace."""
-    value: str = await conn.fetchval(WORKSPACE_NAME, experiment_id)
     return value
 
 

@@ -69,10 +69,6 @@ class CredentialCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        """Forgets every credential."""
-        self._entries.clear()
-
 
 class Authenticator:
     """Authenticates calls when auth is on.

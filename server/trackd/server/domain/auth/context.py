@@ -9,8 +9,3 @@ from trackd.server.domain.auth.principal import ANONYMOUS, Principal
 
 # ANONYMOUS (an admin) when auth is off; the authenticated caller otherwise.
 current_principal: ContextVar[Principal] = ContextVar("trackd_principal", default=ANONYMOUS)
-
-
-def principal() -> Principal:
-    """The principal of the call being served."""
-    return current_principal.get()

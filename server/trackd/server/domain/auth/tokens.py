@@ -11,12 +11,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 
+from trackd.server.clock import now_ms as now_ms  # also tokens.now_ms to its callers
 from trackd.server.domain.auth.principal import Level, Principal, group_subject, user_subject
 from trackd.server.errors import AlreadyExists, InvalidArgument, NotFound, Unauthenticated
 from trackd.server.store import identity
@@ -28,11 +28,6 @@ _SECRET_RE = re.compile(r"tkd_[A-Za-z0-9_-]{43}")
 _NAME_RE = re.compile(r"[^\s\x00-\x1f\x7f]{1,200}")
 _DURATION_RE = re.compile(r"([0-9]{1,6})([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def now_ms() -> int:
-    """Milliseconds since the epoch."""
-    return int(time.time() * 1000)
 
 
 def new_secret() -> str:
