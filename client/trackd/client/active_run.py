@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trackd.client.entities import Dataset, Run, RunStatus
+from trackd.client.entities import Dataset, Run, RunInfo, RunStatus
 from trackd.client.errors import TrackdError
 from trackd.client.inputs import MetricLike
 from trackd.client.logger import AsyncMetricLogger, MetricLogger
@@ -311,7 +311,7 @@ class ActiveRun:
         return self.aio.experiment_id
 
     @property
-    def info(self) -> Any:
+    def info(self) -> RunInfo:
         """The run's info as created or resumed (once started)."""
         return self.aio._started().info
 
