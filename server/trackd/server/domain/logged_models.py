@@ -296,8 +296,8 @@ async def resolve(
     others = {r["experiment_id"] for r in found.values()} - {experiment_id}
     if others:
         # Models of experiments the caller may not see are answered as missing ones.
-        seen = set(await policy.visible_among(conn, sorted(others)))
-        found = {m: r for m, r in found.items() if r["experiment_id"] not in others - seen}
+        hidden = others - set(await policy.visible_among(conn, sorted(others)))
+        found = {m: r for m, r in found.items() if r["experiment_id"] not in hidden}
     v = Violations()
     for path, model_id in wanted:
         row = found.get(model_id)
