@@ -71,7 +71,7 @@ def _database_flags(parser: argparse.ArgumentParser) -> None:
             "--" + name.replace("_", "-"),
             dest=name,
             default=None,
-            help=f"(env {config_mod.setting(name).split(' / ')[1]})",
+            help=f"(env {config_mod.env_var(name)})",
         )
 
 

@@ -171,6 +171,11 @@ AUTH_MODES = ("off", "on")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
+def env_var(name: str) -> str:
+    """The environment variable of Config field `name`."""
+    return _ENV[name]
+
+
 def setting(name: str) -> str:
     """How a user sets Config field `name`: `--flag / TRACKD_VAR`."""
     return f"--{name.replace('_', '-')} / {_ENV[name]}"
