@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from trackd.server.store.identity import workspace_id as workspace_id  # one query, two users
 from trackd.server.store.pool import Connection
 
 # The highest workspace role or grant any of the subjects ($2) holds, per experiment;
@@ -40,7 +41,6 @@ VISIBLE_AMONG = f"""
 SELECT e.experiment_id FROM experiments e
 WHERE e.experiment_id = ANY($1::bigint[]) AND {VISIBLE.format(n=2)}
 ORDER BY e.experiment_id"""  # noqa: S608
-WORKSPACE = "SELECT workspace_id FROM workspaces WHERE name = $1"
 WORKSPACE_LEVEL = """
 SELECT COALESCE(max(role), 0)::int FROM workspace_roles
 WHERE workspace_id = $1 AND subject = ANY($2::text[])"""
@@ -85,12 +85,6 @@ async def visible_among(
     """The experiments of `experiment_ids` that exist and that the subjects may see."""
     rows = await conn.fetch(VISIBLE_AMONG, list(experiment_ids), list(subjects))
     return [r["experiment_id"] for r in rows]
-
-
-async def workspace_id(conn: Connection, name: str) -> int | None:
-    """The id of the workspace of that name, or None."""
-    value: int | None = await conn.fetchval(WORKSPACE, name)
-    return value
 
 
 async def workspace_level(conn: Connection, workspace: int, subjects: Sequence[str]) -> int:
