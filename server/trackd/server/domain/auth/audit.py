@@ -21,6 +21,7 @@ FLUSH_DELAY = 0.2
 # At most this many rows wait; more are written by the next flush (and counted as lost
 # beyond twice that, with a warning, if the database stays away).
 PENDING_MAX = 50_000
+DROP_WARN_EVERY = 10_000
 
 
 class AuditTrail:
@@ -31,6 +32,9 @@ class AuditTrail:
         self.db = db
         self._pending: list[tuple[int, str, str, str, str, str]] = []
         self._task: asyncio.Task[None] | None = None
+        # Rows dropped because the database stayed away (warned of at the first and then
+        # every DROP_WARN_EVERY, not once a call).
+        self.dropped = 0
         # The last rows are written when the server closes its pool.
         db.before_close.append(self.flush)
 
@@ -45,7 +49,12 @@ class AuditTrail:
         else:
             self._log(principal, method, resource, outcome, request_id)
         if len(self._pending) >= 2 * PENDING_MAX:
-            log.warning("audit rows dropped: the database has not taken them")
+            if self.dropped % DROP_WARN_EVERY == 0:
+                log.warning(
+                    "audit rows dropped: the database has not taken them (%d so far)",
+                    self.dropped + 1,
+                )
+            self.dropped += 1
             return
         self._pending.append((now_ms(), principal, method, resource, outcome, request_id))
         if self._task is None or self._task.done():
