@@ -14,21 +14,22 @@ import os
 import sys
 import traceback
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from trackd.server import __version__, identity_cli, logs
 from trackd.server import config as config_mod
 from trackd.server.embedded import EmbeddedPostgres
 from trackd.server.startup import EXIT_CODE, StartupError
 
+T = TypeVar("T")
 
-def _run(coro: Coroutine[Any, Any, None]) -> None:
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is optional
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def do_migrate_quietly(url: str) -> None:
@@ -76,15 +77,15 @@ def _database_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    if command == "serve" and not cfg.reuse_port:
-        # Before anything starts (the embedded PostgreSQL takes seconds): the port is free.
-        for name in ("listen", "metrics_listen"):
-            address = getattr(cfg, name)
-            problem = address and config_mod.listen_problem(address, name)
-            if problem:
-                raise StartupError(problem)
     if command == "serve":
-        # Before anything starts: never serve a reachable address open by accident.
+        # Before anything starts (the embedded PostgreSQL takes seconds): the port is free,
+        # and a reachable address is never served open by accident.
+        if not cfg.reuse_port:
+            for name in ("listen", "metrics_listen"):
+                address = getattr(cfg, name)
+                problem = address and config_mod.listen_problem(address, name)
+                if problem:
+                    raise StartupError(problem)
         exposed = config_mod.exposure_problem(cfg)
         if exposed:
             raise StartupError(exposed)
@@ -102,13 +103,7 @@ def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> in
         url = embedded.start()
     try:
         if command in identity_cli.COMMANDS:
-            status: list[int] = []
-
-            async def manage() -> None:
-                status.append(await identity_cli.run(args, url))
-
-            _run(manage())
-            return status[0]
+            return _run(identity_cli.run(args, url))
         if command == "migrate":
             _run(do_migrate(url))
         elif cfg.workers > 1:
