@@ -269,7 +269,13 @@ class Experiments:
     async def permissions(self, experiment_id: str) -> list[AccessEntry]:
         """Who holds which level on the experiment (grants, then workspace roles)."""
         eid = validation.experiment_id(experiment_id)
-        return await self.db.read(lambda conn: _access_list(conn, eid, experiment_id))
+
+        async def work(conn: Connection) -> list[AccessEntry]:
+            if await store.stage(conn, eid) is None:
+                raise _missing(experiment_id)
+            return await _access_list(conn, eid)
+
+        return await self.db.read(work)
 
     async def set_permissions(
         self, experiment_id: str, grants: Sequence[tuple[str, str, int]], *, replace: bool
@@ -310,7 +316,7 @@ class Experiments:
         async def work(conn: Connection) -> list[AccessEntry]:
             await _lock(conn, eid)
             await permission_store.set_grants(conn, eid, subjects, levels, replace=replace)
-            return await _access_list(conn, eid, experiment_id)
+            return await _access_list(conn, eid)
 
         try:
             return await self.db.transact(work)
@@ -342,10 +348,9 @@ class AccessEntry:
     levels: list[tuple[Level, bool, str]]
 
 
-async def _access_list(conn: Connection, eid: int, experiment_id: str) -> list[AccessEntry]:
-    """Who holds which level on the experiment: principals first, then groups, by name."""
-    if await store.stage(conn, eid) is None:
-        raise _missing(experiment_id)
+async def _access_list(conn: Connection, eid: int) -> list[AccessEntry]:
+    """Who holds which level on the (existing) experiment: principals first, then groups,
+    by name."""
     held: dict[str, list[tuple[Level, bool, str]]] = {}
     for g in await permission_store.grants(conn, eid):
         held.setdefault(g["subject"], []).append((Level(g["level"]), False, ""))
