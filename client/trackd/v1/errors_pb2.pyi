@@ -76,6 +76,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     (CAN_READ, CAN_EDIT or CAN_MANAGE, named in the message and in the ErrorInfo metadata
     as `level_needed`).
     """
+    ERROR_REASON_MAX_ARTIFACT_SIZE_EXCEEDED: _ErrorReason.ValueType  # 13
+    """RESOURCE_EXHAUSTED: an artifact is larger than the server's `--artifact-max-bytes`
+    (named in the message and in the ErrorInfo metadata as `max_bytes`).
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """ErrorReason names why a call failed. Every error trackd itself returns is a gRPC status
@@ -157,5 +161,9 @@ ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 12
 """PERMISSION_DENIED: the caller may see the resource but lacks the level the call needs
 (CAN_READ, CAN_EDIT or CAN_MANAGE, named in the message and in the ErrorInfo metadata
 as `level_needed`).
+"""
+ERROR_REASON_MAX_ARTIFACT_SIZE_EXCEEDED: ErrorReason.ValueType  # 13
+"""RESOURCE_EXHAUSTED: an artifact is larger than the server's `--artifact-max-bytes`
+(named in the message and in the ErrorInfo metadata as `max_bytes`).
 """
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
