@@ -38,17 +38,44 @@ class BlobStore(Protocol):
         ...
 
     def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The bytes of `key` from `offset`, `length` of them (None: to the end), in chunks
-        of at most READ_CHUNK_BYTES. FileNotFoundError if the object is missing."""
+        """The bytes of `key` from `offset`, `length` of them (None: to the end; a range
+        past the end is cut there), in chunks of at most READ_CHUNK_BYTES, never the whole
+        object in memory. Raises, on the first iteration, FileNotFoundError if the object
+        is missing and ValueError for a bad key or a negative offset or length."""
         ...
 
     async def delete(self, key: str) -> None:
         """Removes `key`; a missing key is not an error."""
         ...
 
+    def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every object key that starts with `prefix` (a plain string prefix, not only
+        whole segments), in no particular order, a batch at a time: for a sweep that finds
+        objects the index no longer knows. Never the store's own staged or temporary
+        files."""
+        ...
+
     async def close(self) -> None:
         """Releases what the store holds (connections)."""
         ...
+
+
+def check_key(key: str) -> None:
+    """Refuses an object key that could leave the store's root or collide with the store's
+    own files: empty, absolute, with NUL or backslash, or with an empty segment or one
+    that starts with '.' (names the stores keep for staging and temporary files).
+
+    Keys are chosen by trackd ("objects/ab/<upload id>"), never by users: this guards
+    against a bug, it does not validate input. Raises ValueError naming the rule.
+    """
+    if not key:
+        raise ValueError("empty object key")
+    if "\x00" in key or "\\" in key:
+        raise ValueError(f"object key with NUL or backslash: {key!r}")
+    if key.startswith("/"):
+        raise ValueError(f"absolute object key: {key!r}")
+    if any(s == "" or s.startswith(".") for s in key.split("/")):
+        raise ValueError(f"object key with an empty segment or one starting with '.': {key!r}")
 
 
 def open_store(uri: str, data_dir: Path) -> BlobStore:
