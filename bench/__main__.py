@@ -7,13 +7,14 @@ import asyncio
 import datetime
 import platform
 
-from bench import auth, common, ingest, logcall, search
+from bench import artifacts, auth, common, ingest, logcall, search
 
 SCENARIOS = {
     "ingest": ingest.run,
     "search": search.run,
     "logcall": logcall.run,
     "auth": auth.run,
+    "artifacts": artifacts.run,
 }
 
 
