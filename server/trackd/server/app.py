@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -14,6 +16,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 
 from trackd.server.config import Config, is_loopback, listen_problem, setting
+from trackd.server.domain.artifacts import Artifacts
 from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.jwt import JwtVerifier
 from trackd.server.domain.datasets import Datasets
@@ -24,6 +27,7 @@ from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
 from trackd.server.observability import Metrics
+from trackd.server.service.artifacts import ArtifactService
 from trackd.server.service.experiments import ExperimentService
 from trackd.server.service.guard import Guard, Limits
 from trackd.server.service.logged_models import LoggedModelService
@@ -31,8 +35,14 @@ from trackd.server.service.rpc import add_service
 from trackd.server.service.runs import RunService
 from trackd.server.startup import StartupError, explain_database_error
 from trackd.server.store import migrate
+from trackd.server.store.blobs import open_store
 from trackd.server.store.pool import Database
-from trackd.v1 import experiment_service_pb2, logged_model_service_pb2, run_service_pb2
+from trackd.v1 import (
+    artifact_service_pb2,
+    experiment_service_pb2,
+    logged_model_service_pb2,
+    run_service_pb2,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,10 @@ SERVICES = (
     experiment_service_pb2.DESCRIPTOR.services_by_name["ExperimentService"],
     run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
     logged_model_service_pb2.DESCRIPTOR.services_by_name["LoggedModelService"],
+    artifact_service_pb2.DESCRIPTOR.services_by_name["ArtifactService"],
 )
+# Seconds between two sweeps of abandoned uploads and unreferenced artifact objects.
+SWEEP_EVERY_S = 300.0
 
 
 @dataclass
@@ -55,6 +68,8 @@ class Running:
     streams: MetricStreams
     metrics: Metrics
     metrics_port: int | None = None
+    artifacts: Artifacts | None = None
+    sweeper: asyncio.Task[None] | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -64,6 +79,12 @@ class Running:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.streams.drain()
         await self.server.stop(grace)
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
+        if self.artifacts is not None:
+            await self.artifacts.blobs.close()
         await self.writers.stop()
         await self.db.close()
 
@@ -171,7 +192,19 @@ async def start(config: Config, database_url: str) -> Running:
     )
     try:
         await prepare_database(db, database_url)
-        experiments = Experiments(db, config.artifact_root)
+        try:
+            blobs = open_store(config.artifact_root, Path(config.data_dir))
+        except (ValueError, OSError) as exc:
+            raise StartupError(
+                f"cannot open the artifact store: {exc}; change {setting('artifact_root')}"
+            ) from exc
+        artifacts = Artifacts(
+            db,
+            blobs,
+            max_bytes=config.artifact_max_bytes,
+            upload_ttl_s=config.artifact_upload_ttl,
+        )
+        experiments = Experiments(db, config.artifact_root or blobs.uri)
         await experiments.set_default_location()
     except BaseException:
         await db.close()
@@ -206,6 +239,7 @@ async def start(config: Config, database_url: str) -> Running:
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
     add_service(server, RunService(Runs(db, writers), RunSearch(db), streams), SERVICES[1], guard)
     add_service(server, LoggedModelService(LoggedModels(db)), SERVICES[2], guard)
+    add_service(server, ArtifactService(artifacts), SERVICES[3], guard)
     metrics.watch(
         queued=lambda: writers.queued_points,
         pool_size=db.pool.get_size,
@@ -250,7 +284,19 @@ async def start(config: Config, database_url: str) -> Running:
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, db, health_servicer, writers, streams, metrics, metrics_port)
+    sweeper = asyncio.create_task(artifacts.sweep_forever(SWEEP_EVERY_S))
+    return Running(
+        server,
+        port,
+        db,
+        health_servicer,
+        writers,
+        streams,
+        metrics,
+        metrics_port,
+        artifacts,
+        sweeper,
+    )
 
 
 async def serve(config: Config, database_url: str) -> None:

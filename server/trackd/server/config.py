@@ -31,7 +31,14 @@ class Config:
     # One access-log line per call (INFO for OK and expected client errors).
     access_log: bool = True
     data_dir: str = ".trackd"
-    artifact_root: str = "./trackd-artifacts"
+    # Where artifact bytes are stored: a directory (or file:// URI), or an S3-compatible
+    # bucket and prefix (s3://bucket/prefix, credentials and endpoint from AWS_*
+    # variables). Empty: `<data_dir>/artifacts`.
+    artifact_root: str = ""
+    # Largest artifact file accepted, in bytes (10 GiB).
+    artifact_max_bytes: int = 10 * 1024**3
+    # Seconds an upload may stay untouched before the sweep removes it as abandoned.
+    artifact_upload_ttl: float = 86_400.0
     # Seconds in-flight calls get to finish after SIGTERM.
     grace_period: float = 10.0
     # Largest request a unary call accepts, in bytes.
@@ -98,6 +105,8 @@ _ENV = {
     "access_log": "TRACKD_ACCESS_LOG",
     "data_dir": "TRACKD_DATA_DIR",
     "artifact_root": "TRACKD_ARTIFACT_ROOT",
+    "artifact_max_bytes": "TRACKD_ARTIFACT_MAX_BYTES",
+    "artifact_upload_ttl": "TRACKD_ARTIFACT_UPLOAD_TTL",
     "grace_period": "TRACKD_GRACE_PERIOD",
     "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
     "ingest_writers": "TRACKD_INGEST_WRITERS",
@@ -164,6 +173,8 @@ _MINIMUMS: dict[str, float] = {
     "stream_idle_timeout": 0.001,
     "workers": 1,
     "auth_cache_ttl": 0,
+    "artifact_max_bytes": 0,
+    "artifact_upload_ttl": 1,
 }
 
 AUTH_MODES = ("off", "on")
@@ -293,6 +304,12 @@ def validate(cfg: Config) -> Config:
         )
     if not cfg.data_dir:
         raise StartupError(f"{setting('data_dir')} must not be empty")
+    scheme = cfg.artifact_root.partition("://")[0] if "://" in cfg.artifact_root else ""
+    if scheme not in ("", "file", "s3"):
+        raise StartupError(
+            f"{setting('artifact_root')} must be a directory, a file:// or an s3:// URI; "
+            f"got a {scheme}:// URI"
+        )
     for name, least in _MINIMUMS.items():
         value = getattr(cfg, name)
         if not math.isfinite(value) or value < least:

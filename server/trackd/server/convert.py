@@ -16,6 +16,7 @@ from trackd.server.domain.experiments import AccessEntry
 from trackd.server.domain.logged_models import LoggedModelView
 from trackd.server.domain.runs import MetricColumns, RunView
 from trackd.v1 import (
+    artifact_pb2,
     dataset_pb2,
     experiment_pb2,
     logged_model_pb2,
@@ -23,6 +24,20 @@ from trackd.v1 import (
     run_pb2,
     run_service_pb2,
 )
+
+
+def file_info(row: Any) -> artifact_pb2.FileInfo:
+    """A FileInfo from an artifact row (a mapping), or a directory entry."""
+    if row.get("is_dir"):
+        return artifact_pb2.FileInfo(path=row["path"], is_dir=True)
+    return artifact_pb2.FileInfo(
+        path=row["path"],
+        file_size=row["size"],
+        sha256=row["sha256"],
+        content_type=row["content_type"],
+        modification_time=row["modified_ms"],
+        row_count=row["row_count"],
+    )
 
 
 def experiment(row: asyncpg.Record) -> experiment_pb2.Experiment:

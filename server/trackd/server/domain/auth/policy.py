@@ -29,6 +29,7 @@ MODEL = "model"  # the logged model named by the field, through its experiment
 WORKSPACE = "workspace"  # the workspace named by the field ("" for "default")
 SEARCH = "search"  # what it returns is filtered to the caller's experiments in the SQL
 STREAM = "stream"  # each run of each chunk is checked (once per stream)
+OWNER = "owner"  # the run or logged model of the request's `owner` oneof
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,12 @@ POLICY: dict[str, Rule] = {
     "trackd.v1.LoggedModelService.DeleteLoggedModelTag": Rule(MODEL, _E, "model_id"),
     "trackd.v1.LoggedModelService.LogLoggedModelParams": Rule(MODEL, _E, "model_id"),
     "trackd.v1.LoggedModelService.SearchLoggedModels": Rule(SEARCH, _R),
+    # ArtifactService: an upload is checked on its first message (UploadStart).
+    "trackd.v1.ArtifactService.UploadArtifact": Rule(OWNER, _E, "owner"),
+    "trackd.v1.ArtifactService.DownloadArtifact": Rule(OWNER, _R, "owner"),
+    "trackd.v1.ArtifactService.ListArtifacts": Rule(OWNER, _R, "owner"),
+    "trackd.v1.ArtifactService.GetArtifact": Rule(OWNER, _R, "owner"),
+    "trackd.v1.ArtifactService.DeleteArtifact": Rule(OWNER, _E, "owner"),
 }
 
 
@@ -189,6 +196,11 @@ class Authorizer:
         r = POLICY[method]
         if r.resource in (SEARCH, STREAM):
             return
+        if r.resource == OWNER:
+            resource, ident = owner_of(request)
+            if ident:
+                await self.require(resource, ident, r.level)
+            return
         ident = getattr(request, r.field) or r.default
         if r.resource == WORKSPACE:
             await self.workspace(ident, r.level)
@@ -268,11 +280,25 @@ class Authorizer:
         return wid
 
 
+def owner_of(request: Any) -> tuple[str, str]:
+    """(RUN or MODEL, id) of the owner a request names through its `owner` oneof; ("", "")
+    when it names none."""
+    which = request.WhichOneof("owner")
+    if which == "run_id":
+        return RUN, str(request.run_id)
+    if which == "model_id":
+        return MODEL, str(request.model_id)
+    return "", ""
+
+
 def audit_resource(method: str, request: Any) -> str:
     """What an audited call acted on, as "run:<id>", "experiment:<id>", ...."""
     r = POLICY[method]
     if not r.field:
         return r.resource
+    if r.resource == OWNER:
+        resource, ident = owner_of(request)
+        return f"{resource or 'owner'}:{ident[:100]}"
     value = getattr(request, r.field, "")
     if r.resource == WORKSPACE:
         value = value or DEFAULT_WORKSPACE
