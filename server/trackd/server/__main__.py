@@ -1,6 +1,7 @@
 """The `trackd` command: `trackd serve` runs the server, `trackd migrate` applies the
-schema migrations and exits, `trackd token|role|workspace ...` manage API tokens,
-workspace roles and workspaces (see identity_cli).
+schema migrations and exits, `trackd gc` removes artifacts for good (those of deleted runs
+and logged models, replaced ones, abandoned uploads), `trackd token|role|workspace ...`
+manage API tokens, workspace roles and workspaces (see identity_cli).
 
 A start-up failure (bad setting, unreachable database, address in use, embedded
 PostgreSQL failing) is one line on stderr naming the cause and the setting to change, and
@@ -55,12 +56,80 @@ async def do_migrate(url: str) -> None:
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
 
 
+async def do_gc(cfg: config_mod.Config, url: str, older_than: float, grace: float) -> None:
+    """`trackd gc`: drops the artifacts of runs and logged models deleted at least
+    `older_than` seconds ago, then removes from the store every object no artifact refers
+    to (replaced or deleted over `grace` seconds ago, or dropped now) and every upload
+    untouched for the upload TTL."""
+    from pathlib import Path
+
+    from trackd.server import app
+    from trackd.server.clock import now_ms
+    from trackd.server.domain.artifacts import Artifacts
+    from trackd.server.store.blobs import open_store
+
+    db = await app.connect_database(url, min_size=1, max_size=2)
+    try:
+        await app.prepare_database(db, url)
+        try:
+            blobs = open_store(cfg.artifact_root, Path(cfg.data_dir))
+        except (ValueError, OSError) as exc:
+            raise StartupError(
+                f"cannot open the artifact store: {exc}; change "
+                f"{config_mod.setting('artifact_root')}"
+            ) from exc
+        artifacts = Artifacts(
+            db, blobs, max_bytes=cfg.artifact_max_bytes, upload_ttl_s=cfg.artifact_upload_ttl
+        )
+        try:
+            purged = await artifacts.purge_deleted(now_ms() - int(older_than * 1000))
+            swept = await artifacts.sweep(garbage_grace_s=grace)
+        finally:
+            await blobs.close()
+    finally:
+        await db.close()
+    print(
+        f"artifacts of deleted runs and logged models dropped: {purged}; objects removed "
+        f"from the store: {swept['objects']}; abandoned uploads removed: {swept['uploads']}"
+    )
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise ValueError(text)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = config_mod.Parser(prog="trackd", description="trackd experiment tracking")
     parser.add_argument("--version", action="version", version=f"trackd {__version__}")
     sub = parser.add_subparsers(dest="command")
     for name, text in (("serve", "run the gRPC server"), ("migrate", "apply migrations")):
         config_mod.add_arguments(sub.add_parser(name, help=text))
+    gc = sub.add_parser(
+        "gc",
+        help="remove artifacts for good: those of deleted runs and logged models, replaced "
+        "and deleted files, abandoned uploads",
+    )
+    config_mod.add_arguments(gc)
+    gc.add_argument(
+        "--older-than",
+        dest="older_than",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="only runs and logged models deleted at least this long ago (default 0: all)",
+    )
+    gc.add_argument(
+        "--grace",
+        dest="grace",
+        type=_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep replaced or deleted files' bytes this long for downloads in progress "
+        "(default 3600)",
+    )
     identity_cli.add_commands(sub, _database_flags)
     return parser
 
@@ -106,6 +175,8 @@ def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> in
             return _run(identity_cli.run(args, url))
         if command == "migrate":
             _run(do_migrate(url))
+        elif command == "gc":
+            _run(do_gc(cfg, url, args.older_than, args.grace))
         elif cfg.workers > 1:
             _run(do_migrate_quietly(url))
             return workers.run(cfg, url)
