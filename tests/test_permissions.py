@@ -28,6 +28,7 @@ from trackd.server import app
 from trackd.server.domain.auth import policy
 from trackd.server.domain.auth.principal import Level
 from trackd.v1 import (
+    artifact_service_pb2,
     experiment_pb2,
     experiment_service_pb2,
     logged_model_pb2,
@@ -136,7 +137,7 @@ async def _call(ch: grpc.aio.Channel, method: Any, request: Any, who: str) -> gr
             codes = [
                 grpc.StatusCode[r.code]
                 for resp in [x async for x in responses]
-                for r in resp.rejections
+                for r in getattr(resp, "rejections", ())
             ]
             return codes[0] if codes else grpc.StatusCode.OK
         if method.server_streaming:
@@ -182,7 +183,24 @@ async def _fixtures(ch: grpc.aio.Channel, tag: str) -> dict[str, str]:
     }
     for path, request in tags.items():
         await unary(ch, path, type(request))(request, metadata=as_("admin"))
+    upload = ch.stream_stream(
+        "/trackd.v1.ArtifactService/UploadArtifact",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=artifact_service_pb2.UploadArtifactResponse.FromString,
+    )
+    async for _ in upload(iter(_upload(run, "f.txt")), metadata=as_("admin")):
+        pass
     return {"experiment_id": eid, "run_id": run, "model_id": mid}
+
+
+def _upload(run_id: str, path: str) -> list[artifact_service_pb2.UploadArtifactRequest]:
+    """The messages of an upload of a small file to a run."""
+    a = artifact_service_pb2
+    return [
+        a.UploadArtifactRequest(start=a.UploadStart(run_id=run_id, path=path)),
+        a.UploadArtifactRequest(data=b"matrix"),
+        a.UploadArtifactRequest(finish=a.UploadFinish()),
+    ]
 
 
 def _request(method: Any, ids: dict[str, str], tag: str) -> Any:
@@ -196,6 +214,11 @@ def _request(method: Any, ids: dict[str, str], tag: str) -> Any:
         return [
             run_service_pb2.StreamMetricsRequest(stream_id=f"s-{tag}", sequence=1, series=[series])
         ]
+    if name == "UploadArtifact":
+        return _upload(ids["run_id"], "up.txt")
+    if method.containing_service.name == "ArtifactService":
+        # The owner oneof takes one id: the run's, and the file every fixture has.
+        return cls(run_id=ids["run_id"], path="f.txt")
     kw: dict[str, Any] = {}
     fields = {f.name for f in method.input_type.fields}
     for field in ("experiment_id", "run_id", "model_id"):

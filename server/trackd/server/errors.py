@@ -101,6 +101,13 @@ class ResourceExhausted(TrackdError):
 
 
 @dataclass
+class ArtifactTooLarge(ResourceExhausted):
+    """An artifact is larger than the server stores (`--artifact-max-bytes`)."""
+
+    reason: str = "MAX_ARTIFACT_SIZE_EXCEEDED"
+
+
+@dataclass
 class Unavailable(TrackdError):
     """The database cannot be reached right now; the call may be retried."""
 

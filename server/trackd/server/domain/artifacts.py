@@ -30,10 +30,10 @@ from typing import Any
 from trackd.server.clock import now_ms
 from trackd.server.domain import paging, validation
 from trackd.server.errors import (
+    ArtifactTooLarge,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
 )
 from trackd.server.store import artifacts as store
 from trackd.server.store.blobs import BlobStore
@@ -261,12 +261,11 @@ class Artifacts:
             row["experiment_deleted"],
         )
 
-    def _too_large(self, size: int) -> ResourceExhausted:
-        return ResourceExhausted(
+    def _too_large(self, size: int) -> ArtifactTooLarge:
+        return ArtifactTooLarge(
             f"the artifact is {size} bytes or more; this server stores at most "
             f"{self.max_bytes} bytes a file (--artifact-max-bytes)",
             metadata={"max_bytes": str(self.max_bytes)},
-            reason="MAX_ARTIFACT_SIZE_EXCEEDED",
         )
 
     # -- uploads -----------------------------------------------------------------------
