@@ -8,6 +8,7 @@ of at most READ_CHUNK_BYTES at a time, so that a large file never holds the even
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 from collections.abc import AsyncIterator
@@ -16,6 +17,9 @@ from pathlib import Path
 from trackd.server.store.blobs import READ_CHUNK_BYTES, check_key
 
 STAGING = ".staging"
+# Threads for reads of objects, each a chunk of at most READ_CHUNK_BYTES; a read is never
+# left running on a closed file descriptor.
+_READS = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-read")
 
 
 class LocalStore:
@@ -51,20 +55,18 @@ class LocalStore:
         if offset < 0 or (length is not None and length < 0):
             raise ValueError("negative offset or length")
         fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        end = None if length is None else offset + length
+        # One read ahead: the next chunk is read while the caller sends this one.
+        ahead = _READS.submit(_pread, fd, offset, end)
         try:
-            remaining = length
             pos = offset
-            while remaining is None or remaining > 0:
-                n = READ_CHUNK_BYTES if remaining is None else min(READ_CHUNK_BYTES, remaining)
-                chunk = await asyncio.to_thread(os.pread, fd, n, pos)
-                if not chunk:
-                    return
+            while chunk := await asyncio.wrap_future(ahead):
                 pos += len(chunk)
-                if remaining is not None:
-                    remaining -= len(chunk)
+                ahead = _READS.submit(_pread, fd, pos, end)
                 yield chunk
         finally:
-            os.close(fd)
+            # Closed once no read runs on it (at once if none does).
+            ahead.add_done_callback(lambda _: os.close(fd))
 
     async def delete(self, key: str) -> None:
         """Removes `key`; a missing key is not an error. Raises ValueError for a bad key."""
@@ -96,6 +98,11 @@ class LocalStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+
+def _pread(fd: int, pos: int, end: int | None) -> bytes:
+    n = READ_CHUNK_BYTES if end is None else min(READ_CHUNK_BYTES, end - pos)
+    return os.pread(fd, n, pos) if n > 0 else b""
 
 
 def _scan(directory: Path) -> tuple[list[str], list[str]]:
