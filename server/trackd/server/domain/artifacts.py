@@ -178,6 +178,14 @@ def _parquet_rows(path: Path) -> int | None:
 # Blocking file work of uploads (writes, fsyncs, hashing); a write whose call is cancelled
 # still completes here, and the staged file is closed only after it.
 _IO = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="artifact-io")
+# Background fsyncs of staged files (each waits for the write before it first).
+_SYNC = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="artifact-sync")
+
+
+def _fsync_after(previous: concurrent.futures.Future[Any] | None, fd: int) -> None:
+    if previous is not None:
+        previous.result()
+    os.fsync(fd)
 
 
 @dataclass
@@ -196,8 +204,11 @@ class Upload:
     newlines: int = 0
     last_byte: bytes = b""
     fd: int = -1
-    # The blocking call running on the staged file, if any.
+    # The last blocking call on the staged file (a write goes on while the next chunk is
+    # received), and the background fsync with the offset it makes durable.
     inflight: concurrent.futures.Future[Any] | None = None
+    syncing: concurrent.futures.Future[Any] | None = None
+    sync_target: int = 0
 
     @property
     def csv(self) -> bool:
@@ -214,14 +225,23 @@ class Upload:
         if fd < 0:
             return
 
-        def close_fd(_: object = None) -> None:
+        def close_fd() -> None:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
-        if self.inflight is not None and not self.inflight.done():
-            self.inflight.add_done_callback(close_fd)
-        else:
+        pending = [f for f in (self.inflight, self.syncing) if f is not None and not f.done()]
+        if not pending:
             close_fd()
+            return
+        left = [len(pending)]
+
+        def one_done(_: object) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                close_fd()
+
+        for future in pending:
+            future.add_done_callback(one_done)
 
 
 class Artifacts:
@@ -376,9 +396,10 @@ class Artifacts:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 10)
-        if old.inflight is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.wrap_future(old.inflight), 10)
+        for future in (old.inflight, old.syncing):
+            if future is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.wrap_future(future), 10)
 
     def release(self, upload: Upload) -> None:
         """Closes the staged file of a call that ends (the upload stays resumable)."""
@@ -387,9 +408,10 @@ class Artifacts:
             del self._active[upload.upload_id]
         upload.close()
 
-    async def write(self, upload: Upload, data: bytes) -> bool:
-        """Appends a chunk; True when enough bytes arrived since the last acknowledgement
-        that they should be made durable (see sync)."""
+    async def write(self, upload: Upload, data: bytes) -> int | None:
+        """Appends a chunk: its write and hashing go on in a thread while the next chunk
+        arrives. Every ACK_BYTES a background fsync starts; the bytes it made durable are
+        returned (to acknowledge) by the first write after it ended, else None."""
         if len(data) > CHUNK_BYTES_MAX:
             raise InvalidArgument.for_field(
                 "data", f"is {len(data)} bytes; a chunk is at most {CHUNK_BYTES_MAX} bytes"
@@ -401,9 +423,20 @@ class Artifacts:
             raise InvalidArgument.for_field(
                 "data", f"goes past the declared size of {upload.declared_size} bytes"
             )
-        await upload.io(self._append, upload, data)
+        if upload.inflight is not None:
+            await asyncio.wrap_future(upload.inflight)  # the previous chunk (its error)
+        upload.inflight = _IO.submit(self._append, upload, data)
         upload.received = total
-        return upload.received - upload.acked >= ACK_BYTES
+        acked = None
+        if upload.syncing is not None and upload.syncing.done():
+            upload.syncing.result()
+            upload.syncing = None
+            upload.acked = acked = upload.sync_target
+            await self.db.transact(lambda c: store.touch_upload(c, upload.upload_id, now_ms()))
+        if upload.syncing is None and upload.received - upload.acked >= ACK_BYTES:
+            upload.sync_target = upload.received
+            upload.syncing = _SYNC.submit(_fsync_after, upload.inflight, upload.fd)
+        return acked
 
     @staticmethod
     def _append(upload: Upload, data: bytes) -> None:
@@ -417,8 +450,17 @@ class Artifacts:
         if data:
             upload.last_byte = data[-1:]
 
+    @staticmethod
+    async def _drain(upload: Upload) -> None:
+        """Waits for the writes and the fsync in flight."""
+        for future in (upload.inflight, upload.syncing):
+            if future is not None:
+                await asyncio.wrap_future(future)
+        upload.syncing = None
+
     async def sync(self, upload: Upload) -> int:
-        """Makes the received bytes durable; the number of bytes held."""
+        """Makes every received byte durable; the number of bytes held."""
+        await self._drain(upload)
         await upload.io(os.fsync, upload.fd)
         upload.acked = upload.received
         await self.db.transact(lambda c: store.touch_upload(c, upload.upload_id, now_ms()))
@@ -427,6 +469,7 @@ class Artifacts:
     async def finish(self, upload: Upload, sha256: str) -> dict[str, Any]:
         """Checks the upload's size and hash, stores its object and makes it visible; the
         stored file's row."""
+        await self._drain(upload)
         sha = sha256.lower()
         if sha and not _SHA256_RE.fullmatch(sha):
             raise InvalidArgument.for_field("finish.sha256", "is not 64 hex digits")

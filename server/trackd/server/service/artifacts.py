@@ -16,6 +16,27 @@ from trackd.v1 import artifact_service_pb2_grpc
 _UPLOAD = "trackd.v1.ArtifactService.UploadArtifact"
 
 
+# DownloadArtifactResponse.data is field 2, length-delimited: its tag byte.
+_DATA_TAG = bytes([(pb.DownloadArtifactResponse.DESCRIPTOR.fields_by_name["data"].number << 3) | 2])
+
+
+def _data_message(chunk: bytes) -> bytes:
+    """A DownloadArtifactResponse holding `chunk` in `data`, encoded: the tag, the length
+    as a varint, the bytes. Built directly so that a chunk is copied once on its way to
+    gRPC rather than into a message and again out of it (downloads are bound by copies)."""
+    n = len(chunk)
+    length = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            length.append(byte | 0x80)
+        else:
+            length.append(byte)
+            break
+    return b"".join((_DATA_TAG, length, chunk))
+
+
 def _progress(upload_id: str, held: int) -> pb.UploadArtifactResponse:
     return pb.UploadArtifactResponse(
         progress=pb.UploadProgress(upload_id=upload_id, persisted_bytes=held)
@@ -51,8 +72,9 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
             async for request in messages:
                 kind = request.WhichOneof("message")
                 if kind == "data":
-                    if await self.artifacts.write(upload, request.data):
-                        yield _progress(upload.upload_id, await self.artifacts.sync(upload))
+                    acked = await self.artifacts.write(upload, request.data)
+                    if acked is not None:
+                        yield _progress(upload.upload_id, acked)
                 elif kind == "finish":
                     file = await self.artifacts.finish(upload, request.finish.sha256)
                     yield pb.UploadArtifactResponse(artifact=convert.file_info(file))
@@ -78,7 +100,7 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
         file = await self.artifacts.stat(owner, request.path)
         yield pb.DownloadArtifactResponse(artifact=convert.file_info(file))
         async for chunk in self.artifacts.read(file, request.offset, request.length):
-            yield pb.DownloadArtifactResponse(data=chunk)
+            yield _data_message(chunk)  # type: ignore[misc]
 
     async def ListArtifacts(
         self, request: pb.ListArtifactsRequest, context: Context

@@ -90,9 +90,17 @@ _measured: contextvars.ContextVar[tuple[Message, bytes] | None] = contextvars.Co
 )
 
 
-def encode(method: str, response: Message) -> bytes:
+def encode(method: str, response: Message | bytes) -> bytes:
     """The encoded response, or ResponseTooLarge if it exceeds MESSAGE_BYTES_MAX (naming
-    the resource a response of one resource carries, such as GetRun's run)."""
+    the resource a response of one resource carries, such as GetRun's run). A servicer may
+    hand over a message it encoded itself (bytes), which is only checked for size."""
+    if isinstance(response, bytes):
+        if len(response) > MESSAGE_BYTES_MAX:
+            raise ResponseTooLarge(
+                f"{method}: an answer of {len(response)} bytes is over the "
+                f"{MESSAGE_BYTES_MAX} a response may be"
+            )
+        return response
     measured = _measured.get()
     if measured is not None:
         _measured.set(None)
