@@ -4,14 +4,16 @@ from synchronous code, so both share one life of a run."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from trackd.client.entities import Dataset, Run, RunInfo, RunStatus
+from trackd.client.entities import Dataset, FileInfo, Run, RunInfo, RunStatus
 from trackd.client.errors import TrackdError
 from trackd.client.inputs import MetricLike
 from trackd.client.logger import AsyncMetricLogger, MetricLogger
+from trackd.client.transfer import ProgressCallback
 from trackd.v1 import dataset_pb2
 
 if TYPE_CHECKING:
@@ -283,6 +285,52 @@ class AsyncActiveRun:
         """Records a logged model the run produced."""
         await self.client.log_output(self.run_id, model_id, step)
 
+    async def log_artifact(
+        self,
+        local_path: str | os.PathLike[str],
+        artifact_path: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool = False,
+    ) -> FileInfo:
+        """Uploads a local file into the run's artifact directory `artifact_path` (None: the
+        root); see AsyncClient.log_artifact."""
+        return await self.client.log_artifact(
+            self.run_id, local_path, artifact_path, progress=progress, progress_bar=progress_bar
+        )
+
+    async def log_artifacts(
+        self,
+        local_dir: str | os.PathLike[str],
+        artifact_path: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool = False,
+    ) -> list[FileInfo]:
+        """Uploads every file under a local directory into the run's artifact directory
+        `artifact_path`, keeping relative paths; see AsyncClient.log_artifacts."""
+        return await self.client.log_artifacts(
+            self.run_id, local_dir, artifact_path, progress=progress, progress_bar=progress_bar
+        )
+
+    async def log_text(self, text: str, artifact_file: str) -> FileInfo:
+        """Stores `text` (UTF-8) as the run's artifact `artifact_file`."""
+        return await self.client.log_text(self.run_id, text, artifact_file)
+
+    async def log_dict(
+        self, dictionary: Mapping[str, Any] | list[Any], artifact_file: str
+    ) -> FileInfo:
+        """Stores `dictionary` as JSON (or YAML for .yaml/.yml) as the run's artifact."""
+        return await self.client.log_dict(self.run_id, dictionary, artifact_file)
+
+    async def log_figure(
+        self, figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None
+    ) -> FileInfo:
+        """Stores a matplotlib or plotly figure as the run's artifact `artifact_file`."""
+        return await self.client.log_figure(
+            self.run_id, figure, artifact_file, save_kwargs=save_kwargs
+        )
+
 
 class ActiveRun:
     """A run being logged to from synchronous code: an AsyncActiveRun driven on the
@@ -426,6 +474,54 @@ class ActiveRun:
     def log_output(self, model_id: str, step: int = 0) -> None:
         """Records a logged model the run produced."""
         self.client._call(self.aio.log_output(model_id, step))
+
+    def log_artifact(
+        self,
+        local_path: str | os.PathLike[str],
+        artifact_path: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool = False,
+    ) -> FileInfo:
+        """Uploads a local file into the run's artifact directory `artifact_path` (None: the
+        root), streamed and resumable; see Client.log_artifact."""
+        return self.client._call(
+            self.aio.log_artifact(
+                local_path, artifact_path, progress=progress, progress_bar=progress_bar
+            )
+        )
+
+    def log_artifacts(
+        self,
+        local_dir: str | os.PathLike[str],
+        artifact_path: str | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool = False,
+    ) -> list[FileInfo]:
+        """Uploads every file under a local directory into the run's artifact directory
+        `artifact_path`, keeping relative paths; see Client.log_artifacts."""
+        return self.client._call(
+            self.aio.log_artifacts(
+                local_dir, artifact_path, progress=progress, progress_bar=progress_bar
+            )
+        )
+
+    def log_text(self, text: str, artifact_file: str) -> FileInfo:
+        """Stores `text` (UTF-8) as the run's artifact `artifact_file`."""
+        return self.client._call(self.aio.log_text(text, artifact_file))
+
+    def log_dict(self, dictionary: Mapping[str, Any] | list[Any], artifact_file: str) -> FileInfo:
+        """Stores `dictionary` as JSON (or YAML for .yaml/.yml) as the run's artifact."""
+        return self.client._call(self.aio.log_dict(dictionary, artifact_file))
+
+    def log_figure(
+        self, figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None
+    ) -> FileInfo:
+        """Stores a matplotlib or plotly figure as the run's artifact `artifact_file`."""
+        return self.client._call(
+            self.aio.log_figure(figure, artifact_file, save_kwargs=save_kwargs)
+        )
 
 
 __all__ = ["ActiveRun", "AsyncActiveRun", "end_status"]

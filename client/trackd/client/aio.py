@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from trackd.client.artifact_calls import ArtifactCalls
 from trackd.client.credentials import TlsArg, open_channel, resolve_tls, resolve_token
 from trackd.client.experiment_calls import ExperimentCalls
 from trackd.client.inputs import MetricLike, now_ms
@@ -23,6 +24,7 @@ from trackd.client.logger import (
 from trackd.client.model_calls import LoggedModelCalls
 from trackd.client.run_calls import RunCalls
 from trackd.v1 import (
+    artifact_service_pb2_grpc,
     experiment_service_pb2_grpc,
     logged_model_service_pb2_grpc,
     run_service_pb2_grpc,
@@ -60,7 +62,7 @@ def resolve_target(target: str | None) -> str:
     return target.removeprefix("grpc://").rstrip("/")
 
 
-class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls):
+class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls, ArtifactCalls):
     """trackd over one grpc.aio channel, with MlflowClient's method names. Use as
     `async with AsyncClient(target) as c:` or call `close()`. Failed calls raise
     trackd.client.TrackdError subclasses; bad arguments raise TypeError or
@@ -104,6 +106,7 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls):
         self.experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self.channel)
         self.runs = run_service_pb2_grpc.RunServiceStub(self.channel)
         self.models = logged_model_service_pb2_grpc.LoggedModelServiceStub(self.channel)
+        self.artifacts = artifact_service_pb2_grpc.ArtifactServiceStub(self.channel)
         self._loggers: set[AsyncMetricLogger] = set()
 
     def logger(

@@ -11,6 +11,7 @@ import grpc
 
 from trackd.client.errors import from_rpc_error
 from trackd.v1 import (
+    artifact_service_pb2_grpc,
     experiment_service_pb2_grpc,
     logged_model_service_pb2_grpc,
     run_service_pb2_grpc,
@@ -26,6 +27,7 @@ class Calls:
     experiments: experiment_service_pb2_grpc.ExperimentServiceAsyncStub
     runs: run_service_pb2_grpc.RunServiceAsyncStub
     models: logged_model_service_pb2_grpc.LoggedModelServiceAsyncStub
+    artifacts: artifact_service_pb2_grpc.ArtifactServiceAsyncStub
     timeout: float | None
 
 

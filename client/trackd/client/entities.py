@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from trackd.v1 import (
+    artifact_pb2,
     common_pb2,
     dataset_pb2,
     experiment_pb2,
@@ -564,6 +565,41 @@ class DatasetSummary:
         return cls(s.experiment_id, s.name, s.digest, s.context, s)
 
 
+@dataclass(frozen=True)
+class FileInfo:
+    """An artifact file, or a directory of artifacts, of a run or a logged model. `path` is
+    relative to the owner's artifact root ('/'-separated); a directory has `is_dir` True,
+    `file_size` None (as MLflow's FileInfo), no hash and no time. `sha256` is 64 lowercase
+    hex digits; `modification_time` is when this content was stored, in milliseconds since
+    the Unix epoch; `row_count` is a CSV or Parquet table's number of data rows, where the
+    server could read it cheaply, else None."""
+
+    path: str
+    is_dir: bool
+    file_size: int | None
+    sha256: str = ""
+    content_type: str = ""
+    modification_time: int | None = None
+    row_count: int | None = None
+    proto: artifact_pb2.FileInfo | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def from_proto(cls, f: artifact_pb2.FileInfo) -> FileInfo:
+        """The entry of a FileInfo message."""
+        if f.is_dir:
+            return cls(f.path, True, None, proto=f)
+        return cls(
+            f.path,
+            False,
+            f.file_size,
+            f.sha256,
+            f.content_type,
+            f.modification_time or None,
+            f.row_count if f.HasField("row_count") else None,
+            f,
+        )
+
+
 def key_values(
     items: Mapping[str, object] | Iterable[Any] | None, arg: str
 ) -> list[tuple[object, object]]:
@@ -599,6 +635,7 @@ __all__ = [
     "DatasetSummary",
     "Experiment",
     "ExperimentTag",
+    "FileInfo",
     "LifecycleStage",
     "LoggedModel",
     "LoggedModelInput",

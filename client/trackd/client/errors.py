@@ -56,6 +56,13 @@ class UnauthenticatedError(TrackdError):
     malformed, expired, revoked or not valid (pass `token=` or set TRACKD_TOKEN)."""
 
 
+class ResourceExhaustedError(TrackdError):
+    """RESOURCE_EXHAUSTED: a limit of the server was reached: an artifact larger than its
+    maximum artifact size (reason MAX_ARTIFACT_SIZE_EXCEEDED, the limit in the message), an
+    answer too large to send (MAX_READ_SIZE_EXCEEDED), or the caller's rate or concurrency
+    limit (REQUEST_LIMIT_EXCEEDED)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[TrackdError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
@@ -63,6 +70,7 @@ _BY_CODE: dict[grpc.StatusCode, type[TrackdError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
 }
 
 

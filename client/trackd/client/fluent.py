@@ -27,7 +27,7 @@ from typing import Any
 
 from trackd.client.active_run import ActiveRun
 from trackd.client.aio import resolve_target
-from trackd.client.entities import Dataset, Experiment, Run, RunStatus
+from trackd.client.entities import Dataset, Experiment, FileInfo, Run, RunStatus
 from trackd.client.sync import Client
 from trackd.v1 import dataset_pb2
 
@@ -234,6 +234,42 @@ def log_input(
     _active().log_input(dataset, context, tags)
 
 
+def log_artifact(local_path: str | os.PathLike[str], artifact_path: str | None = None) -> FileInfo:
+    """Uploads a local file into the active run's artifact directory `artifact_path`."""
+    return _active().log_artifact(local_path, artifact_path)
+
+
+def log_artifacts(
+    local_dir: str | os.PathLike[str], artifact_path: str | None = None
+) -> list[FileInfo]:
+    """Uploads every file under a local directory into the active run's artifacts."""
+    return _active().log_artifacts(local_dir, artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> FileInfo:
+    """Stores `text` as the active run's artifact `artifact_file`."""
+    return _active().log_text(text, artifact_file)
+
+
+def log_dict(dictionary: Mapping[str, Any] | list[Any], artifact_file: str) -> FileInfo:
+    """Stores `dictionary` as JSON (YAML for .yaml/.yml) as the active run's artifact."""
+    return _active().log_dict(dictionary, artifact_file)
+
+
+def log_figure(
+    figure: Any, artifact_file: str, *, save_kwargs: Mapping[str, Any] | None = None
+) -> FileInfo:
+    """Stores a matplotlib or plotly figure as the active run's artifact."""
+    return _active().log_figure(figure, artifact_file, save_kwargs=save_kwargs)
+
+
+def get_artifact_uri(artifact_path: str | None = None) -> str:
+    """The active run's artifact root URI (one is started if none is), or the URI of
+    `artifact_path` under it."""
+    uri = _active().info.artifact_uri.rstrip("/")
+    return f"{uri}/{artifact_path.lstrip('/')}" if artifact_path else uri
+
+
 def flush(timeout: float | None = None) -> None:
     """Waits until the server has acknowledged every metric of the active run."""
     run = active_run()
@@ -272,14 +308,20 @@ __all__ = [
     "delete_tag",
     "end_run",
     "flush",
+    "get_artifact_uri",
     "get_run",
     "get_tracking_uri",
     "last_active_run",
+    "log_artifact",
+    "log_artifacts",
+    "log_dict",
+    "log_figure",
     "log_input",
     "log_metric",
     "log_metrics",
     "log_param",
     "log_params",
+    "log_text",
     "set_experiment",
     "set_tag",
     "set_tags",

@@ -241,5 +241,22 @@ class Client:
     search_logged_models = _blocking(AsyncClient.search_logged_models)
     iter_logged_models = _blocking_iter(AsyncClient.iter_logged_models)
 
+    upload_artifact = _blocking(AsyncClient.upload_artifact)
+    download_artifact = _blocking(AsyncClient.download_artifact)
+    get_artifact = _blocking(AsyncClient.get_artifact)
+    delete_artifact = _blocking(AsyncClient.delete_artifact)
+    iter_artifacts = _blocking_iter(AsyncClient.iter_artifacts)
+    list_artifacts = _blocking(AsyncClient.list_artifacts)
+    list_logged_model_artifacts = _blocking(AsyncClient.list_logged_model_artifacts)
+    log_artifact = _blocking(AsyncClient.log_artifact)
+    log_artifacts = _blocking(AsyncClient.log_artifacts)
+    log_model_artifact = _blocking(AsyncClient.log_model_artifact)
+    log_model_artifacts = _blocking(AsyncClient.log_model_artifacts)
+    log_text = _blocking(AsyncClient.log_text)
+    log_dict = _blocking(AsyncClient.log_dict)
+    log_figure = _blocking(AsyncClient.log_figure)
+    download_artifacts = _blocking(AsyncClient.download_artifacts)
+    download_model_artifacts = _blocking(AsyncClient.download_model_artifacts)
+
 
 __all__ = ["ActiveRun", "Client"]
