@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import os
 import pkgutil
+import shutil
+import tempfile
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -178,6 +181,34 @@ def tour(target: str) -> dict[str, object]:
             ("eval", "evaluation"),
         }
 
+        # Artifacts: a run's files, up, listed, inspected, down and deleted.
+        tmp = tempfile.mkdtemp()
+        weights = os.path.join(tmp, "weights.bin")
+        with open(weights, "wb") as f:
+            f.write(bytes(range(256)) * 4)
+        stored = client.log_artifact(rid, weights, "model")
+        assert (stored.path, stored.file_size, stored.is_dir) == ("model/weights.bin", 1024, False)
+        client.log_text(rid, "id,label\n1,cat\n2,dog\n", "predictions.csv")
+        client.log_dict(rid, {"lr": 0.001}, "config.json")
+        listed = client.list_artifacts(rid)
+        assert [(f.path, f.is_dir) for f in listed] == [
+            ("config.json", False),
+            ("model", True),
+            ("predictions.csv", False),
+        ]
+        table = client.get_artifact(rid, "predictions.csv")
+        assert (table.content_type, table.row_count) == ("text/csv", 2)
+        local = client.download_artifacts(rid, "model", os.path.join(tmp, "dst"))
+        with open(os.path.join(local, "weights.bin"), "rb") as f:
+            assert f.read() == bytes(range(256)) * 4
+        head = client.download_artifact(rid, "predictions.csv", os.path.join(tmp, "head"), 0, 2)
+        assert head.file_size == 21
+        with open(os.path.join(tmp, "head"), "rb") as f:
+            assert f.read() == b"id"
+        assert client.delete_artifact(rid, "config.json") == 1
+        with pytest.raises(NotFoundError):
+            client.get_artifact(rid, "config.json")
+
         # Logged models.
         client.log_metric(
             rid,
@@ -206,6 +237,11 @@ def tour(target: str) -> dict[str, object]:
         assert [(m.key, m.value, m.dataset_name) for m in fetched.metrics] == [
             ("acc", 0.97, "mnist")
         ]
+        client.log_model_artifact(model.model_id, weights)
+        assert [f.path for f in client.list_logged_model_artifacts(model.model_id)] == [
+            "weights.bin"
+        ]
+        shutil.rmtree(tmp)
         client.delete_logged_model(model.model_id)
         with pytest.raises(NotFoundError):
             client.get_logged_model(model.model_id)
