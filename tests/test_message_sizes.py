@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import mimetypes
 import pkgutil
 import random
 import struct
@@ -33,7 +34,7 @@ import trackd.v1
 from helpers import error_info, new_experiment, new_run, unique, violations
 from trackd.client import AsyncClient
 from trackd.server import app
-from trackd.server.domain import limits, paging, runs, streams
+from trackd.server.domain import artifacts, limits, paging, runs, streams
 from trackd.server.domain.experiments import LEVEL_DESCRIPTIONS
 from trackd.server.service import rpc, sizes
 from trackd.server.service.guard import Guard
@@ -502,6 +503,12 @@ STRING_BYTES_MAX = {
     "trackd.v1.PermissionLevelDescription.description": max(
         len(t) for t in LEVEL_DESCRIPTIONS.values()
     ),
+    "trackd.v1.FileInfo.path": artifacts.PATH_BYTES_MAX,
+    "trackd.v1.FileInfo.sha256": 64,
+    "trackd.v1.FileInfo.content_type": max(
+        len(t) for t in [*mimetypes.types_map.values(), *mimetypes.common_types.values()]
+    ),
+    "trackd.v1.UploadProgress.upload_id": 32,
 }
 REPEATED_MAX = {
     "trackd.v1.GetMetricHistoryResponse.metrics": limits.HISTORY_MAX_RESULTS_MAX,
@@ -605,6 +612,8 @@ def test_every_response_message_fits_or_is_cut_or_refused() -> None:
     assert bounded["GetMetricHistory"] < 1_000_000
     assert bounded["StreamMetrics"] < 200_000
     assert bounded["UpdateRun"] < 20_000
+    assert bounded["GetArtifact"] < 2_000
+    assert bounded["UploadArtifact"] < 2_000
 
 
 class _Oversized:
