@@ -267,7 +267,7 @@ async def end_upload(conn: Connection, upload_id: str) -> bool:
 
 async def abandoned_uploads(conn: Connection, before_ms: int, limit: int) -> list[str]:
     """Forgets up to `limit` uploads untouched since `before_ms`; their ids."""
-    return [str(r["upload_id"]) for r in await conn.fetch(_ABANDONED, before_ms, limit)]
+    return [r["upload_id"].hex for r in await conn.fetch(_ABANDONED, before_ms, limit)]
 
 
 async def due_garbage(conn: Connection, before_ms: int, limit: int) -> list[str]:
