@@ -55,3 +55,73 @@ def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
             detail.Unpack(bad)
             return {v.field: v.description for v in bad.field_violations}
     return {}
+
+
+# -- artifacts -----------------------------------------------------------------------------
+
+# The largest chunk of an upload (ARTIFACT_CHUNK_BYTES_MAX).
+ARTIFACT_CHUNK = 1024 * 1024
+
+
+def sha256_hex(data: bytes) -> str:
+    """The SHA-256 of `data`, 64 lowercase hex digits."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def upload_requests(  # type: ignore[no-untyped-def]
+    data: bytes,
+    chunk: int = ARTIFACT_CHUNK,
+    finish_sha256: str = "",
+    **start,
+) -> list:
+    """The messages of a whole upload: UploadStart(**start), `data` in chunks, UploadFinish."""
+    from trackd.v1 import artifact_service_pb2 as apb
+
+    msgs = [apb.UploadArtifactRequest(start=apb.UploadStart(**start))]
+    msgs += [
+        apb.UploadArtifactRequest(data=data[i : i + chunk]) for i in range(0, len(data), chunk)
+    ]
+    msgs.append(apb.UploadArtifactRequest(finish=apb.UploadFinish(sha256=finish_sha256)))
+    return msgs
+
+
+async def upload_artifact(  # type: ignore[no-untyped-def]
+    stub, data: bytes, chunk: int = ARTIFACT_CHUNK, finish_sha256: str | None = None, **start
+):
+    """Uploads `data` in one call (finish names its SHA-256 unless `finish_sha256` is
+    given); returns (upload id, stored FileInfo, progress messages)."""
+    sha = sha256_hex(data) if finish_sha256 is None else finish_sha256
+    progress = []
+    info = None
+    async for resp in stub.UploadArtifact(iter(upload_requests(data, chunk, sha, **start))):
+        if resp.WhichOneof("message") == "progress":
+            progress.append(resp.progress)
+        else:
+            assert info is None, "a second FileInfo"
+            info = resp.artifact
+    assert info is not None, "the upload ended without a FileInfo"
+    return progress[0].upload_id, info, progress
+
+
+async def download_artifact(stub, offset: int = 0, length: int = 0, **request):  # type: ignore[no-untyped-def]
+    """Downloads a file (or a range); returns (FileInfo, bytes), checking that the FileInfo
+    comes first and only once and that no chunk is over 1 MiB."""
+    from trackd.v1 import artifact_service_pb2 as apb
+
+    info = None
+    parts: list[bytes] = []
+    call = stub.DownloadArtifact(
+        apb.DownloadArtifactRequest(offset=offset, length=length, **request)
+    )
+    async for resp in call:
+        if resp.WhichOneof("message") == "artifact":
+            assert info is None and not parts, "FileInfo not first or twice"
+            info = resp.artifact
+        else:
+            assert info is not None, "bytes before the FileInfo"
+            assert len(resp.data) <= ARTIFACT_CHUNK
+            parts.append(resp.data)
+    assert info is not None
+    return info, b"".join(parts)
