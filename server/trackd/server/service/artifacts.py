@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from trackd.server import convert
-from trackd.server.domain.artifacts import Artifacts, Owner, check_range, owner_of
+from trackd.server.domain.artifacts import Artifacts, Owner, Upload, check_range, owner_of
 from trackd.server.domain.auth.policy import Gate
-from trackd.server.errors import InvalidArgument
+from trackd.server.errors import Aborted, InvalidArgument
 from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
 from trackd.v1 import artifact_service_pb2 as pb
@@ -68,29 +69,43 @@ class ArtifactService(artifact_service_pb2_grpc.ArtifactServiceServicer):
         owner = await self.artifacts.owner(*kind_and_id)
         upload = await self.artifacts.begin(owner, start)
         try:
-            yield _progress(upload.upload_id, upload.received)
-            async for request in messages:
-                kind = request.WhichOneof("message")
-                if kind == "data":
-                    acked = await self.artifacts.write(upload, request.data)
-                    if acked is not None:
-                        yield _progress(upload.upload_id, acked)
-                elif kind == "finish":
-                    file = await self.artifacts.finish(upload, request.finish.sha256)
-                    yield pb.UploadArtifactResponse(artifact=convert.file_info(file))
-                    return
-                else:
-                    raise InvalidArgument.for_field(
-                        "start", "came again; a call uploads one file (one UploadStart)"
-                    )
-            held = await self.artifacts.sync(upload)
-            raise InvalidArgument.for_field(
-                "finish",
-                f"is missing: the stream ended after {held} bytes; the upload stays "
-                f"resumable as upload_id {upload.upload_id}",
-            )
+            async for response in self._receive(upload, messages):
+                yield response
+        except asyncio.CancelledError:
+            if not upload.taken_over:
+                raise
+            raise Aborted(
+                f"upload {upload.upload_id} was resumed by another call; this one ends",
+                metadata={"upload_id": upload.upload_id},
+            ) from None
         finally:
             self.artifacts.release(upload)
+
+    async def _receive(
+        self, upload: Upload, messages: AsyncIterator[pb.UploadArtifactRequest]
+    ) -> AsyncIterator[pb.UploadArtifactResponse]:
+        """The answers to an upload's messages after its start."""
+        yield _progress(upload.upload_id, upload.received)
+        async for request in messages:
+            kind = request.WhichOneof("message")
+            if kind == "data":
+                acked = await self.artifacts.write(upload, request.data)
+                if acked is not None:
+                    yield _progress(upload.upload_id, acked)
+            elif kind == "finish":
+                file = await self.artifacts.finish(upload, request.finish.sha256)
+                yield pb.UploadArtifactResponse(artifact=convert.file_info(file))
+                return
+            else:
+                raise InvalidArgument.for_field(
+                    "start", "came again; a call uploads one file (one UploadStart)"
+                )
+        held = await self.artifacts.sync(upload)
+        raise InvalidArgument.for_field(
+            "finish",
+            f"is missing: the stream ended after {held} bytes; the upload stays "
+            f"resumable as upload_id {upload.upload_id}",
+        )
 
     async def DownloadArtifact(
         self, request: pb.DownloadArtifactRequest, context: Context

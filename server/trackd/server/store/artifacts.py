@@ -150,10 +150,15 @@ WITH owners AS (
 SELECT count(*) FROM gone"""
 
 
+# Above every path: a path is at most 1024 bytes, and this is 257 of the largest
+# character (1028 bytes, each the largest UTF-8 sequence).
+_ABOVE_ALL = "\U0010ffff" * 257
+
+
 def _under(path: str) -> tuple[str, str]:
     """The range of paths strictly under directory `path` ("" for the root)."""
     if not path:
-        return "", "\U0010ffff"
+        return "", _ABOVE_ALL
     return path + "/", path + "0"
 
 
