@@ -131,6 +131,19 @@ async def _call(ch: grpc.aio.Channel, method: Any, request: Any, who: str) -> gr
         "response_deserializer": out_cls.FromString,
     }
     try:
+        if method.name == "UploadArtifact":
+            # Start, then wait for the first answer before the bytes: a refused upload ends
+            # at its start, and writing more after the status arrived would make gRPC's
+            # client report INTERNAL instead of it.
+            call = ch.stream_stream(path, **kw)(metadata=as_(who))
+            await call.write(request[0])
+            await call.read()
+            for message in request[1:]:
+                await call.write(message)
+            await call.done_writing()
+            while await call.read() is not grpc.aio.EOF:
+                pass
+            return grpc.StatusCode.OK
         if method.client_streaming:
             stub = ch.stream_stream(path, **kw)
             responses = stub(iter(request), metadata=as_(who))
