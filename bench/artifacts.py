@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -216,6 +217,31 @@ async def download(
     return last_byte, time.perf_counter() - t0, received
 
 
+@contextlib.asynccontextmanager
+async def _floor_server(size: int) -> AsyncIterator[str]:
+    """bench.grpc_floor in its own process; its target. Stopped by its pid."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.grpc_floor", str(size), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        yield f"127.0.0.1:{int(line)}"
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def _floor(size: int, src: Path, dst: Path) -> tuple[float, float]:
+    """Seconds of the same upload and download (to the last byte) against bench.grpc_floor."""
+    async with _floor_server(size) as target, grpc.aio.insecure_channel(target) as ch:
+        stub = artifact_service_pb2_grpc.ArtifactServiceStub(ch)
+        up_s, _ = await upload(stub, "f" * 32, src, size)
+        down_s, _, _ = await download(stub, "f" * 32, dst)
+    await asyncio.to_thread(dst.unlink)
+    return up_s, down_s
+
+
 def _rate(size: int, seconds: float) -> str:
     return f"{size / MB / seconds:,.0f} MB/s ({seconds:.2f} s)"
 
@@ -257,6 +283,7 @@ async def run(database_url: str) -> dict[str, dict[str, str]]:
         dst.unlink()
         copy_durable.append(await asyncio.to_thread(_copy, src, work / "copy.bin", True))
         copy_plain.append(await asyncio.to_thread(_copy, src, work / "copy.bin", False))
+        floor_up_s, floor_down_s = await _floor(size, src, work / "floor.bin")
 
     durable = sum(copy_durable) / 2
     plain = sum(copy_plain) / 2
@@ -267,15 +294,21 @@ async def run(database_url: str) -> dict[str, dict[str, str]]:
         "without fsync": f"{_rate(size, plain)}; before {copy_plain[0]:.2f} s, "
         f"after {copy_plain[1]:.2f} s",
     }
+    out[f"baseline: the same client against a gRPC server that only moves bytes ({mib} MiB)"] = {
+        "upload": _rate(size, floor_up_s),
+        "download to the last byte": _rate(size, floor_down_s),
+    }
     out[f"UploadArtifact of {mib} MiB, 1 MiB messages, durable when answered"] = {
         "speed": _rate(size, up_s),
+        "of plain gRPC": f"{floor_up_s / up_s:.0%}",
         "of a durable copy": f"{durable / up_s:.0%}",
         "of a copy without fsync": f"{plain / up_s:.0%}",
         "server RSS": f"{up_rss['before']:.0f} MB before, peak {up_rss['peak']:.0f} MB "
         f"(+{up_rss['peak'] - up_rss['before']:.0f} MB)",
     }
     out[f"DownloadArtifact of {mib} MiB into a file"] = {
-        "to the last byte": f"{_rate(size, down_s)}, {plain / down_s:.0%} of a copy without fsync",
+        "to the last byte": f"{_rate(size, down_s)}, {plain / down_s:.0%} of a copy without fsync, "
+        f"{floor_down_s / down_s:.0%} of plain gRPC",
         "and fsync'd": f"{_rate(size, down_durable_s)}, {durable / down_durable_s:.0%} of a "
         "durable copy",
         "server RSS": f"{down_rss['before']:.0f} MB before, peak {down_rss['peak']:.0f} MB "
