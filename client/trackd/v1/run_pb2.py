@@ -27,23 +27,23 @@ from trackd.v1 import dataset_pb2 as trackd_dot_v1_dot_dataset__pb2
 from trackd.v1 import metric_pb2 as trackd_dot_v1_dot_metric__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13trackd/v1/run.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\"\x97\x01\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.trackd.v1.RunData\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trackd.v1.RunInputs\x12&\n\x07outputs\x18\x04 \x01(\x0b\x32\x15.trackd.v1.RunOutputs\"\xe9\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x07 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\t \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\"\xa4\x01\n\x07RunData\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x03 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x32\n\x10metric_summaries\x18\x04 \x03(\x0b\x32\x18.trackd.v1.MetricSummary\"#\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"$\n\x06RunTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*\xa0\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13trackd/v1/run.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\"\x97\x01\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.trackd.v1.RunData\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trackd.v1.RunInputs\x12&\n\x07outputs\x18\x04 \x01(\x0b\x32\x15.trackd.v1.RunOutputs\"\x81\x02\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x07 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\t \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\x12\x16\n\x0elast_seen_time\x18\n \x01(\x03\"\xa4\x01\n\x07RunData\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x03 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x32\n\x10metric_summaries\x18\x04 \x03(\x0b\x32\x18.trackd.v1.MetricSummary\"#\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"$\n\x06RunTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*\xbd\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x12\x1b\n\x17RUN_STATUS_UNRESPONSIVE\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=740
-  _globals['_RUNSTATUS']._serialized_end=900
+  _globals['_RUNSTATUS']._serialized_start=764
+  _globals['_RUNSTATUS']._serialized_end=953
   _globals['_RUN']._serialized_start=108
   _globals['_RUN']._serialized_end=259
   _globals['_RUNINFO']._serialized_start=262
-  _globals['_RUNINFO']._serialized_end=495
-  _globals['_RUNDATA']._serialized_start=498
-  _globals['_RUNDATA']._serialized_end=662
-  _globals['_PARAM']._serialized_start=664
-  _globals['_PARAM']._serialized_end=699
-  _globals['_RUNTAG']._serialized_start=701
-  _globals['_RUNTAG']._serialized_end=737
+  _globals['_RUNINFO']._serialized_end=519
+  _globals['_RUNDATA']._serialized_start=522
+  _globals['_RUNDATA']._serialized_end=686
+  _globals['_PARAM']._serialized_start=688
+  _globals['_PARAM']._serialized_end=723
+  _globals['_RUNTAG']._serialized_start=725
+  _globals['_RUNTAG']._serialized_end=761
 # @@protoc_insertion_point(module_scope)

@@ -40,6 +40,12 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     """The run ended with an error."""
     RUN_STATUS_KILLED: _RunStatus.ValueType  # 5
     """The run was stopped before it ended."""
+    RUN_STATUS_UNRESPONSIVE: _RunStatus.ValueType  # 6
+    """Read only: a RUNNING run that sent no heartbeat and no metric point for the server's
+    liveness window (`--liveness-window`, 120 s by default). Derived when the run is read,
+    never stored: a heartbeat or a point makes it RUNNING again. Writing it is
+    INVALID_ARGUMENT.
+    """
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """RunStatus is the execution state of a run."""
@@ -56,6 +62,12 @@ RUN_STATUS_FAILED: RunStatus.ValueType  # 4
 """The run ended with an error."""
 RUN_STATUS_KILLED: RunStatus.ValueType  # 5
 """The run was stopped before it ended."""
+RUN_STATUS_UNRESPONSIVE: RunStatus.ValueType  # 6
+"""Read only: a RUNNING run that sent no heartbeat and no metric point for the server's
+liveness window (`--liveness-window`, 120 s by default). Derived when the run is read,
+never stored: a heartbeat or a point makes it RUNNING again. Writing it is
+INVALID_ARGUMENT.
+"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 @_typing.final
@@ -115,6 +127,7 @@ class RunInfo(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     LIFECYCLE_STAGE_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Identifier: 32 lowercase hex digits."""
     run_name: _builtins.str
@@ -133,6 +146,10 @@ class RunInfo(_message.Message):
     """URI under which the run stores artifacts."""
     lifecycle_stage: _common_pb2.LifecycleStage.ValueType
     """Whether the run is active or soft-deleted."""
+    last_seen_time: _builtins.int
+    """When the server last heard from the run (a heartbeat or a metric point it received),
+    in milliseconds since the Unix epoch; its start time if never.
+    """
     def __init__(
         self,
         *,
@@ -145,10 +162,11 @@ class RunInfo(_message.Message):
         end_time: _builtins.int = ...,
         artifact_uri: _builtins.str = ...,
         lifecycle_stage: _common_pb2.LifecycleStage.ValueType = ...,
+        last_seen_time: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "end_time", b"end_time", "experiment_id", b"experiment_id", "lifecycle_stage", b"lifecycle_stage", "run_id", b"run_id", "run_name", b"run_name", "start_time", b"start_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "end_time", b"end_time", "experiment_id", b"experiment_id", "last_seen_time", b"last_seen_time", "lifecycle_stage", b"lifecycle_stage", "run_id", b"run_id", "run_name", b"run_name", "start_time", b"start_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

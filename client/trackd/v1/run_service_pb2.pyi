@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.rpc import code_pb2 as _code_pb2
 from trackd.v1 import common_pb2 as _common_pb2
 from trackd.v1 import dataset_pb2 as _dataset_pb2
@@ -27,6 +28,34 @@ else:
     from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _MetricAxis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MetricAxisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MetricAxis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    METRIC_AXIS_UNSPECIFIED: _MetricAxis.ValueType  # 0
+    """The default: STEP."""
+    METRIC_AXIS_STEP: _MetricAxis.ValueType  # 1
+    """The points' steps."""
+    METRIC_AXIS_WALL_TIME: _MetricAxis.ValueType  # 2
+    """The points' timestamps, in milliseconds since the Unix epoch."""
+    METRIC_AXIS_RELATIVE_TIME: _MetricAxis.ValueType  # 3
+    """The points' timestamps minus the run's start time, in milliseconds."""
+
+class MetricAxis(_MetricAxis, metaclass=_MetricAxisEnumTypeWrapper):
+    """MetricAxis is the x axis of an envelope."""
+
+METRIC_AXIS_UNSPECIFIED: MetricAxis.ValueType  # 0
+"""The default: STEP."""
+METRIC_AXIS_STEP: MetricAxis.ValueType  # 1
+"""The points' steps."""
+METRIC_AXIS_WALL_TIME: MetricAxis.ValueType  # 2
+"""The points' timestamps, in milliseconds since the Unix epoch."""
+METRIC_AXIS_RELATIVE_TIME: MetricAxis.ValueType  # 3
+"""The points' timestamps minus the run's start time, in milliseconds."""
+Global___MetricAxis: _TypeAlias = MetricAxis  # noqa: Y015
 
 @_typing.final
 class CreateRunRequest(_message.Message):
@@ -1158,3 +1187,349 @@ class LogOutputsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LogOutputsResponse: _TypeAlias = LogOutputsResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    """HeartbeatRequest names a run that is alive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    """HeartbeatResponse is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class StreamMetricEnvelopesRequest(_message.Message):
+    """StreamMetricEnvelopesRequest asks for envelopes of series of runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_IDS_FIELD_NUMBER: _builtins.int
+    METRIC_KEYS_FIELD_NUMBER: _builtins.int
+    AXIS_FIELD_NUMBER: _builtins.int
+    X_MIN_FIELD_NUMBER: _builtins.int
+    X_MAX_FIELD_NUMBER: _builtins.int
+    BUCKETS_FIELD_NUMBER: _builtins.int
+    axis: Global___MetricAxis.ValueType
+    """The x axis; STEP by default."""
+    x_min: _builtins.int
+    """The first x of the range, in the axis' unit, inclusive; unset for the series' first."""
+    x_max: _builtins.int
+    """The last x of the range, inclusive; unset for the series' last."""
+    buckets: _builtins.int
+    """Buckets per series; 0 means the default of 1000; at most 2000."""
+    @_builtins.property
+    def run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Identifiers of the runs; 1 to 100."""
+
+    @_builtins.property
+    def metric_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys of the series; 1 to 100. Each run answers for the keys it has."""
+
+    def __init__(
+        self,
+        *,
+        run_ids: _abc.Iterable[_builtins.str] | None = ...,
+        metric_keys: _abc.Iterable[_builtins.str] | None = ...,
+        axis: Global___MetricAxis.ValueType = ...,
+        x_min: _builtins.int | None = ...,
+        x_max: _builtins.int | None = ...,
+        buckets: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_x_max", b"_x_max", "_x_min", b"_x_min", "x_max", b"x_max", "x_min", b"x_min"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_x_max", b"_x_max", "_x_min", b"_x_min", "axis", b"axis", "buckets", b"buckets", "metric_keys", b"metric_keys", "run_ids", b"run_ids", "x_max", b"x_max", "x_min", b"x_min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__x_max: _TypeAlias = _typing.Literal["x_max"]  # noqa: Y015
+    _WhichOneofArgType__x_max: _TypeAlias = _typing.Literal["_x_max", b"_x_max"]  # noqa: Y015
+    _WhichOneofReturnType__x_min: _TypeAlias = _typing.Literal["x_min"]  # noqa: Y015
+    _WhichOneofArgType__x_min: _TypeAlias = _typing.Literal["_x_min", b"_x_min"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__x_max) -> _WhichOneofReturnType__x_max | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__x_min) -> _WhichOneofReturnType__x_min | None: ...
+
+Global___StreamMetricEnvelopesRequest: _TypeAlias = StreamMetricEnvelopesRequest  # noqa: Y015
+
+@_typing.final
+class StreamMetricEnvelopesResponse(_message.Message):
+    """StreamMetricEnvelopesResponse is the envelope of one series: one entry per bucket in
+    each column, buckets in x order. Within a bucket, points are ordered by (x, step or
+    timestamp, value) as in GetMetricHistory; min and max are over finite values (NaN when
+    the bucket has none), and NaN, +Inf and -Inf are counted apart.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    METRIC_KEY_FIELD_NUMBER: _builtins.int
+    AXIS_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    X_FIRST_FIELD_NUMBER: _builtins.int
+    X_LAST_FIELD_NUMBER: _builtins.int
+    FIRST_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    NAN_COUNT_FIELD_NUMBER: _builtins.int
+    POS_INF_COUNT_FIELD_NUMBER: _builtins.int
+    NEG_INF_COUNT_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    metric_key: _builtins.str
+    """Key of the series."""
+    axis: Global___MetricAxis.ValueType
+    """The axis of the x columns."""
+    points: _builtins.bool
+    """Whether every bucket is one point (the series has no more points in the range than
+    buckets asked for).
+    """
+    @_builtins.property
+    def x_first(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The x of each bucket's first point."""
+
+    @_builtins.property
+    def x_last(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The x of each bucket's last point."""
+
+    @_builtins.property
+    def first(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The value of each bucket's first point."""
+
+    @_builtins.property
+    def last(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The value of each bucket's last point."""
+
+    @_builtins.property
+    def min(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The least finite value of each bucket; NaN if it has none."""
+
+    @_builtins.property
+    def max(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The greatest finite value of each bucket; NaN if it has none."""
+
+    @_builtins.property
+    def count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The points in each bucket, NaN and infinities included."""
+
+    @_builtins.property
+    def nan_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The NaN points in each bucket."""
+
+    @_builtins.property
+    def pos_inf_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The +Inf points in each bucket."""
+
+    @_builtins.property
+    def neg_inf_count(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The -Inf points in each bucket."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        metric_key: _builtins.str = ...,
+        axis: Global___MetricAxis.ValueType = ...,
+        points: _builtins.bool = ...,
+        x_first: _abc.Iterable[_builtins.int] | None = ...,
+        x_last: _abc.Iterable[_builtins.int] | None = ...,
+        first: _abc.Iterable[_builtins.float] | None = ...,
+        last: _abc.Iterable[_builtins.float] | None = ...,
+        min: _abc.Iterable[_builtins.float] | None = ...,
+        max: _abc.Iterable[_builtins.float] | None = ...,
+        count: _abc.Iterable[_builtins.int] | None = ...,
+        nan_count: _abc.Iterable[_builtins.int] | None = ...,
+        pos_inf_count: _abc.Iterable[_builtins.int] | None = ...,
+        neg_inf_count: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["axis", b"axis", "count", b"count", "first", b"first", "last", b"last", "max", b"max", "metric_key", b"metric_key", "min", b"min", "nan_count", b"nan_count", "neg_inf_count", b"neg_inf_count", "points", b"points", "pos_inf_count", b"pos_inf_count", "run_id", b"run_id", "x_first", b"x_first", "x_last", b"x_last"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMetricEnvelopesResponse: _TypeAlias = StreamMetricEnvelopesResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """WatchRunRequest names what to watch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    EXPERIMENT_ID_FIELD_NUMBER: _builtins.int
+    METRIC_KEYS_FIELD_NUMBER: _builtins.int
+    RESUME_POSITION_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """One run."""
+    experiment_id: _builtins.str
+    """Every run of an experiment, including runs created while watching."""
+    resume_position: _builtins.str
+    """The position of the last response received, to resume after it; empty to start now."""
+    @_builtins.property
+    def metric_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys of the series whose points to push; empty for every key; at most 100."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        experiment_id: _builtins.str = ...,
+        metric_keys: _abc.Iterable[_builtins.str] | None = ...,
+        resume_position: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "run_id", b"run_id", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "metric_keys", b"metric_keys", "resume_position", b"resume_position", "run_id", b"run_id", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["run_id", "experiment_id"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunResponse(_message.Message):
+    """WatchRunResponse is one update; `position` resumes after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POSITION_FIELD_NUMBER: _builtins.int
+    COALESCED_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
+    position: _builtins.str
+    """Opaque; pass it as resume_position to receive what follows this response."""
+    coalesced: _builtins.bool
+    """Whether this response merges updates that piled up while the watcher read slowly
+    (points of several commits in one message, the latest status only).
+    """
+    heartbeat_time: _builtins.int
+    """Nothing happened for 5 s; the server time in milliseconds since the Unix epoch."""
+    @_builtins.property
+    def points(self) -> Global___MetricColumns:
+        """New points of one series."""
+
+    @_builtins.property
+    def status(self) -> Global___WatchRunStatus:
+        """A run's new status (UNRESPONSIVE is never pushed: it is derived when read)."""
+
+    @_builtins.property
+    def data(self) -> Global___WatchRunData:
+        """A run's new params and tags."""
+
+    def __init__(
+        self,
+        *,
+        position: _builtins.str = ...,
+        coalesced: _builtins.bool = ...,
+        points: Global___MetricColumns | None = ...,
+        status: Global___WatchRunStatus | None = ...,
+        data: Global___WatchRunData | None = ...,
+        heartbeat_time: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "event", b"event", "heartbeat_time", b"heartbeat_time", "points", b"points", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced", b"coalesced", "data", b"data", "event", b"event", "heartbeat_time", b"heartbeat_time", "points", b"points", "position", b"position", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["points", "status", "data", "heartbeat_time"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunStatus(_message.Message):
+    """WatchRunStatus is a run's status after a change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    status: _run_pb2.RunStatus.ValueType
+    """The new status."""
+    end_time: _builtins.int
+    """End time, in milliseconds since the Unix epoch; 0 while the run has not ended."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        status: _run_pb2.RunStatus.ValueType = ...,
+        end_time: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "run_id", b"run_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunStatus: _TypeAlias = WatchRunStatus  # noqa: Y015
+
+@_typing.final
+class WatchRunData(_message.Message):
+    """WatchRunData holds params and tags a run logged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the run."""
+    @_builtins.property
+    def params(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Param]:
+        """New params."""
+
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.RunTag]:
+        """New or changed tags."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        params: _abc.Iterable[_run_pb2.Param] | None = ...,
+        tags: _abc.Iterable[_run_pb2.RunTag] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["params", b"params", "run_id", b"run_id", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunData: _TypeAlias = WatchRunData  # noqa: Y015

@@ -141,6 +141,21 @@ class RunServiceStub:
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/trackd.v1.RunService/Heartbeat',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.StreamMetricEnvelopes = channel.unary_stream(
+                '/trackd.v1.RunService/StreamMetricEnvelopes',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesResponse.FromString,
+                _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/trackd.v1.RunService/WatchRun',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -370,6 +385,52 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Records that a run is alive: a RUNNING run that neither sends a heartbeat nor logs a
+        point for `--liveness-window` seconds reads as UNRESPONSIVE until it does. The run
+        logger of the Python client sends one every 30 s by itself.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMetricEnvelopes(self, request, context):
+        """Streams plot-ready envelopes of metric series: for each (run, key) asked for, one
+        response with up to `buckets` buckets over the x range, each bucket exact (its first,
+        last, min, max and counts over every point in it, so that every spike survives). A
+        series with no more points in the range than buckets comes back point for point.
+        Buckets are aligned to the server's pre-aggregated blocks, so there may be fewer than
+        asked for; each says the x of its first and last point.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, no or
+        too many runs or keys, an x range with x_min above x_max, or buckets out of range;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run. A run without a key has no
+        response for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """Pushes what happens to a run, or to the runs of an experiment, as it commits: new
+        metric points (column-wise), status changes, new params and tags, and a heartbeat
+        message every 5 s of silence. Every response carries a position; a new call whose
+        resume_position is it receives exactly what followed, nothing twice (positions are
+        kept for `--watch-retention` seconds). Writes made through any trackd server sharing
+        the database are seen (PostgreSQL LISTEN/NOTIFY). A watcher that reads slower than
+        the run writes never slows the writers: what piled up is sent merged, with
+        `coalesced` set.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key, or a
+        resume position this server did not give; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run or experiment; FAILED_PRECONDITION (INVALID_STATE) for a resume position
+        older than the retention (read the history instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -462,6 +523,21 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.LogOutputs,
                     request_deserializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.HeartbeatRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'StreamMetricEnvelopes': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMetricEnvelopes,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.WatchRunRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.WatchRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -967,6 +1043,87 @@ class RunService:
             '/trackd.v1.RunService/LogOutputs',
             trackd_dot_v1_dot_run__service__pb2.LogOutputsRequest.SerializeToString,
             trackd_dot_v1_dot_run__service__pb2.LogOutputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.RunService/Heartbeat',
+            trackd_dot_v1_dot_run__service__pb2.HeartbeatRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMetricEnvelopes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trackd.v1.RunService/StreamMetricEnvelopes',
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.StreamMetricEnvelopesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/trackd.v1.RunService/WatchRun',
+            trackd_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -185,6 +185,40 @@ class RunServiceStub:
     unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
     run of a deleted experiment.
     """
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.HeartbeatRequest, _run_service_pb2.HeartbeatResponse]
+    """Records that a run is alive: a RUNNING run that neither sends a heartbeat nor logs a
+    point for `--liveness-window` seconds reads as UNRESPONSIVE until it does. The run
+    logger of the Python client sends one every 30 s by itself.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
+    StreamMetricEnvelopes: _grpc.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricEnvelopesRequest, _run_service_pb2.StreamMetricEnvelopesResponse]
+    """Streams plot-ready envelopes of metric series: for each (run, key) asked for, one
+    response with up to `buckets` buckets over the x range, each bucket exact (its first,
+    last, min, max and counts over every point in it, so that every spike survives). A
+    series with no more points in the range than buckets comes back point for point.
+    Buckets are aligned to the server's pre-aggregated blocks, so there may be fewer than
+    asked for; each says the x of its first and last point.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, no or
+    too many runs or keys, an x range with x_min above x_max, or buckets out of range;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run. A run without a key has no
+    response for it.
+    """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]
+    """Pushes what happens to a run, or to the runs of an experiment, as it commits: new
+    metric points (column-wise), status changes, new params and tags, and a heartbeat
+    message every 5 s of silence. Every response carries a position; a new call whose
+    resume_position is it receives exactly what followed, nothing twice (positions are
+    kept for `--watch-retention` seconds). Writes made through any trackd server sharing
+    the database are seen (PostgreSQL LISTEN/NOTIFY). A watcher that reads slower than
+    the run writes never slows the writers: what piled up is sent merged, with
+    `coalesced` set.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key, or a
+    resume position this server did not give; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run or experiment; FAILED_PRECONDITION (INVALID_STATE) for a resume position
+    older than the retention (read the history instead).
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -342,6 +376,40 @@ class RunServiceAsyncStub(RunServiceStub):
     of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
     unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
     run of a deleted experiment.
+    """
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_run_service_pb2.HeartbeatRequest, _run_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Records that a run is alive: a RUNNING run that neither sends a heartbeat nor logs a
+    point for `--liveness-window` seconds reads as UNRESPONSIVE until it does. The run
+    logger of the Python client sends one every 30 s by itself.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+    deleted run or a run of a deleted experiment.
+    """
+    StreamMetricEnvelopes: _aio.UnaryStreamMultiCallable[_run_service_pb2.StreamMetricEnvelopesRequest, _run_service_pb2.StreamMetricEnvelopesResponse]  # type: ignore[assignment]
+    """Streams plot-ready envelopes of metric series: for each (run, key) asked for, one
+    response with up to `buckets` buckets over the x range, each bucket exact (its first,
+    last, min, max and counts over every point in it, so that every spike survives). A
+    series with no more points in the range than buckets comes back point for point.
+    Buckets are aligned to the server's pre-aggregated blocks, so there may be fewer than
+    asked for; each says the x of its first and last point.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, no or
+    too many runs or keys, an x range with x_min above x_max, or buckets out of range;
+    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run. A run without a key has no
+    response for it.
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """Pushes what happens to a run, or to the runs of an experiment, as it commits: new
+    metric points (column-wise), status changes, new params and tags, and a heartbeat
+    message every 5 s of silence. Every response carries a position; a new call whose
+    resume_position is it receives exactly what followed, nothing twice (positions are
+    kept for `--watch-retention` seconds). Writes made through any trackd server sharing
+    the database are seen (PostgreSQL LISTEN/NOTIFY). A watcher that reads slower than
+    the run writes never slows the writers: what piled up is sent merged, with
+    `coalesced` set.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key, or a
+    resume position this server did not give; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run or experiment; FAILED_PRECONDITION (INVALID_STATE) for a resume position
+    older than the retention (read the history instead).
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -605,6 +673,58 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         of another experiment; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run or an
         unknown or deleted model; FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a
         run of a deleted experiment.
+        """
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _run_service_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.HeartbeatResponse, _abc.Awaitable[_run_service_pb2.HeartbeatResponse]]:
+        """Records that a run is alive: a RUNNING run that neither sends a heartbeat nor logs a
+        point for `--liveness-window` seconds reads as UNRESPONSIVE until it does. The run
+        logger of the Python client sends one every 30 s by itself.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
+        deleted run or a run of a deleted experiment.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamMetricEnvelopes(
+        self,
+        request: _run_service_pb2.StreamMetricEnvelopesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_run_service_pb2.StreamMetricEnvelopesResponse], _abc.AsyncIterator[_run_service_pb2.StreamMetricEnvelopesResponse]]:
+        """Streams plot-ready envelopes of metric series: for each (run, key) asked for, one
+        response with up to `buckets` buckets over the x range, each bucket exact (its first,
+        last, min, max and counts over every point in it, so that every spike survives). A
+        series with no more points in the range than buckets comes back point for point.
+        Buckets are aligned to the server's pre-aggregated blocks, so there may be fewer than
+        asked for; each says the x of its first and last point.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id or key, no or
+        too many runs or keys, an x range with x_min above x_max, or buckets out of range;
+        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown run. A run without a key has no
+        response for it.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _run_service_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_run_service_pb2.WatchRunResponse], _abc.AsyncIterator[_run_service_pb2.WatchRunResponse]]:
+        """Pushes what happens to a run, or to the runs of an experiment, as it commits: new
+        metric points (column-wise), status changes, new params and tags, and a heartbeat
+        message every 5 s of silence. Every response carries a position; a new call whose
+        resume_position is it receives exactly what followed, nothing twice (positions are
+        kept for `--watch-retention` seconds). Writes made through any trackd server sharing
+        the database are seen (PostgreSQL LISTEN/NOTIFY). A watcher that reads slower than
+        the run writes never slows the writers: what piled up is sent merged, with
+        `coalesced` set.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed id or key, or a
+        resume position this server did not give; NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run or experiment; FAILED_PRECONDITION (INVALID_STATE) for a resume position
+        older than the retention (read the history instead).
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

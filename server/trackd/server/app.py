@@ -20,12 +20,14 @@ from trackd.server.domain.artifacts import Artifacts
 from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.jwt import JwtVerifier
 from trackd.server.domain.datasets import Datasets
+from trackd.server.domain.envelopes import Envelopes
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.ingest import Writers
 from trackd.server.domain.logged_models import LoggedModels
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
+from trackd.server.domain.watch import Watches
 from trackd.server.observability import Metrics
 from trackd.server.service.artifacts import ArtifactService
 from trackd.server.service.experiments import ExperimentService
@@ -70,6 +72,7 @@ class Running:
     metrics_port: int | None = None
     artifacts: Artifacts | None = None
     sweeper: asyncio.Task[None] | None = None
+    watches: Watches | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -78,6 +81,8 @@ class Running:
             await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.streams.drain()
+        if self.watches is not None:
+            await self.watches.stop()
         await self.server.stop(grace)
         if self.sweeper is not None:
             self.sweeper.cancel()
@@ -237,7 +242,14 @@ async def start(config: Config, database_url: str) -> Running:
     )
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
-    add_service(server, RunService(Runs(db, writers), RunSearch(db), streams), SERVICES[1], guard)
+    watches = Watches(db)
+    await watches.start()
+    add_service(
+        server,
+        RunService(Runs(db, writers), RunSearch(db), streams, Envelopes(db), watches),
+        SERVICES[1],
+        guard,
+    )
     add_service(server, LoggedModelService(LoggedModels(db)), SERVICES[2], guard)
     add_service(server, ArtifactService(artifacts), SERVICES[3], guard)
     metrics.watch(
@@ -296,6 +308,7 @@ async def start(config: Config, database_url: str) -> Running:
         metrics_port,
         artifacts,
         sweeper,
+        watches,
     )
 
 

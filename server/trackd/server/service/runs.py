@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 
 from trackd.server import convert
 from trackd.server.domain.auth.policy import Gate
+from trackd.server.domain.envelopes import Envelopes
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
+from trackd.server.domain.watch import Watches
 from trackd.server.service import sizes
 from trackd.server.service.rpc import Context
 from trackd.v1 import run_service_pb2 as pb
@@ -18,10 +20,19 @@ from trackd.v1 import run_service_pb2_grpc
 class RunService(run_service_pb2_grpc.RunServiceServicer):
     """trackd.v1.RunService over the runs domain."""
 
-    def __init__(self, runs: Runs, search: RunSearch, streams: MetricStreams) -> None:
+    def __init__(
+        self,
+        runs: Runs,
+        search: RunSearch,
+        streams: MetricStreams,
+        envelopes: Envelopes,
+        watches: Watches,
+    ) -> None:
         self.runs = runs
         self.search = search
         self.streams = streams
+        self.envelopes = envelopes
+        self.watches = watches
         # The permission policy of every call (service/rpc.py applies it).
         self.gate = Gate(runs.db)
 
@@ -177,3 +188,21 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             # A chunk of up to 200,000 points may exceed the message size: send it in parts.
             for steps, stamps, values in sizes.split_columns(*columns):
                 yield pb.StreamMetricHistoryResponse(steps=steps, timestamps=stamps, values=values)
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: Context
+    ) -> pb.HeartbeatResponse:
+        await self.runs.heartbeat(request.run_id)
+        return pb.HeartbeatResponse()
+
+    async def StreamMetricEnvelopes(
+        self, request: pb.StreamMetricEnvelopesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamMetricEnvelopesResponse]:
+        async for envelope in self.envelopes.stream(request):
+            yield envelope
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        async for update in self.watches.watch(request):
+            yield update

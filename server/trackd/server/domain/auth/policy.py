@@ -30,6 +30,8 @@ WORKSPACE = "workspace"  # the workspace named by the field ("" for "default")
 SEARCH = "search"  # what it returns is filtered to the caller's experiments in the SQL
 STREAM = "stream"  # each run of each chunk is checked (once per stream)
 OWNER = "owner"  # the run or logged model of the request's `owner` oneof
+RUNS = "runs"  # every run of the request's `run_ids`
+TARGET = "target"  # the run or experiment of the request's `target` oneof
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ POLICY: dict[str, Rule] = {
     "trackd.v1.RunService.StreamMetricHistory": Rule(RUN, _R, "run_id"),
     "trackd.v1.RunService.LogInputs": Rule(RUN, _E, "run_id"),
     "trackd.v1.RunService.LogOutputs": Rule(RUN, _E, "run_id"),
+    "trackd.v1.RunService.Heartbeat": Rule(RUN, _E, "run_id"),
+    "trackd.v1.RunService.StreamMetricEnvelopes": Rule(RUNS, _R, "run_ids"),
+    "trackd.v1.RunService.WatchRun": Rule(TARGET, _R, "target"),
     # LoggedModelService
     "trackd.v1.LoggedModelService.CreateLoggedModel": Rule(EXPERIMENT, _E, "experiment_id", "0"),
     "trackd.v1.LoggedModelService.GetLoggedModel": Rule(MODEL, _R, "model_id"),
@@ -201,6 +206,16 @@ class Authorizer:
             if ident:
                 await self.require(resource, ident, r.level)
             return
+        if r.resource == RUNS:
+            for run_id in dict.fromkeys(request.run_ids):
+                await self.require(RUN, run_id, r.level)
+            return
+        if r.resource == TARGET:
+            which = request.WhichOneof("target")
+            if which:
+                kind = RUN if which == "run_id" else EXPERIMENT
+                await self.require(kind, getattr(request, which), r.level)
+            return
         ident = getattr(request, r.field) or r.default
         if r.resource == WORKSPACE:
             await self.workspace(ident, r.level)
@@ -299,6 +314,8 @@ def audit_resource(method: str, request: Any) -> str:
     if r.resource == OWNER:
         resource, ident = owner_of(request)
         return f"{resource or 'owner'}:{ident[:100]}"
+    if r.resource in (RUNS, TARGET):
+        return r.resource
     value = getattr(request, r.field, "")
     if r.resource == WORKSPACE:
         value = value or DEFAULT_WORKSPACE
