@@ -12,6 +12,7 @@ import os
 import pkgutil
 import shutil
 import tempfile
+import threading
 import urllib.request
 from collections.abc import AsyncIterator
 
@@ -290,6 +291,21 @@ def tour(target: str) -> dict[str, object]:
         lg.log(active.run_id, "extra", 1.0)
         lg.close()
         seen["streamed"] = client.get_run(active.run_id).data.metric_summaries["loss"].count
+
+        # Live runs: liveness, plot-ready envelopes, and a run's updates as they commit.
+        live = client.create_run(eid, run_name="live").info.run_id
+        client.heartbeat(live)
+        assert client.get_run(live).info.last_seen_time > 0
+        envelopes = client.get_metric_envelope(active.run_id, "loss", buckets=10)
+        assert int(sum(envelopes[active.run_id, "loss"].count)) == 100
+        updates = client.watch_run(live, keys=["loss"])
+        # A point logged once the watch is surely established (the second if not).
+        for delay, step in ((0.3, 1), (2.0, 2)):
+            threading.Timer(delay, client.log_metric, (live, "loss", 0.5, None, step)).start()
+        update = next(u for u in updates if u.kind != "heartbeat")
+        updates.close()
+        assert (update.kind, update.values) == ("points", [0.5])
+        assert update.position and update.steps in ([1], [2])
         with pytest.raises(ValueError, match="status must be one of"):
             client.update_run(rid, "DONE")
     return seen

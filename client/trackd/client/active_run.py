@@ -13,6 +13,12 @@ from trackd.client.entities import Dataset, FileInfo, Run, RunInfo, RunStatus
 from trackd.client.errors import TrackdError
 from trackd.client.inputs import MetricLike
 from trackd.client.logger import AsyncMetricLogger, MetricLogger
+from trackd.client.system_metrics import (
+    DEFAULT_SYSTEM_METRICS_INTERVAL,
+    PREFIX,
+    SystemMetricsMonitor,
+    import_psutil,
+)
 from trackd.client.transfer import ProgressCallback
 from trackd.v1 import dataset_pb2
 
@@ -57,6 +63,8 @@ class AsyncActiveRun:
         logger_options: dict[str, Any] | None = None,
         logger: AsyncMetricLogger | None = None,
         flush_timeout: float | None = None,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = DEFAULT_SYSTEM_METRICS_INTERVAL,
     ) -> None:
         self.client = client
         self._experiment_id = experiment_id
@@ -70,6 +78,10 @@ class AsyncActiveRun:
         self._owns_logger = logger is None
         self._logger = logger
         self.flush_timeout = flush_timeout
+        self.log_system_metrics = log_system_metrics
+        self.system_metrics_interval = system_metrics_interval
+        # Samples the machine into the run's logger while the run lasts, if asked to.
+        self.system_metrics: SystemMetricsMonitor | None = None
         self.run: Run | None = None
         self._run_id = ""
         self._put: Callable[..., None] = _not_started
@@ -113,6 +125,8 @@ class AsyncActiveRun:
         """
         if self.run is not None:
             return self
+        if self.log_system_metrics:
+            import_psutil()  # fail before creating the run
         if self._resume_id:
             run = await self.client.get_run(self._resume_id)
             if run.info.status != RunStatus.RUNNING:
@@ -134,6 +148,17 @@ class AsyncActiveRun:
         self._put = self._logger.put
         self._put_many = self._logger.put_many
         self._run_id = run.info.run_id
+        # Heartbeats go from the logger's task on the event loop, never from this thread.
+        self._logger.heartbeats.keep_alive(self._run_id)
+        if self.log_system_metrics:
+            # A resumed run's samples go on after the last step of its system series.
+            steps = [m.step for k, m in run.data.latest_metrics.items() if k.startswith(PREFIX)]
+            self.system_metrics = SystemMetricsMonitor(
+                self._logger.put_many,
+                self._run_id,
+                self.system_metrics_interval,
+                max(steps) + 1 if steps else 0,
+            ).start()
         return self
 
     async def end(
@@ -156,6 +181,9 @@ class AsyncActiveRun:
         if self.run is None or self.ended:
             return
         self.ended = True
+        if self.system_metrics is not None:
+            await self.system_metrics.stop_async()
+        self.logger.heartbeats.release(self.run_id)
         flush_error: Exception | None = None
         try:
             if self._owns_logger:

@@ -13,7 +13,9 @@ import grpc
 from trackd.client.artifact_calls import ArtifactCalls
 from trackd.client.credentials import TlsArg, open_channel, resolve_tls, resolve_token
 from trackd.client.experiment_calls import ExperimentCalls
+from trackd.client.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
 from trackd.client.inputs import MetricLike, now_ms
+from trackd.client.live_calls import LiveCalls
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -23,6 +25,7 @@ from trackd.client.logger import (
 )
 from trackd.client.model_calls import LoggedModelCalls
 from trackd.client.run_calls import RunCalls
+from trackd.client.system_metrics import DEFAULT_SYSTEM_METRICS_INTERVAL
 from trackd.v1 import (
     artifact_service_pb2_grpc,
     experiment_service_pb2_grpc,
@@ -44,6 +47,7 @@ RPC_METHOD_NAMES = {
     "trackd.v1.ExperimentService.UpdateExperiment": "rename_experiment",
     "trackd.v1.RunService.StreamMetrics": "logger",
     "trackd.v1.RunService.StreamMetricHistory": "iter_metric_columns",
+    "trackd.v1.RunService.StreamMetricEnvelopes": "get_metric_envelope",
     "trackd.v1.LoggedModelService.LogLoggedModelParams": "log_model_params",
 }
 
@@ -62,7 +66,7 @@ def resolve_target(target: str | None) -> str:
     return target.removeprefix("grpc://").rstrip("/")
 
 
-class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls, ArtifactCalls):
+class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, ArtifactCalls):
     """trackd over one grpc.aio channel, with MlflowClient's method names. Use as
     `async with AsyncClient(target) as c:` or call `close()`. Failed calls raise
     trackd.client.TrackdError subclasses; bad arguments raise TypeError or
@@ -188,6 +192,9 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls, ArtifactCalls):
         on_full: OnFull = "block",
         logger: AsyncMetricLogger | None = None,
         flush_timeout: float | None = None,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = DEFAULT_SYSTEM_METRICS_INTERVAL,
     ) -> AsyncActiveRun:
         """A run for `async with` (or `await run.start()` ... `await run.end()`): created
         (or, with `run_id`, resumed) on entry; its metrics stream through a buffered
@@ -207,6 +214,19 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls, ArtifactCalls):
                 flushes it on exit but does not close it.
             flush_timeout: most seconds the exit waits for acknowledgements; None waits
                 as long as it takes.
+            heartbeat_interval: seconds between the run's Heartbeat calls, sent by its
+                logger's task on the event loop so that the server reads the run RUNNING
+                (not UNRESPONSIVE) while this process lives; None or 0 sends none. A
+                shared `logger` beats at its own interval.
+            log_system_metrics: sample CPU, memory, disk, network (psutil, `pip install
+                'trackd[system]'`) and GPUs (NVML, if nvidia-ml-py is installed) in a
+                background thread and log them as `system/...` metrics of the run, until
+                it ends.
+            system_metrics_interval: seconds between two samples.
+
+        Raises:
+            ImportError: log_system_metrics is True and psutil is not installed (when the
+                run starts).
         """
         from trackd.client.active_run import AsyncActiveRun
 
@@ -219,9 +239,15 @@ class AsyncClient(ExperimentCalls, RunCalls, LoggedModelCalls, ArtifactCalls):
             tags=tags,
             description=description,
             user_id=user_id,
-            logger_options={"capacity": buffer_points, "on_full": on_full},
+            logger_options={
+                "capacity": buffer_points,
+                "on_full": on_full,
+                "heartbeat_interval": heartbeat_interval,
+            },
             logger=logger,
             flush_timeout=flush_timeout,
+            log_system_metrics=log_system_metrics,
+            system_metrics_interval=system_metrics_interval,
         )
 
 

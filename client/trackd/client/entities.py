@@ -33,6 +33,9 @@ class RunStatus(enum.StrEnum):
     FINISHED = "FINISHED"
     FAILED = "FAILED"
     KILLED = "KILLED"
+    # A RUNNING run the server has not heard from (no heartbeat, no point) within its
+    # liveness window; read only, derived when the run is read.
+    UNRESPONSIVE = "UNRESPONSIVE"
 
 
 class LifecycleStage(enum.StrEnum):
@@ -245,8 +248,11 @@ class MetricSummary:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """A run's attributes. `status` is a RunStatus word; `end_time` is None while the run
-    has not ended; times are milliseconds since the Unix epoch."""
+    """A run's attributes. `status` is a RunStatus word (UNRESPONSIVE for a RUNNING run
+    silent longer than the server's liveness window); `end_time` is None while the run
+    has not ended; `last_seen_time` is when the server last heard from the run (a
+    heartbeat or a point; its start time if never); times are milliseconds since the Unix
+    epoch."""
 
     run_id: str
     run_name: str
@@ -257,6 +263,7 @@ class RunInfo:
     end_time: int | None
     artifact_uri: str
     lifecycle_stage: str
+    last_seen_time: int = 0
     proto: run_pb2.RunInfo | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -277,6 +284,7 @@ class RunInfo:
             i.end_time or None,
             i.artifact_uri,
             _stage(i.lifecycle_stage),
+            i.last_seen_time,
             i,
         )
 

@@ -15,6 +15,10 @@ The server is the argument of `set_tracking_uri`, else $TRACKD_TRACKING_URI, els
 127.0.0.1:50051; the experiment is `set_experiment`'s, else $TRACKD_EXPERIMENT_ID or
 $TRACKD_EXPERIMENT_NAME, else "0". Runs still active when the interpreter exits are ended
 FINISHED (their metrics flushed first), as MLflow does.
+
+System metrics (`start_run(log_system_metrics=True)`, or for every run after
+`enable_system_metrics_logging()` or with $TRACKD_ENABLE_SYSTEM_METRICS_LOGGING=true) are
+sampled every 10 s unless `set_system_metrics_sampling_interval` says otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from trackd.client.active_run import ActiveRun
 from trackd.client.aio import resolve_target
 from trackd.client.entities import Dataset, Experiment, FileInfo, Run, RunStatus
 from trackd.client.sync import Client
+from trackd.client.system_metrics import DEFAULT_SYSTEM_METRICS_INTERVAL
 from trackd.v1 import dataset_pb2
 
 _lock = threading.RLock()
@@ -37,6 +42,9 @@ _client: Client | None = None
 _experiment_id: str | None = None
 _stack: list[ActiveRun] = []
 _last: ActiveRun | None = None
+# None: from $TRACKD_ENABLE_SYSTEM_METRICS_LOGGING.
+_system_metrics: bool | None = None
+_system_metrics_interval: float | None = None
 
 
 def set_tracking_uri(uri: str) -> None:
@@ -113,6 +121,7 @@ def start_run(
     parent_run_id: str | None = None,
     tags: Mapping[str, object] | None = None,
     description: str | None = None,
+    log_system_metrics: bool | None = None,
 ) -> ActiveRun:
     """Starts (or, with `run_id`, resumes) a run and makes it the active one; use as
     `with start_run():` to end it at the block's end, or call `end_run()`.
@@ -124,9 +133,14 @@ def start_run(
         nested: nest the run in the active run (otherwise an active run is an error).
         parent_run_id: nest the run in this one.
         tags, description: as Client.create_run().
+        log_system_metrics: log CPU, memory, disk, network and GPU metrics as
+            `system/...` series while the run lasts (see Client.start_run); None means
+            as enable_system_metrics_logging() or $TRACKD_ENABLE_SYSTEM_METRICS_LOGGING
+            say.
 
     Raises:
         RuntimeError: a run is active and `nested` is False.
+        ImportError: system metrics are asked for and psutil is not installed.
     """
     with _lock:
         parent = _stack[-1] if _stack else None
@@ -144,11 +158,49 @@ def start_run(
             parent_run_id=parent_run_id,
             tags=tags,
             description=description,
+            log_system_metrics=_system_metrics_on()
+            if log_system_metrics is None
+            else log_system_metrics,
+            system_metrics_interval=_system_metrics_interval or DEFAULT_SYSTEM_METRICS_INTERVAL,
         )
         run.aio.on_end.append(lambda _: _forget(run))
         run.start()
         _stack.append(run)
         return run
+
+
+def _system_metrics_on() -> bool:
+    if _system_metrics is not None:
+        return _system_metrics
+    flag = os.environ.get("TRACKD_ENABLE_SYSTEM_METRICS_LOGGING", "")
+    return flag.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def enable_system_metrics_logging() -> None:
+    """Logs system metrics for every run started after this (unless its start_run says
+    log_system_metrics=False)."""
+    global _system_metrics
+    _system_metrics = True
+
+
+def disable_system_metrics_logging() -> None:
+    """Stops logging system metrics for runs started after this (unless their start_run
+    says log_system_metrics=True)."""
+    global _system_metrics
+    _system_metrics = False
+
+
+def set_system_metrics_sampling_interval(interval: float | None) -> None:
+    """Seconds between two system metrics samples of runs started after this; None
+    restores the default of 10.
+
+    Raises:
+        ValueError: interval is not positive.
+    """
+    global _system_metrics_interval
+    if interval is not None and not interval > 0:
+        raise ValueError("interval must be positive")
+    _system_metrics_interval = interval
 
 
 def _forget(run: ActiveRun) -> None:

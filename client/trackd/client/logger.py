@@ -51,6 +51,7 @@ import grpc
 
 from trackd.client.checks import _KEY_CACHE, check_key, metric_value, step_value, timestamp_value
 from trackd.client.errors import TrackdError, from_rpc_error
+from trackd.client.heartbeat import DEFAULT_HEARTBEAT_INTERVAL, Heartbeats
 from trackd.v1 import run_service_pb2, run_service_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -229,6 +230,9 @@ class AsyncMetricLogger:
         backoff_initial: first delay before reconnecting, in seconds; doubles per failure.
         backoff_max: longest delay before reconnecting, in seconds.
         chunk_bytes: rough bound on a chunk's encoded size.
+        heartbeat_interval: seconds between the Heartbeat calls of each run kept alive
+            through `heartbeats` (runs started with `start_run` are); None or 0 sends
+            none. They go from the event loop, apart from the buffer.
 
     Raises:
         ValueError: an option is out of range.
@@ -248,6 +252,7 @@ class AsyncMetricLogger:
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
@@ -310,6 +315,8 @@ class AsyncMetricLogger:
         self.reconnects = 0
         self.last_error: str = ""
         self._on_close: list[Callable[[AsyncMetricLogger], None]] = []
+        # The runs this logger keeps alive at the server (see trackd.client.heartbeat).
+        self.heartbeats = Heartbeats(stub, heartbeat_interval, self._loop)
         self._task = self._loop.create_task(self._run(), name=f"trackd-logger-{self.stream_id}")
 
     # -- state -----------------------------------------------------------------------------
@@ -683,6 +690,7 @@ class AsyncMetricLogger:
             self._closed = True
             self._set_room_locked()
             self._wake_producers_locked()
+        await self.heartbeats.close()
         error: BaseException | None = None
         try:
             await self.flush(timeout)

@@ -13,6 +13,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from trackd.client.active_run import ActiveRun
 from trackd.client.aio import AsyncClient
 from trackd.client.credentials import TlsArg
+from trackd.client.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -21,6 +22,7 @@ from trackd.client.logger import (
     MetricLogger,
     OnFull,
 )
+from trackd.client.system_metrics import DEFAULT_SYSTEM_METRICS_INTERVAL
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,7 +45,8 @@ def _blocking_iter(
     fn: Callable[Concatenate[AsyncClient, P], AsyncIterator[T]],
 ) -> Callable[Concatenate[Client, P], Iterator[T]]:
     """The blocking twin of an AsyncClient method returning an async iterator: a generator
-    fetching each item (page by page) on the client's thread."""
+    fetching each item (page by page) on the client's thread; closing it closes the async
+    iterator (cancelling its call)."""
 
     def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
         async def make() -> AsyncIterator[T]:
@@ -57,11 +60,17 @@ def _blocking_iter(
             except StopAsyncIteration:
                 return False, None
 
-        while True:
-            more, item = self._call(step())
-            if not more:
-                return
-            yield item  # type: ignore[misc]
+        try:
+            while True:
+                more, item = self._call(step())
+                if not more:
+                    return
+                yield item  # type: ignore[misc]
+        finally:
+            # Leaving early (break, close(), garbage collection) ends the call too.
+            aclose = getattr(agen, "aclose", None)
+            if aclose is not None and not self._loop.is_closed():
+                self._call(aclose())
 
     functools.update_wrapper(method, fn)
     return method
@@ -168,6 +177,9 @@ class Client:
         on_full: OnFull = "block",
         logger: MetricLogger | None = None,
         flush_timeout: float | None = None,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL,
+        log_system_metrics: bool = False,
+        system_metrics_interval: float = DEFAULT_SYSTEM_METRICS_INTERVAL,
     ) -> ActiveRun:
         """A run for `with` (or `start()` ... `end()`): created, or resumed with `run_id`,
         on entry; metrics are buffered and streamed; the exit flushes them and ends the
@@ -185,6 +197,9 @@ class Client:
             on_full=on_full,
             logger=logger.aio if logger is not None else None,
             flush_timeout=flush_timeout,
+            heartbeat_interval=heartbeat_interval,
+            log_system_metrics=log_system_metrics,
+            system_metrics_interval=system_metrics_interval,
         )
         return ActiveRun(self, aio_run)
 
@@ -225,6 +240,10 @@ class Client:
     get_metric_columns = _blocking(AsyncClient.get_metric_columns)
     search_runs = _blocking(AsyncClient.search_runs)
     iter_runs = _blocking_iter(AsyncClient.iter_runs)
+
+    heartbeat = _blocking(AsyncClient.heartbeat)
+    get_metric_envelope = _blocking(AsyncClient.get_metric_envelope)
+    watch_run = _blocking_iter(AsyncClient.watch_run)
 
     log_inputs = _blocking(AsyncClient.log_inputs)
     log_input = _blocking(AsyncClient.log_input)
