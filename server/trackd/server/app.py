@@ -23,6 +23,7 @@ from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.envelopes import Envelopes
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.ingest import Writers
+from trackd.server.domain.liveness import Liveness
 from trackd.server.domain.logged_models import LoggedModels
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
@@ -244,9 +245,16 @@ async def start(config: Config, database_url: str) -> Running:
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
     watches = Watches(db)
     await watches.start()
+    liveness = Liveness(config.liveness_window)
     add_service(
         server,
-        RunService(Runs(db, writers), RunSearch(db), streams, Envelopes(db), watches),
+        RunService(
+            Runs(db, writers, liveness),
+            RunSearch(db, liveness),
+            streams,
+            Envelopes(db),
+            watches,
+        ),
         SERVICES[1],
         guard,
     )

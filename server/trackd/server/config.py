@@ -54,6 +54,9 @@ class Config:
     client_max_concurrency: int = 0
     # Seconds a StreamMetrics call may stay silent before the server ends it.
     stream_idle_timeout: float = 300.0
+    # Seconds a RUNNING run may send no heartbeat and no metric point before it reads as
+    # UNRESPONSIVE.
+    liveness_window: float = 120.0
     # Server processes sharing the listening port (SO_REUSEPORT); 1 serves in-process.
     workers: int = 1
     # Let other processes bind the same port (set for each of --workers' processes).
@@ -115,6 +118,7 @@ _ENV = {
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
     "client_max_concurrency": "TRACKD_CLIENT_MAX_CONCURRENCY",
     "stream_idle_timeout": "TRACKD_STREAM_IDLE_TIMEOUT",
+    "liveness_window": "TRACKD_LIVENESS_WINDOW",
     "workers": "TRACKD_WORKERS",
     "reuse_port": "TRACKD_REUSE_PORT",
     "auth": "TRACKD_AUTH",
@@ -171,6 +175,7 @@ _MINIMUMS: dict[str, float] = {
     "client_rate_limit": 0,
     "client_max_concurrency": 0,
     "stream_idle_timeout": 0.001,
+    "liveness_window": 0.001,
     "workers": 1,
     "auth_cache_ttl": 0,
     "artifact_max_bytes": 0,

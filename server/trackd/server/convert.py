@@ -96,6 +96,7 @@ def run_info(row: asyncpg.Record) -> run_pb2.RunInfo:
         end_time=row["end_time"] or 0,
         artifact_uri=row["artifact_uri"],
         lifecycle_stage=row["lifecycle_stage"],
+        last_seen_time=row["last_seen_time"],
     )
 
 

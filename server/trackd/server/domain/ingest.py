@@ -365,7 +365,7 @@ async def write_points(
         count = len(sids)
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
     if folded:
-        await store.update_summaries(conn, folded)
+        await store.update_summaries(conn, folded, now_ms())
     return count
 
 

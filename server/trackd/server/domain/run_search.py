@@ -12,6 +12,7 @@ import asyncpg
 from trackd.server.domain import limits, paging, validation
 from trackd.server.domain.auth import policy
 from trackd.server.domain.experiments import VIEW_STAGES
+from trackd.server.domain.liveness import Liveness
 from trackd.server.domain.runs import RunView, load_views
 from trackd.server.domain.search import parser
 from trackd.server.errors import InvalidArgument
@@ -26,8 +27,9 @@ EXPERIMENT_IDS_MAX = 100
 class RunSearch:
     """Run search over a database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, liveness: Liveness | None = None) -> None:
         self.db = db
+        self.liveness = liveness or Liveness()
 
     async def search(
         self,
@@ -67,7 +69,9 @@ class RunSearch:
             # Only the experiments the caller may see, in this same snapshot: the others
             # match nothing, as missing ones do, and pages stay full.
             visible = await policy.visible_among(conn, eids)
-            return await search_store.search_runs(conn, visible, stages, node, order, after, limit)
+            return await search_store.search_runs(
+                conn, visible, stages, node, order, after, limit, self.liveness.cutoff()
+            )
 
         # A page can hold 50,000 runs: their datasets come without schema and profile.
         load = functools.partial(load_views, brief=True)

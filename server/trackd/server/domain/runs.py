@@ -16,6 +16,7 @@ import asyncpg
 from trackd.server.clock import now_ms
 from trackd.server.domain import datasets, ingest, limits, logged_models, names, paging, validation
 from trackd.server.domain.auth import policy
+from trackd.server.domain.liveness import UNRESPONSIVE, Liveness
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import datasets as dataset_store
@@ -72,9 +73,12 @@ class RunView:
 class Runs:
     """Run operations over a database."""
 
-    def __init__(self, db: Database, writers: ingest.Writers) -> None:
+    def __init__(
+        self, db: Database, writers: ingest.Writers, liveness: Liveness | None = None
+    ) -> None:
         self.db = db
         self.writers = writers
+        self.liveness = liveness or Liveness()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -157,6 +161,7 @@ class Runs:
                 start_time=start_time or now_ms(),
                 artifact_uri=f"{exp['artifact_location']}/{run_id}/artifacts",
                 parent_run_pk=parent_pk,
+                now=now_ms(),
             )
             await store.upsert_tags(conn, run_pk, list(tag_map), list(tag_map.values()))
             return run_pk
@@ -169,7 +174,7 @@ class Runs:
         validation.run_id(run_id)
 
         async def work(conn: Connection) -> RunView:
-            info = await store.get_info(conn, run_id)
+            info = await store.get_info(conn, run_id, self.liveness.cutoff())
             if info is None:
                 raise _missing(run_id)
             return (await load_views(conn, [info]))[0]
@@ -182,7 +187,9 @@ class Runs:
         """Changes status (0 leaves it), end time and name (None leaves them)."""
         validation.run_id(run_id)
         v = Violations()
-        if status != 0 and status not in VALID_STATUSES:
+        if status == UNRESPONSIVE:
+            v.add("status", "UNRESPONSIVE is derived when a run is read; it cannot be set")
+        elif status != 0 and status not in VALID_STATUSES:
             v.add("status", f"{status} is not a RunStatus")
         if end_time is not None:
             v.non_negative("end_time", end_time)
@@ -194,7 +201,15 @@ class Runs:
             run_pk = await _lock_writable(conn, run_id)
             if run_name is not None:
                 await store.upsert_tags(conn, run_pk, [RUN_NAME_TAG], [run_name])
-            return await store.update(conn, run_pk, status or None, end_time, run_name)
+            return await store.update(
+                conn,
+                run_pk,
+                status or None,
+                end_time,
+                run_name,
+                now=now_ms(),
+                cutoff=self.liveness.cutoff(),
+            )
 
         return await self.db.transact(work)
 
@@ -262,6 +277,18 @@ class Runs:
             return await store.restore_many(conn, eid, min_timestamp_millis, size)
 
         return await self.db.transact(work)
+
+    async def heartbeat(self, run_id: str) -> None:
+        """Records that the run is alive (the server's time; a RUNNING run silent for the
+        liveness window reads as UNRESPONSIVE). Raises InvalidArgument for a malformed id,
+        NotFound for an unknown run, FailedPrecondition for a deleted run or a run of a
+        deleted experiment."""
+        validation.run_id(run_id)
+
+        async def work(conn: Connection) -> None:
+            await store.heartbeat(conn, await _lock_writable(conn, run_id), now_ms())
+
+        await self.db.transact(work)
 
     # -- logging ---------------------------------------------------------------------------
 

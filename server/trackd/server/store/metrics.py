@@ -54,13 +54,15 @@ SUMMARY_COLUMNS = (
     "series_id count nan_count pos_inf_count neg_inf_count min_value max_value finite_mean "
     "finite_m2 first_step last_step latest_step latest_ts latest_value"
 ).split()
+# Also stamps each series with the server's time of the commit (`touched_ms`): a point is
+# a sign of life of its run (runs.LAST_SEEN), at no cost beyond this update.
 UPDATE_SUMMARIES = """
 UPDATE metric_series s SET
     count = u.count, nan_count = u.nan_count, pos_inf_count = u.pos_inf_count,
     neg_inf_count = u.neg_inf_count, min_value = u.min_value, max_value = u.max_value,
     finite_mean = u.finite_mean, finite_m2 = u.finite_m2, first_step = u.first_step,
     last_step = u.last_step, latest_step = u.latest_step, latest_ts = u.latest_ts,
-    latest_value = u.latest_value
+    latest_value = u.latest_value, touched_ms = greatest(s.touched_ms, $15::bigint)
 FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
             $6::float8[], $7::float8[], $8::float8[], $9::float8[], $10::bigint[],
             $11::bigint[], $12::bigint[], $13::bigint[], $14::float8[])
@@ -159,9 +161,10 @@ async def insert_points(
     return list(await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values))
 
 
-async def update_summaries(conn: Connection, summaries: Sequence[dict[str, Any]]) -> None:
-    """Writes folded summaries back (dicts with every column of summaries.COLUMNS)."""
-    await conn.execute(UPDATE_SUMMARIES, *([s[c] for s in summaries] for c in SUMMARY_COLUMNS))
+async def update_summaries(conn: Connection, summaries: Sequence[dict[str, Any]], now: int) -> None:
+    """Writes folded summaries back (dicts with every column of summaries.COLUMNS) and
+    marks the series as touched at `now`, the server's time in milliseconds."""
+    await conn.execute(UPDATE_SUMMARIES, *([s[c] for s in summaries] for c in SUMMARY_COLUMNS), now)
 
 
 async def run_pks(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:

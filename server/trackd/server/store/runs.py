@@ -11,17 +11,47 @@ from trackd.server.store.pool import Connection
 ACTIVE = 1
 DELETED = 2
 
-_INFO = """
-    r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id, r.status, r.start_time,
-    r.end_time, r.artifact_uri, r.lifecycle_stage"""
+RUNNING = 1
+UNRESPONSIVE = 6
+
+# When the server last heard from run `r` (RunInfo.last_seen_time; migration 0009): the later
+# of its heartbeat time (creation, Heartbeat, UpdateRun to RUNNING) and the last commit of
+# points to one of its series, or its start time if it had none of them (runs from before
+# liveness). All but the fallback are the server's clock, so a client clock running ahead
+# cannot keep a dead run alive through a start time in the future. The max over the run's
+# series is a range of the (run_pk, key) unique index.
+LAST_SEEN = """coalesce(greatest(r.heartbeat_ms,
+        (SELECT max(ls.touched_ms) FROM metric_series ls WHERE ls.run_pk = r.run_pk)),
+    r.start_time)"""
+
+
+def status_sql(cutoff: str) -> str:
+    """SQL for run `r`'s status as read: UNRESPONSIVE for a RUNNING run last seen before
+    `cutoff`, a bigint placeholder bound to the liveness cutoff (the server's now minus the
+    window, in milliseconds). Only RUNNING runs look at their series."""
+    return (
+        f"(CASE WHEN r.status <> {RUNNING} THEN r.status"
+        f" WHEN {LAST_SEEN} < {cutoff} THEN {UNRESPONSIVE}::smallint ELSE r.status END)"
+    )
+
+
+def info_columns(cutoff: str) -> str:
+    """The info columns of run `r` as read (with run_pk): the status derived against the
+    liveness cutoff placeholder `cutoff`, and last_seen_time."""
+    return f"""
+    r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id,
+    {status_sql(cutoff)} AS status, r.start_time, r.end_time, r.artifact_uri,
+    r.lifecycle_stage, {LAST_SEEN} AS last_seen_time"""
+
 
 INSERT = """
 INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, artifact_uri,
-                  parent_run_pk)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                  parent_run_pk, heartbeat_ms)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 RETURNING run_pk"""
-# The f-strings below splice in the constant column list only, never user input.
-GET_INFO = f"SELECT {_INFO} FROM runs r WHERE r.run_id = $1"  # noqa: S608
+# The f-strings below splice in constant SQL only, never user input: `now` and the
+# liveness cutoff are bind parameters.
+GET_INFO = f"SELECT {info_columns('$2::bigint')} FROM runs r WHERE r.run_id = $1"  # noqa: S608
 # Every write to a run first takes this lock: writers of one run queue here in one order, so
 # concurrent batches cannot deadlock on the rows below it, and a param's check-then-insert
 # is race-free across servers.
@@ -32,13 +62,18 @@ WHERE r.run_id = $1
 FOR NO KEY UPDATE OF r"""
 REF = """
 SELECT r.run_pk, r.experiment_id, r.lifecycle_stage FROM runs r WHERE r.run_id = $1"""
+# Setting a run RUNNING (resuming it) is a sign of life: the run is not UNRESPONSIVE
+# the moment it is resumed.
 UPDATE = f"""
 UPDATE runs r SET
     status = COALESCE($2, r.status),
     end_time = COALESCE($3, r.end_time),
-    run_name = COALESCE($4, r.run_name)
+    run_name = COALESCE($4, r.run_name),
+    heartbeat_ms = CASE WHEN $2::smallint = {RUNNING}
+                        THEN greatest(r.heartbeat_ms, $5::bigint) ELSE r.heartbeat_ms END
 WHERE r.run_pk = $1
-RETURNING {_INFO}"""  # noqa: S608
+RETURNING {info_columns("$6::bigint")}"""  # noqa: S608
+HEARTBEAT = "UPDATE runs SET heartbeat_ms = greatest(heartbeat_ms, $2) WHERE run_pk = $1"
 SET_NAME = "UPDATE runs SET run_name = $2 WHERE run_pk = $1"
 SET_STAGE = """
 UPDATE runs SET lifecycle_stage = $2::smallint,
@@ -101,8 +136,9 @@ async def insert(
     start_time: int,
     artifact_uri: str,
     parent_run_pk: int | None,
+    now: int,
 ) -> int:
-    """Inserts a run; returns its internal key."""
+    """Inserts a run, heard from at `now` (the server's time); returns its internal key."""
     run_pk: int = await conn.fetchval(
         INSERT,
         run_id,
@@ -113,13 +149,15 @@ async def insert(
         start_time,
         artifact_uri,
         parent_run_pk,
+        now,
     )
     return run_pk
 
 
-async def get_info(conn: Connection, run_id: str) -> asyncpg.Record | None:
-    """The run's info columns (with run_pk), or None."""
-    return await conn.fetchrow(GET_INFO, run_id)
+async def get_info(conn: Connection, run_id: str, cutoff: int) -> asyncpg.Record | None:
+    """The run's info columns (with run_pk), its status derived against the liveness
+    `cutoff` (ms since the epoch), or None."""
+    return await conn.fetchrow(GET_INFO, run_id, cutoff)
 
 
 async def lock(conn: Connection, run_id: str) -> asyncpg.Record | None:
@@ -133,12 +171,26 @@ async def ref(conn: Connection, run_id: str) -> asyncpg.Record | None:
 
 
 async def update(
-    conn: Connection, run_pk: int, status: int | None, end_time: int | None, run_name: str | None
+    conn: Connection,
+    run_pk: int,
+    status: int | None,
+    end_time: int | None,
+    run_name: str | None,
+    *,
+    now: int,
+    cutoff: int,
 ) -> asyncpg.Record:
-    """Changes the given fields (None leaves one as it is); returns the run's info."""
-    row = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name)
+    """Changes the given fields (None leaves one as it is; RUNNING also records `now` as a
+    sign of life); returns the run's info, its status derived against the liveness
+    `cutoff`."""
+    row = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name, now, cutoff)
     assert row is not None  # the caller holds the run's lock
     return row
+
+
+async def heartbeat(conn: Connection, run_pk: int, now: int) -> None:
+    """Records that the server heard from the run at `now` (never moving it back)."""
+    await conn.execute(HEARTBEAT, run_pk, now)
 
 
 async def set_name(conn: Connection, run_pk: int, run_name: str) -> None:

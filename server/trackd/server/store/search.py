@@ -18,6 +18,7 @@ from trackd.server.domain.search.ast import And, Compare, Ident, Node, Not, Or, 
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as logged_model_store
 from trackd.server.store import permissions
+from trackd.server.store import runs as run_store
 from trackd.server.store.pool import Connection
 
 # SQL for each metric summary over a metric_series row `s` (see convert.summary_fields).
@@ -46,7 +47,14 @@ SUMMARY_SQL = {
 }
 
 _NUMERIC_OP = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
-_STATUS_SQL = "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED'])[r.status]"
+# A run's status as read: UNRESPONSIVE for a RUNNING run silent past the liveness window.
+# search_runs binds the liveness cutoff as $3, so that filters and order_by see the status
+# GetRun reports.
+_RUN_CUTOFF = "$3::bigint"
+_STATUS_SQL = (
+    "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED','UNRESPONSIVE'])"
+    f"[{run_store.status_sql(_RUN_CUTOFF)}]"
+)
 _MODEL_STATUS_SQL = "(ARRAY['PENDING','READY','UPLOAD_FAILED'])[m.status]"
 _CONTEXT_TAG = "mlflow.data.context"
 
@@ -117,6 +125,7 @@ RUNS = Target(
         "artifact_uri": Column("r.artifact_uri", "text"),
         "start_time": Column("r.start_time", "bigint"),
         "end_time": Column("r.end_time", "bigint", nullable=True),
+        "last_seen_time": Column(run_store.LAST_SEEN, "bigint"),
     },
     tags_table="run_tags",
     params_table="params",
@@ -584,9 +593,7 @@ def build_query(
     return sql, binds.values, len(sort)
 
 
-RUN_COLUMNS = """
-    r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id, r.status, r.start_time,
-    r.end_time, r.artifact_uri, r.lifecycle_stage"""
+RUN_COLUMNS = run_store.info_columns(_RUN_CUTOFF)
 
 
 async def search_runs(
@@ -597,13 +604,17 @@ async def search_runs(
     order: Sequence[OrderKey],
     after: Sequence[Any] | None,
     limit: int,
+    cutoff: int,
 ) -> tuple[list[asyncpg.Record], int]:
     """A page of runs of the experiments in the lifecycle stages that match `node`, in
-    `order`, strictly after the sort position `after`; and the number of sort columns."""
+    `order`, strictly after the sort position `after`; and the number of sort columns. A
+    RUNNING run last seen before the liveness `cutoff` (ms since the epoch) reads, matches
+    and sorts as UNRESPONSIVE."""
     sql, args, n_sort = build_query(
         RUNS,
+        # $3, the cutoff, is _RUN_CUTOFF: RUN_COLUMNS and the status attribute read it.
         "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])",
-        [list(experiment_ids), list(stages)],
+        [list(experiment_ids), list(stages), cutoff],
         node,
         order,
         after,

@@ -100,6 +100,7 @@ RUNS = Vocabulary(
         "start_time": Attribute("start_time", "number"),
         "created": Attribute("start_time", "number"),
         "end_time": Attribute("end_time", "number", nullable=True),
+        "last_seen_time": Attribute("last_seen_time", "number"),
     },
     dataset_fields=("name", "digest", "context"),
 )
