@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import platform
 
-from bench import artifacts, auth, common, ingest, logcall, search
+from bench import artifacts, auth, common, envelopes, ingest, logcall, search
 
 SCENARIOS = {
     "ingest": ingest.run,
@@ -15,6 +15,7 @@ SCENARIOS = {
     "logcall": logcall.run,
     "auth": auth.run,
     "artifacts": artifacts.run,
+    "envelopes": envelopes.run,
 }
 
 

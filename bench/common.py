@@ -78,10 +78,12 @@ class ServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def server_process(database_url: str, *extra: str) -> AsyncIterator[ServerProcess]:
-    """Runs `python -m trackd.server serve` on 127.0.0.1 and a free port, its log going to
-    a file (reading it here would take CPU from the benchmark's clients); SIGTERM (then
-    SIGKILL) to its pid at the end."""
+async def server_process(
+    database_url: str, *extra: str, module: str = "trackd.server"
+) -> AsyncIterator[ServerProcess]:
+    """Runs `python -m trackd.server serve` (or another `module` with trackd's command
+    line) on 127.0.0.1 and a free port, its log going to a file (reading it here would take
+    CPU from the benchmark's clients); SIGTERM (then SIGKILL) to its pid at the end."""
     env = {
         **os.environ,
         "TRACKD_DATABASE_URL": database_url,
@@ -92,7 +94,7 @@ async def server_process(database_url: str, *extra: str) -> AsyncIterator[Server
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "trackd.server",
+            module,
             "serve",
             *extra,
             env=env,

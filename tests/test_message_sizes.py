@@ -34,7 +34,7 @@ import trackd.v1
 from helpers import error_info, new_experiment, new_run, unique, violations
 from trackd.client import AsyncClient
 from trackd.server import app
-from trackd.server.domain import artifacts, limits, paging, runs, streams
+from trackd.server.domain import artifacts, envelopes, limits, paging, runs, streams
 from trackd.server.domain.experiments import LEVEL_DESCRIPTIONS
 from trackd.server.service import rpc, sizes
 from trackd.server.service.guard import Guard
@@ -496,6 +496,8 @@ STRING_BYTES_MAX = {
     "trackd.v1.RunInfo.user_id": 4 * limits.USER_ID_MAX,
     "trackd.v1.RunInfo.artifact_uri": _ARTIFACT_URI,
     "trackd.v1.GetMetricHistoryResponse.metric_key": limits.KEY_MAX,
+    "trackd.v1.StreamMetricEnvelopesResponse.run_id": 32,
+    "trackd.v1.StreamMetricEnvelopesResponse.metric_key": limits.KEY_MAX,
     "trackd.v1.GetMetricHistoryResponse.next_page_token": _token_bytes(),
     "trackd.v1.ChunkRejection.code": max(len(c.name) for c in grpc.StatusCode),
     "trackd.v1.ChunkRejection.reason": 4 * 64,
@@ -517,6 +519,10 @@ REPEATED_MAX = {
     "trackd.v1.StreamMetricHistoryResponse.timestamps": runs.HISTORY_CHUNK_MAX,
     "trackd.v1.StreamMetricHistoryResponse.values": runs.HISTORY_CHUNK_MAX,
     "trackd.v1.GetExperimentPermissionLevelsResponse.permission_levels": len(LEVEL_DESCRIPTIONS),
+    **{
+        f"trackd.v1.StreamMetricEnvelopesResponse.{c}": envelopes.BUCKETS_MAX
+        for c in envelopes.COLUMNS
+    },
 }
 # Answers that describe one resource whole, though not as a single message field: one
 # experiment's access control list (its grants and its workspace's roles). Like a single
@@ -610,6 +616,7 @@ def test_every_response_message_fits_or_is_cut_or_refused() -> None:
         )
     # The bounded ones the limits make interesting, with their worst cases.
     assert bounded["GetMetricHistory"] < 1_000_000
+    assert bounded["StreamMetricEnvelopes"] < 300_000
     assert bounded["StreamMetrics"] < 200_000
     assert bounded["UpdateRun"] < 20_000
     assert bounded["GetArtifact"] < 2_000

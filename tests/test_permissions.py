@@ -239,6 +239,8 @@ def _request(method: Any, ids: dict[str, str], tag: str) -> Any:
             kw[field] = ids[field]
     if "experiment_ids" in fields:
         kw["experiment_ids"] = [ids["experiment_id"]]
+    if "run_ids" in fields:
+        kw["run_ids"] = [ids["run_id"]]
     extra: dict[str, dict[str, Any]] = {
         "CreateExperiment": {"name": f"created-{tag}"},
         "GetExperimentByName": {"experiment_name": f"matrix-{tag}"},
@@ -251,6 +253,7 @@ def _request(method: Any, ids: dict[str, str], tag: str) -> Any:
         "DeleteTag": {"key": "t"},
         "GetMetricHistory": {"metric_key": "m"},
         "StreamMetricHistory": {"metric_key": "m"},
+        "StreamMetricEnvelopes": {"metric_keys": ["m"]},
         "DeleteLoggedModelTag": {"tag_key": "k"},
         "FinalizeLoggedModel": {"status": 2},
         "DeleteRuns": {"max_timestamp_millis": 0},

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trackd.server.clock import now_ms
-from trackd.server.domain import summaries
+from trackd.server.domain import summaries, tiers
 from trackd.server.errors import FailedPrecondition, NotFound, TrackdError, Unavailable
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
@@ -363,6 +363,7 @@ async def write_points(
         count = len(inserted)
     else:
         count = len(sids)
+    await tiers.fold(conn, by_series)
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
     if folded:
         await store.update_summaries(conn, folded, now_ms())

@@ -1,0 +1,18 @@
+"""trackd's server with the metric tiers switched off (points and summaries only), for
+the `envelopes` benchmark's ingest comparison: `python -m bench.server_without_tiers serve`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trackd.server import __main__ as cli
+from trackd.server.domain import tiers
+
+
+async def _skip(*args: Any) -> None:
+    """Folds nothing."""
+
+
+if __name__ == "__main__":
+    tiers.fold = _skip  # type: ignore[assignment]
+    raise SystemExit(cli.main())
