@@ -229,10 +229,8 @@ class CuttableProxy:
 
     async def __aexit__(self, *exc: object) -> None:
         self._server.close()
-        self.cut()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.cut()  # the pipes end by themselves
+        await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 5)
 
     def cut(self) -> None:
         for w in self._writers:

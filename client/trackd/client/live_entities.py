@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from trackd.client.entities import _word
 from trackd.v1 import run_pb2, run_service_pb2
 
 
@@ -42,12 +43,7 @@ _AXES = ", ".join(repr(a.value) for a in MetricAxis)
 
 
 def _axis_word(number: int) -> str:
-    try:
-        name = run_service_pb2.MetricAxis.Name(number)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
-    name = name.removeprefix("METRIC_AXIS_")
-    return "step" if name == "UNSPECIFIED" else name.lower()
+    return _word(number, run_service_pb2.MetricAxis, "METRIC_AXIS_").lower() or "step"
 
 
 _numpy: Any = None
@@ -145,15 +141,6 @@ class MetricEnvelope:
         )
 
 
-def _status_word(number: int) -> str:
-    try:
-        name = run_pb2.RunStatus.Name(number)  # type: ignore[arg-type]
-    except ValueError:
-        return ""
-    name = name.removeprefix("RUN_STATUS_")
-    return "" if name == "UNSPECIFIED" else name
-
-
 class UpdateKind(enum.StrEnum):
     """What a watched run's update says: new points of one series, a new status, new
     params and tags, or a heartbeat (nothing happened for a while)."""
@@ -221,7 +208,7 @@ class RunUpdate:
             return cls(
                 kind=UpdateKind.STATUS,
                 run_id=s.run_id,
-                status=_status_word(s.status),
+                status=_word(s.status, run_pb2.RunStatus, "RUN_STATUS_"),
                 end_time=s.end_time or None,
                 **base,
             )
