@@ -300,10 +300,17 @@ def tour(target: str) -> dict[str, object]:
         assert int(sum(envelopes[active.run_id, "loss"].count)) == 100
         updates = client.watch_run(live, keys=["loss"])
         # A point logged once the watch is surely established (the second if not).
-        for delay, step in ((0.3, 1), (2.0, 2)):
-            threading.Timer(delay, client.log_metric, (live, "loss", 0.5, None, step)).start()
+        timers = [
+            threading.Timer(delay, client.log_metric, (live, "loss", 0.5, None, step))
+            for delay, step in ((0.3, 1), (2.0, 2))
+        ]
+        for timer in timers:
+            timer.start()
         update = next(u for u in updates if u.kind != "heartbeat")
         updates.close()
+        for timer in timers:
+            timer.cancel()
+            timer.join()
         assert (update.kind, update.values) == ("points", [0.5])
         assert update.position and update.steps in ([1], [2])
         with pytest.raises(ValueError, match="status must be one of"):
