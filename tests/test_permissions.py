@@ -27,6 +27,7 @@ from conftest import server_config
 from trackd.server import app
 from trackd.server.domain.auth import policy
 from trackd.server.domain.auth.principal import Level
+from trackd.server.domain.watch import Position
 from trackd.v1 import (
     artifact_service_pb2,
     experiment_pb2,
@@ -153,6 +154,14 @@ async def _call(ch: grpc.aio.Channel, method: Any, request: Any, who: str) -> gr
                 for r in getattr(resp, "rejections", ())
             ]
             return codes[0] if codes else grpc.StatusCode.OK
+        if method.name == "WatchRun":
+            # It never ends: the first response (an update or a heartbeat), or the refusal.
+            watch = ch.unary_stream(path, **kw)(request, metadata=as_(who))
+            try:
+                await asyncio.wait_for(watch.read(), 30)
+            finally:
+                watch.cancel()
+            return grpc.StatusCode.OK
         if method.server_streaming:
             stream = ch.unary_stream(path, **kw)(request, metadata=as_(who))
             async for _ in stream:
@@ -232,6 +241,9 @@ def _request(method: Any, ids: dict[str, str], tag: str) -> Any:
     if method.containing_service.name == "ArtifactService":
         # The owner oneof takes one id: the run's, and the file every fixture has.
         return cls(run_id=ids["run_id"], path="f.txt")
+    if name == "WatchRun":
+        # From the start of the watch log: the run's creation is the first response.
+        return cls(run_id=ids["run_id"], resume_position=Position(0).token())
     kw: dict[str, Any] = {}
     fields = {f.name for f in method.input_type.fields}
     for field in ("experiment_id", "run_id", "model_id"):

@@ -243,7 +243,7 @@ async def start(config: Config, database_url: str) -> Running:
     )
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
-    watches = Watches(db)
+    watches = Watches(db, database_url, retention=config.watch_retention)
     await watches.start()
     liveness = Liveness(config.liveness_window)
     add_service(
@@ -285,6 +285,7 @@ async def start(config: Config, database_url: str) -> Running:
     except RuntimeError:
         port = 0
     if port == 0:
+        await watches.stop()
         await writers.stop()
         await db.close()
         raise StartupError(
@@ -294,6 +295,7 @@ async def start(config: Config, database_url: str) -> Running:
     try:
         metrics_port = metrics.serve(config.metrics_listen) if config.metrics_listen else None
     except OSError as exc:
+        await watches.stop()
         await writers.stop()
         await db.close()
         raise StartupError(

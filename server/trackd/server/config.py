@@ -47,6 +47,8 @@ class Config:
     ingest_writers: int = 2
     # Metric points queued for the writers before new writes wait (backpressure).
     ingest_max_queued_points: int = 1_000_000
+    # Seconds WatchRun positions stay resumable (the watch log keeps events this long).
+    watch_retention: float = 3600.0
     # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
     metrics_listen: str = ""
     # Per-client limits (a client is its x-client-id metadata, else its address); 0 is off.
@@ -114,6 +116,7 @@ _ENV = {
     "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
     "ingest_writers": "TRACKD_INGEST_WRITERS",
     "ingest_max_queued_points": "TRACKD_INGEST_MAX_QUEUED_POINTS",
+    "watch_retention": "TRACKD_WATCH_RETENTION",
     "metrics_listen": "TRACKD_METRICS_LISTEN",
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
     "client_max_concurrency": "TRACKD_CLIENT_MAX_CONCURRENCY",
@@ -172,6 +175,7 @@ _MINIMUMS: dict[str, float] = {
     "max_message_bytes": 1,
     "ingest_writers": 1,
     "ingest_max_queued_points": 1,
+    "watch_retention": 1,
     "client_rate_limit": 0,
     "client_max_concurrency": 0,
     "stream_idle_timeout": 0.001,

@@ -27,6 +27,7 @@ from typing import Any
 from trackd.server.clock import now_ms
 from trackd.server.domain import summaries, tiers
 from trackd.server.errors import FailedPrecondition, NotFound, TrackdError, Unavailable
+from trackd.server.store import events as event_store
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
 from trackd.server.store import runs as run_store
@@ -367,6 +368,8 @@ async def write_points(
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
     if folded:
         await store.update_summaries(conn, folded, now_ms())
+    # The watch log: one event per series, in this transaction (WatchRun replays it).
+    await event_store.record_points(conn, by_series, now_ms())
     return count
 
 

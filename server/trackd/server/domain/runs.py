@@ -20,6 +20,7 @@ from trackd.server.domain.liveness import UNRESPONSIVE, Liveness
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
 from trackd.server.store import datasets as dataset_store
+from trackd.server.store import events as event_store
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as model_store
 from trackd.server.store import metrics as metric_store
@@ -164,6 +165,11 @@ class Runs:
                 now=now_ms(),
             )
             await store.upsert_tags(conn, run_pk, list(tag_map), list(tag_map.values()))
+            # The watch log: a new RUNNING run (experiment watches see it) and its tags.
+            await event_store.record_status(conn, run_pk, now_ms())
+            await event_store.record_data(
+                conn, run_pk, ([], []), (list(tag_map), list(tag_map.values())), now_ms()
+            )
             return run_pk
 
         await self.db.transact(work)
@@ -201,7 +207,10 @@ class Runs:
             run_pk = await _lock_writable(conn, run_id)
             if run_name is not None:
                 await store.upsert_tags(conn, run_pk, [RUN_NAME_TAG], [run_name])
-            return await store.update(
+                await event_store.record_data(
+                    conn, run_pk, ([], []), ([RUN_NAME_TAG], [run_name]), now_ms()
+                )
+            updated = await store.update(
                 conn,
                 run_pk,
                 status or None,
@@ -210,6 +219,9 @@ class Runs:
                 now=now_ms(),
                 cutoff=self.liveness.cutoff(),
             )
+            if status or end_time is not None:
+                await event_store.record_status(conn, run_pk, now_ms())
+            return updated
 
         return await self.db.transact(work)
 
@@ -348,10 +360,12 @@ class Runs:
         async def work(conn: Connection) -> None:
             row = await _lock_writable_row(conn, run_id)
             run_pk: int = row["run_pk"]
+            fresh: tuple[list[str], list[str]] = ([], [])
             if param_keys:
-                await _write_params(conn, run_pk, run_id, param_keys, param_values)
+                fresh = await _write_params(conn, run_pk, run_id, param_keys, param_values)
             if tag_keys:
                 await _write_tags(conn, run_pk, tag_keys, tag_values)
+            await event_store.record_data(conn, run_pk, fresh, (tag_keys, tag_values), now_ms())
             if metrics.keys:
                 await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))
             if with_models:
@@ -746,13 +760,15 @@ async def _lock_active_experiment(conn: Connection, eid: int) -> None:
 
 async def _write_params(
     conn: Connection, run_pk: int, run_id: str, keys: list[str], values: list[str]
-) -> None:
+) -> tuple[list[str], list[str]]:
+    """Inserts the params not logged before; returns them (keys, values)."""
     stored = await store.params_of(conn, run_pk, keys)
     fresh_keys, fresh_values = validation.fresh_params(
         stored, keys, values, f"run {run_id}", {"run_id": run_id}
     )
     if fresh_keys:
         await store.insert_params(conn, run_pk, fresh_keys, fresh_values)
+    return fresh_keys, fresh_values
 
 
 async def _write_tags(conn: Connection, run_pk: int, keys: list[str], values: list[str]) -> None:

@@ -1,0 +1,207 @@
+"""SQL of the watch log (run_events): recording what commits, the watermark of what is
+final, reading after a position, and pruning."""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from trackd.server.store.pool import Connection
+
+# The channel every transaction that records an event notifies (at its commit).
+CHANNEL = "trackd_events"
+
+POINTS = 1
+STATUS = 2
+DATA = 3
+
+# Each statement appends events and notifies CHANNEL with a hint (an experiment id) that
+# something committed; PostgreSQL folds identical notifications of one transaction.
+RECORD_POINTS = """
+WITH ins AS (
+    INSERT INTO run_events (run_pk, experiment_id, kind, key, points, columns, created_ms)
+    SELECT s.run_pk, r.experiment_id, 1, s.key, u.n, u.c, $4
+    FROM unnest($1::bigint[], $2::integer[], $3::bytea[]) WITH ORDINALITY AS u(sid, n, c, i)
+    JOIN metric_series s ON s.series_id = u.sid
+    JOIN runs r ON r.run_pk = s.run_pk
+    ORDER BY u.i
+    RETURNING experiment_id
+)
+SELECT pg_notify('trackd_events', min(experiment_id)::text) FROM ins HAVING count(*) > 0"""
+
+RECORD_STATUS = """
+WITH ins AS (
+    INSERT INTO run_events (run_pk, experiment_id, kind, status, end_time, created_ms)
+    SELECT run_pk, experiment_id, 2, status, end_time, $2 FROM runs WHERE run_pk = $1
+    RETURNING experiment_id
+)
+SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
+
+RECORD_DATA = """
+WITH ins AS (
+    INSERT INTO run_events (run_pk, experiment_id, kind, names, vals, params, created_ms)
+    SELECT run_pk, experiment_id, 3, $2::text[], $3::text[], $4, $5 FROM runs WHERE run_pk = $1
+    RETURNING experiment_id
+)
+SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
+
+# The last seq handed out (by any transaction, committed or not); 0 before the first.
+LAST_SEQ = """
+SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('run_events', 'seq')::regclass),
+                0)"""
+
+# The transactions (virtual ids) that may still append events: every transaction that
+# inserts into run_events holds this lock from before it draws a seq until after its
+# commit is visible.
+WRITERS = """
+SELECT coalesce(array_agg(virtualtransaction), '{}')
+FROM pg_locks
+WHERE locktype = 'relation' AND relation = 'run_events'::regclass
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND mode = 'RowExclusiveLock' AND pid <> pg_backend_pid()"""
+
+PRUNED = "SELECT through FROM run_events_pruned"
+
+_SELECT = """
+SELECT e.seq, r.run_id, e.kind, e.key, e.points, e.columns, e.status, e.end_time, e.names,
+       e.vals, e.params, e.created_ms
+FROM (
+    SELECT e.*, sum(coalesce(e.points, 0)) OVER (ORDER BY e.seq) AS upto
+    FROM run_events e
+    WHERE e.{column} = $1 AND e.seq > $2 AND e.seq <= $3
+      AND (e.kind <> 1 OR $4::text[] IS NULL OR e.key = ANY($4::text[]))
+    ORDER BY e.seq
+    LIMIT $5
+) e
+JOIN runs r ON r.run_pk = e.run_pk
+WHERE e.upto - coalesce(e.points, 0) < $6
+ORDER BY e.seq"""
+READ_RUN = _SELECT.format(column="run_pk")
+READ_EXPERIMENT = _SELECT.format(column="experiment_id")
+
+# The end of the oldest expired stretch among the first $2 events (the seq before the first
+# event not older than $1), or NULL when the oldest event is not expired.
+EXPIRED_THROUGH = """
+WITH w AS (SELECT seq, created_ms FROM run_events ORDER BY seq LIMIT $2)
+SELECT CASE WHEN bool_and(created_ms < $1) THEN max(seq)
+            ELSE min(seq) FILTER (WHERE created_ms >= $1) - 1 END
+FROM w"""
+PRUNE = "DELETE FROM run_events WHERE seq <= $1"
+MARK_PRUNED = "UPDATE run_events_pruned SET through = greatest(through, $1)"
+
+_BIG = sys.byteorder == "big"
+
+
+def pack(steps: Sequence[int], timestamps: Sequence[int], values: Sequence[float]) -> bytes:
+    """The columns of a point event: steps, timestamps, values, little-endian."""
+    parts: list[array[Any]] = [array("q", steps), array("q", timestamps), array("d", values)]
+    if _BIG:
+        for a in parts:
+            a.byteswap()
+    return b"".join(a.tobytes() for a in parts)
+
+
+def unpack(data: bytes, n: int) -> tuple[list[int], list[int], list[float]]:
+    """(steps, timestamps, values) of a point event's columns."""
+    steps, stamps, values = array("q"), array("q"), array("d")
+    steps.frombytes(data[: 8 * n])
+    stamps.frombytes(data[8 * n : 16 * n])
+    values.frombytes(data[16 * n : 24 * n])
+    if _BIG:
+        for a in (steps, stamps, values):
+            a.byteswap()
+    return steps.tolist(), stamps.tolist(), values.tolist()
+
+
+async def record_points(
+    conn: Connection,
+    by_series: dict[int, tuple[list[int], list[int], list[float]]],
+    now: int,
+) -> None:
+    """Appends one event per series (series_id -> steps, timestamps, values) with points."""
+    sids, counts, cols = [], [], []
+    for sid, (steps, stamps, values) in by_series.items():
+        if steps:
+            sids.append(sid)
+            counts.append(len(steps))
+            cols.append(pack(steps, stamps, values))
+    if sids:
+        await conn.execute(RECORD_POINTS, sids, counts, cols, now)
+
+
+async def record_status(conn: Connection, run_pk: int, now: int) -> None:
+    """Appends the run's status and end time as they are now in this transaction."""
+    await conn.execute(RECORD_STATUS, run_pk, now)
+
+
+async def record_data(
+    conn: Connection,
+    run_pk: int,
+    params: tuple[Sequence[str], Sequence[str]],
+    tags: tuple[Sequence[str], Sequence[str]],
+    now: int,
+) -> None:
+    """Appends params (keys, values) and tags (keys, values) a run logged, if any."""
+    names = [*params[0], *tags[0]]
+    if names:
+        vals = [*params[1], *tags[1]]
+        await conn.execute(RECORD_DATA, run_pk, names, vals, len(params[0]), now)
+
+
+async def last_seq(conn: Connection) -> int:
+    """The last seq drawn by any transaction."""
+    value: int = await conn.fetchval(LAST_SEQ)
+    return value
+
+
+async def writers(conn: Connection) -> frozenset[str]:
+    """The transactions that may still append events."""
+    found: list[str] = await conn.fetchval(WRITERS)
+    return frozenset(found)
+
+
+async def pruned_through(conn: Connection) -> int:
+    """The highest seq pruned so far."""
+    value: int = await conn.fetchval(PRUNED)
+    return value
+
+
+async def read(
+    conn: Connection,
+    *,
+    run_pk: int | None,
+    experiment_id: int | None,
+    after: int,
+    through: int,
+    keys: Sequence[str] | None,
+    limit: int,
+    points: int,
+) -> list[asyncpg.Record]:
+    """Events of a run (or of an experiment's runs) with after < seq <= through, in seq
+    order: at most `limit`, and no more once `points` points are reached (always the first
+    one). Point events are only of `keys` when given."""
+    if run_pk is not None:
+        sql, target = READ_RUN, run_pk
+    else:
+        assert experiment_id is not None
+        sql, target = READ_EXPERIMENT, experiment_id
+    return list(await conn.fetch(sql, target, after, through, keys, limit, points))
+
+
+async def prune(conn: Connection, expired_before_ms: int, at_most: int, below: int) -> int:
+    """Deletes the oldest events created before `expired_before_ms` (at most `at_most`,
+    never above seq `below`) and records how far; returns the highest seq pruned, 0 if
+    none."""
+    through: int | None = await conn.fetchval(EXPIRED_THROUGH, expired_before_ms, at_most)
+    if through is None:
+        return 0
+    through = min(through, below)
+    if through <= 0:
+        return 0
+    await conn.execute(PRUNE, through)
+    await conn.execute(MARK_PRUNED, through)
+    return through
