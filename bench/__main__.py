@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import platform
 
-from bench import artifacts, auth, common, envelopes, ingest, logcall, search
+from bench import artifacts, auth, common, envelopes, ingest, logcall, search, watch
 
 SCENARIOS = {
     "ingest": ingest.run,
@@ -16,6 +16,7 @@ SCENARIOS = {
     "auth": auth.run,
     "artifacts": artifacts.run,
     "envelopes": envelopes.run,
+    "watch": watch.run,
 }
 
 
