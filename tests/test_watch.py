@@ -1,6 +1,7 @@
 """WatchRun through real servers: points, status changes, params and tags as they commit;
 experiment watches; writes of another server process; exact resume; key filters; a slow
-watcher that coalesces without slowing ingest; a lost listener; retention; heartbeats."""
+watcher that coalesces without slowing ingest; a lost listener; retention; heartbeats; points
+recorded only for watched experiments, and a resume after the interest expired."""
 
 from __future__ import annotations
 
@@ -180,6 +181,22 @@ async def stream(
     assert acked == len(chunks)
 
 
+async def point_events(database_url: str, run_id: str, key: str | None = None) -> int:
+    """How many point events of a run (of one key) the watch log holds (a white-box check
+    of what ingest pays for)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM run_events e JOIN runs r ON r.run_pk = e.run_pk "
+            "WHERE r.run_id = $1 AND e.kind = 1 AND ($2::text IS NULL OR e.key = $2)",
+            uuid.UUID(run_id),
+            key,
+        )
+    finally:
+        await conn.close()
+    return count
+
+
 async def test_watch_pushes_points_status_params_and_tags(runs, experiments) -> None:  # type: ignore[no-untyped-def]
     run = (await new_run(runs)).info.run_id
     async with watching(runs, run_id=run) as w:
@@ -328,6 +345,111 @@ async def test_resume_replays_exactly_what_was_missed(runs, monkeypatch) -> None
     assert not received.series(run, "sync")
 
 
+async def test_points_of_unwatched_experiments_are_not_recorded(  # type: ignore[no-untyped-def]
+    runs, experiments, database_url
+) -> None:
+    eid = await new_experiment(experiments)
+    run = (await new_run(runs, eid)).info.run_id
+    await stream(runs, [[columns(run, "x", list(range(100)))]])
+    await runs.LogMetric(rpb.LogMetricRequest(run_id=run, key="y", value=1.0, step=1))
+    await runs.LogBatch(
+        rpb.LogBatchRequest(
+            run_id=run,
+            metrics=[metric_pb2.Metric(key="z", value=1.0, step=1, timestamp=1)],
+            params=[run_pb2.Param(key="p", value="1")],
+        )
+    )
+    assert await point_events(database_url, run) == 0
+    # Watched, its points are recorded and delivered; another experiment's still are not.
+    other = (await new_run(runs, await new_experiment(experiments))).info.run_id
+    async with watching(runs, experiment_id=eid) as w:
+        await synced(w, runs, run)
+        await stream(runs, [[columns(run, "x", list(range(100, 150)))]])
+        await stream(runs, [[columns(other, "x", list(range(50)))]])
+        seen = await w.until(lambda s: len(s.series(run, "x")) == 50)
+        assert [st for st, _, _ in seen.series(run, "x")] == list(range(100, 150))
+    assert await point_events(database_url, run, "x") > 0
+    assert await point_events(database_url, other) == 0
+
+
+async def test_dropped_watcher_resumes_what_another_server_wrote_meanwhile(  # type: ignore[no-untyped-def]
+    runs, experiments, database_url
+) -> None:
+    eid = await new_experiment(experiments)
+    run = (await new_run(runs, eid)).info.run_id
+    async with watching(runs, run_id=run) as w:
+        await synced(w, runs, run)
+        position = w.seen.position
+    # Nobody watches now, but the interest lasts the retention: a server that never had a
+    # watcher records what it writes, and the resume (on that server) replays it exactly.
+    async with running(database_url) as other:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as ch:
+            remote = run_service_pb2_grpc.RunServiceStub(ch)
+            chunks = [
+                [columns(run, "away", list(range(i * 100, (i + 1) * 100)), i)] for i in range(5)
+            ]
+            await stream(remote, chunks)
+            for i in range(3):
+                await remote.LogMetric(
+                    rpb.LogMetricRequest(run_id=run, key="unary", value=i, step=i)
+                )
+            assert await point_events(database_url, run, "away") > 0
+            async with watching(remote, run_id=run, resume_position=position) as w:
+                seen = await w.until(
+                    lambda s: len(s.series(run, "away")) == 500 and len(s.series(run, "unary")) == 3
+                )
+                want = [p for c in chunks for p in expected(c[0])]
+                assert bits(seen.series(run, "away")) == bits(want)
+                assert [st for st, _, _ in seen.series(run, "unary")] == [0, 1, 2]
+                assert not seen.series(run, "sync")
+
+
+async def test_watch_started_while_another_server_writes_misses_nothing_after_its_start(  # type: ignore[no-untyped-def]
+    runs, experiments, database_url
+) -> None:
+    eid = await new_experiment(experiments)
+    run = (await new_run(runs, eid)).info.run_id
+    chunks = [columns(run, "x", list(range(i * 50, (i + 1) * 50)), i) for i in range(300)]
+
+    async def requests() -> AsyncIterator[rpb.StreamMetricsRequest]:
+        sid = uuid.uuid4().hex
+        yield rpb.StreamMetricsRequest(stream_id=sid, sequence=0)
+        for i, c in enumerate(chunks, start=1):
+            yield rpb.StreamMetricsRequest(stream_id=sid, sequence=i, series=[c])
+            await asyncio.sleep(0.01)
+
+    async def write(remote: run_service_pb2_grpc.RunServiceStub) -> None:
+        async for ack in remote.StreamMetrics(requests()):
+            assert not ack.rejections
+
+    async with running(database_url) as other:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{other.port}") as ch:
+            remote = run_service_pb2_grpc.RunServiceStub(ch)
+            writer = asyncio.create_task(write(remote))
+            watches = []
+            try:
+                # Watches start (and register) while the other server's groups commit.
+                for _ in range(4):
+                    await asyncio.sleep(0.3)
+                    watches.append(Watch(runs, experiment_id=eid).pump())
+                assert not writer.done()
+                await writer
+                for w in watches:
+                    seen = await w.until(
+                        lambda s: [p[0] for p in s.series(run, "x")[-1:]] == [14_999]
+                    )
+                    steps = [st for st, _, _ in seen.series(run, "x")]
+                    # What follows the start of a watch, all of it: a gapless tail.
+                    assert steps == list(range(steps[0], 15_000)), steps[:3]
+                    assert bits(seen.series(run, "x")) == bits(
+                        [p for c in chunks for p in expected(c)][steps[0] :]
+                    )
+            finally:
+                writer.cancel()
+                for w in watches:
+                    await w.close()
+
+
 async def test_keys_filter_points(runs) -> None:  # type: ignore[no-untyped-def]
     run = (await new_run(runs)).info.run_id
     async with watching(runs, run_id=run, metric_keys=["sync", "a"]) as w:
@@ -447,7 +569,8 @@ async def test_bad_requests(runs, experiments) -> None:  # type: ignore[no-untyp
 
 
 async def test_position_older_than_retention_is_failed_precondition(runs, database_url) -> None:  # type: ignore[no-untyped-def]
-    # Last in this module: this server's sweep prunes every event older than a second.
+    # Last in this module but one: this server's sweep prunes every event older than a
+    # second.
     run = (await new_run(runs)).info.run_id
     async with watching(runs, run_id=run) as w:
         await synced(w, runs, run)
@@ -472,5 +595,46 @@ async def test_position_older_than_retention_is_failed_precondition(runs, databa
                 call.cancel()
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert error_info(err.value).reason == "INVALID_STATE"
+    finally:
+        await short.stop(1.0)
+
+
+async def test_resume_after_the_interest_expired_is_failed_precondition(  # type: ignore[no-untyped-def]
+    experiments, database_url
+) -> None:
+    # Last in this module: this server's sweep prunes every event older than a second.
+    short = await app.start(server_config(watch_retention=1.0), database_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{short.port}") as ch:
+            stub = run_service_pb2_grpc.RunServiceStub(ch)
+            run = (await new_run(stub, await new_experiment(experiments))).info.run_id
+            async with watching(stub, run_id=run) as w:
+                await synced(w, stub, run)
+                # Open longer than the retention: the interest is kept while watched.
+                await asyncio.sleep(1.5)
+                await stub.LogMetric(
+                    rpb.LogMetricRequest(run_id=run, key="kept", value=1.0, step=1)
+                )
+                await w.until(lambda s: bool(s.series(run, "kept")))
+                position = w.seen.position
+            await asyncio.sleep(1.5)  # the interest expires a second after the watch ended
+            await stub.LogMetric(rpb.LogMetricRequest(run_id=run, key="lost", value=1.0, step=1))
+            assert await point_events(database_url, run, "lost") == 0
+            call = stub.WatchRun(rpb.WatchRunRequest(run_id=run, resume_position=position))
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await asyncio.wait_for(call.read(), 10)
+            finally:
+                call.cancel()
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            info = error_info(err.value)
+            assert info.reason == "INVALID_STATE"
+            assert "watched_since" in info.metadata
+            # A new watch from now works, and sees what is written from now on.
+            async with watching(stub, run_id=run) as w:
+                await synced(w, stub, run)
+                await stub.LogMetric(rpb.LogMetricRequest(run_id=run, key="new", value=2.0, step=2))
+                seen = await w.until(lambda s: bool(s.series(run, "new")))
+                assert not seen.series(run, "lost")
     finally:
         await short.stop(1.0)

@@ -368,8 +368,9 @@ async def write_points(
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
     if folded:
         await store.update_summaries(conn, folded, now_ms())
-    # The watch log: one event per series, in this transaction (WatchRun replays it).
-    await event_store.record_points(conn, by_series, now_ms())
+    # The watch log: one event per series of a watched experiment, in this transaction
+    # (WatchRun replays it).
+    await event_store.record_points(conn, by_series, locked, now_ms())
     return count
 
 

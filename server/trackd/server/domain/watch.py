@@ -27,6 +27,36 @@ per series across commits and only the latest status of each run is sent (`coale
 Events are pruned after --watch-retention seconds by a sweep; a position below what was
 pruned ends with FAILED_PRECONDITION.
 
+Interest. Point events are most of the log's volume and most runs are never watched, so
+points are recorded only for experiments someone watches, or watched within
+--watch-retention (`watch_interest`: experiment_id, until_ms on the database's clock,
+since_seq). Status, params and tags events are few and always recorded.
+- A writer of points reads the experiments with live interest (one small query per group
+  commit) in the transaction that records them, just before it does, and records only their
+  series. That read holds the table's ACCESS SHARE lock until the writer commits.
+- A watch call, before it takes its start position or checks its resume position, registers
+  interest in its experiment (a run's: the run's experiment): in one transaction, it locks
+  watch_interest in ACCESS EXCLUSIVE mode (the only mode that conflicts with ACCESS SHARE),
+  which waits for every writer that read the table before, and upserts until_ms = now +
+  retention; then commits. Every writer that reads the table after that sees the interest
+  (a READ COMMITTED statement takes its snapshot once it holds its locks), so from the
+  commit on, every point of the experiment is recorded, and the ones not recorded
+  committed before. While any call of the experiment is open on a server, that server
+  registers again every min(retention / 4, 60 s), so interest lasts while watched and for
+  the retention after.
+- A stretch of continuous interest has a since_seq, drawn (nextval) under the lock when the
+  stretch begins, so above every position given before; a registration that finds the
+  interest live keeps it. The clock only moves forward, and a registration finds the row
+  live only if every writer since the previous one (which all read that row before the lock
+  was granted, at an earlier time) found it live too; so within a stretch no point of the
+  experiment was left out, and every position given from its start on (a fresh call starts
+  at a watermark at or above since_seq) resumes exactly. A position below the since_seq of
+  the resuming call's stretch may have missed points that were never recorded: it is
+  FAILED_PRECONDITION, as a position older than the retention is. A call whose own stretch
+  ends (its server could not register again in time and a new stretch began) ends the same
+  way, and while its interest is not known to be live (past the last registration's until)
+  it delivers nothing, so it never skips silently.
+
 Positions are opaque: "<seq>" after a whole batch or event, or "<lo>.<hi>.<k>.<mode>.<crc>"
 inside one (the first k messages that the events lo < seq <= hi of the target give in that
 mode were received; crc ties it to the target and keys).
@@ -41,7 +71,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +79,13 @@ import asyncpg
 
 from trackd.server.clock import now_ms
 from trackd.server.domain.validation import Violations, experiment_id, run_id
-from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from trackd.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    TrackdError,
+    Unavailable,
+)
 from trackd.server.store import events as store
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import runs as run_store
@@ -83,6 +119,10 @@ POINTS_PER_MESSAGE = 140_000
 DATA_BYTES_MAX = 3_800_000
 # How long a resume inside a batch waits for this server to see that batch as final.
 CATCH_UP_S = 30.0
+# Interest is registered again at least this often (and every retention / 4).
+INTEREST_REFRESH_MAX_S = 60.0
+# While a call's interest is not known to be live, it checks again this often.
+INTEREST_POLL_S = 0.1
 # The sweep: at most this many events per transaction, and at least once a minute.
 PRUNE_BATCH = 10_000
 SWEEP_MAX_S = 60.0
@@ -90,6 +130,8 @@ SWEEP_MAX_S = 60.0
 PLAIN, COALESCED = 0, 1
 # What ends a listening connection: it is replaced.
 _LISTENER_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, asyncpg.PostgresError)
+# What fails a registration of interest: it is retried.
+_INTEREST_ERRORS: tuple[type[BaseException], ...] = (*_LISTENER_ERRORS, TrackdError)
 
 
 @dataclass(frozen=True)
@@ -101,6 +143,26 @@ class Target:
     keys: list[str] | None
     # Ties a position inside a batch to this target and these keys.
     crc: int
+    # The experiment whose interest the call registers (the run's, for a run).
+    watched: int
+
+
+class Interest:
+    """A server's interest in one experiment while calls of it are open: the stretch it
+    belongs to (since_seq), until when (monotonic time) it is known to be live, and the
+    task that registers it again."""
+
+    def __init__(self, experiment: int, since: int, deadline: float) -> None:
+        self.experiment = experiment
+        self.since = since
+        self.deadline = deadline
+        # Set when the stretch ended: points may have gone unrecorded since.
+        self.lapsed = False
+        self.calls = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def live(self) -> bool:
+        return not self.lapsed and time.monotonic() < self.deadline
 
 
 @dataclass(frozen=True)
@@ -164,6 +226,8 @@ class Watches:
         # How many times the listener connected (observable in tests).
         self.connects = 0
         self.conn: asyncpg.Connection[Any] | None = None
+        # Experiment id -> this server's interest in it, while calls of it are open.
+        self._interests: dict[int, Interest] = {}
 
     async def start(self) -> None:
         """Starts listening for commits and the sweep; waits (up to 5 s) for the first
@@ -181,9 +245,10 @@ class Watches:
         another server with the last position)."""
         self.closing = True
         self._advanced.set()
-        for t in self._tasks:
+        tasks = [*self._tasks, *(i.task for i in self._interests.values() if i.task)]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks = []
 
     # -- the listener ----------------------------------------------------------------------
@@ -290,7 +355,72 @@ class Watches:
             if through <= highest:
                 break
             highest = through
+        await self.db.transact(store.forget_interest)
         return highest
+
+    # -- interest --------------------------------------------------------------------------
+
+    async def _register(self, experiment: int) -> tuple[int, float]:
+        """Registers interest in an experiment for the retention; returns its stretch's
+        since_seq and until when (monotonic time) it is certainly live."""
+        started = time.monotonic()
+
+        async def work(conn: Connection) -> tuple[int, int]:
+            return await store.register_interest(conn, experiment, int(self.retention * 1000))
+
+        try:
+            since, left_ms = await self.db.transact(work)
+        except asyncpg.LockNotAvailableError:
+            raise Unavailable("could not register the watch in time; retry") from None
+        # The database's clock read `left_ms` after `started`: the deadline errs early.
+        return since, started + left_ms / 1000
+
+    async def _interest(self, experiment: int) -> Interest:
+        """Registers interest in an experiment for a call (release it with _release)."""
+        since, deadline = await self._register(experiment)
+        interest = self._interests.get(experiment)
+        if interest is None or interest.since != since or interest.lapsed:
+            if interest is not None and interest.since != since:
+                interest.lapsed = True
+            interest = Interest(experiment, since, deadline)
+            interest.task = asyncio.create_task(
+                self._keep(interest), name=f"trackd-watch-interest-{experiment}"
+            )
+            self._interests[experiment] = interest
+        else:
+            interest.deadline = max(interest.deadline, deadline)
+        interest.calls += 1
+        return interest
+
+    def _release(self, interest: Interest) -> None:
+        interest.calls -= 1
+        if interest.calls == 0:
+            if interest.task is not None:
+                interest.task.cancel()
+            if self._interests.get(interest.experiment) is interest:
+                del self._interests[interest.experiment]
+
+    async def _keep(self, interest: Interest) -> None:
+        """Registers the interest again while calls of it are open; marks it lapsed if its
+        stretch ended meanwhile."""
+        every = min(self.retention / 4, INTEREST_REFRESH_MAX_S)
+        wait = every
+        while not interest.lapsed:
+            await asyncio.sleep(wait)
+            try:
+                since, deadline = await self._register(interest.experiment)
+            except asyncio.CancelledError:
+                raise
+            except _INTEREST_ERRORS as exc:
+                # Retried soon; meanwhile calls deliver nothing past their interest's deadline.
+                log.warning("could not register watch interest again (%r); retrying", exc)
+                wait = min(every, 1.0)
+                continue
+            wait = every
+            if since != interest.since:
+                interest.lapsed = True
+            else:
+                interest.deadline = max(interest.deadline, deadline)
 
     # -- a watch call ----------------------------------------------------------------------
 
@@ -303,8 +433,21 @@ class Watches:
         retention (then or later, if the call falls that far behind)."""
         target = await self._target(request)
         resume = Position.parse(request.resume_position) if request.resume_position else None
+        interest = await self._interest(target.watched)
+        try:
+            async with contextlib.aclosing(self._watch(target, resume, interest)) as messages:
+                async for message in messages:
+                    yield message
+        finally:
+            self._release(interest)
+
+    async def _watch(
+        self, target: Target, resume: Position | None, interest: Interest
+    ) -> AsyncGenerator[pb.WatchRunResponse, None]:
         await self._fresh()
         if resume is None:
+            # Start at or above since_seq, so that every position this call gives resumes.
+            await self._catch_up(interest.since)
             pos = self.watermark
         else:
             pruned, last = await self.db.read(_bounds)
@@ -313,6 +456,7 @@ class Watches:
                     "resume_position", "is not a position a WatchRun response gave"
                 )
             _check_retained(resume.lo if resume.k else resume.hi, pruned)
+            _check_interest(resume.lo if resume.k else resume.hi, interest)
             pos = resume.hi
             if resume.k:
                 if resume.crc != target.crc:
@@ -329,8 +473,12 @@ class Watches:
         while True:
             if self.closing:
                 raise Unavailable("the server is stopping; resume on another with the position")
+            _check_interest(pos, interest)
             advanced = self._advanced
-            mark = self.watermark
+            # Nothing past pos while the interest is not known to be live: a write of points
+            # after it lapsed could be missing from what follows.
+            live = interest.live()
+            mark = self.watermark if live else pos
             if pos < mark:
                 rows = await self._read(target, pos, mark, BATCH_EVENTS, BATCH_POINTS)
                 if not rows:
@@ -353,7 +501,7 @@ class Watches:
                 quiet_since = time.monotonic()
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(advanced.wait(), left)
+                await asyncio.wait_for(advanced.wait(), left if live else INTEREST_POLL_S)
 
     async def _catch_up(self, seq: int) -> None:
         """Waits until this server's watermark reaches `seq` (given by another server)."""
@@ -383,12 +531,12 @@ class Watches:
             ref = await self.db.read(lambda conn: run_store.ref(conn, rid))
             if ref is None:
                 raise NotFound(f"no run has id {rid}", metadata={"run_id": rid})
-            return Target(ref["run_pk"], None, wanted, crc)
+            return Target(ref["run_pk"], None, wanted, crc, ref["experiment_id"])
         if which == "experiment_id":
             eid = experiment_id(request.experiment_id)
             if await self.db.read(lambda conn: experiment_store.stage(conn, eid)) is None:
                 raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
-            return Target(None, eid, wanted, crc)
+            return Target(None, eid, wanted, crc, eid)
         raise InvalidArgument.for_field("target", "name a run_id or an experiment_id")
 
     async def _read(
@@ -444,6 +592,16 @@ def _check_retained(after: int, pruned: int) -> None:
             "the watch log no longer holds what followed this position (it keeps events "
             "for --watch-retention seconds); read the history instead, then watch from now",
             metadata={"position": str(after), "pruned_through": str(pruned)},
+        )
+
+
+def _check_interest(after: int, interest: Interest) -> None:
+    if interest.lapsed or after < interest.since:
+        raise FailedPrecondition(
+            "nobody watched this experiment for --watch-retention seconds at some point after "
+            "this position, so points written then were not recorded; read the history "
+            "instead, then watch from now",
+            metadata={"position": str(after), "watched_since": str(interest.since)},
         )
 
 

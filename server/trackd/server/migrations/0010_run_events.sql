@@ -34,3 +34,18 @@ CREATE TABLE run_events_pruned (
     through bigint  NOT NULL
 );
 INSERT INTO run_events_pruned (one, through) VALUES (true, 0);
+
+-- Which experiments are watched: point events (kind 1) are recorded only for experiments
+-- with a row here whose until_ms (the database's clock, ms since the epoch) is ahead. A
+-- watch call registers its experiment before it takes its position and keeps until_ms
+-- --watch-retention ahead while it runs, so interest lasts while watched and for the
+-- retention after, and a dropped watcher resumes exactly. since_seq is a seq drawn when
+-- this stretch of continuous interest began: every point of the experiment committed
+-- after any position >= since_seq was recorded; a position below it may have missed
+-- points, and resuming from it is FAILED_PRECONDITION (domain/watch.py explains the
+-- protocol).
+CREATE TABLE watch_interest (
+    experiment_id bigint PRIMARY KEY,
+    until_ms      bigint NOT NULL,
+    since_seq     bigint NOT NULL
+);

@@ -1,11 +1,12 @@
 """SQL of the watch log (run_events): recording what commits, the watermark of what is
-final, reading after a position, and pruning."""
+final, reading after a position, and pruning; and of watch interest (watch_interest), which
+decides whose points are recorded."""
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -48,6 +49,35 @@ WITH ins AS (
     RETURNING experiment_id
 )
 SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
+
+# The database's clock in ms, as of the start of the statement. Writers compare interest
+# with it, so the interest's expiry does not depend on the clocks of the trackd servers.
+_NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
+
+# The experiments whose points are recorded. Run by every transaction that records points,
+# before it does: its ACCESS SHARE lock on watch_interest, held until it commits, is what a
+# registration (REGISTER, after LOCK_INTEREST) waits for.
+INTERESTED = f"SELECT experiment_id FROM watch_interest WHERE until_ms > {_NOW_MS}"  # noqa: S608
+
+# The only mode that conflicts with the ACCESS SHARE lock of INTERESTED's plain SELECT. The
+# timeout bounds how long writers of points queue behind a registration that waits.
+LOCK_INTEREST = "SET LOCAL lock_timeout = '10s'; LOCK TABLE watch_interest IN ACCESS EXCLUSIVE MODE"
+
+# Registers interest in experiment $1 for $2 ms from now, under LOCK_INTEREST. A stretch of
+# interest that is still live goes on (its since_seq kept); otherwise a new one begins, with
+# a since_seq drawn now, above every position given so far. Returns since_seq and the ms
+# the interest has left.
+REGISTER = f"""
+INSERT INTO watch_interest AS w (experiment_id, until_ms, since_seq)
+VALUES ($1, {_NOW_MS} + $2, nextval(pg_get_serial_sequence('run_events', 'seq')))
+ON CONFLICT (experiment_id) DO UPDATE SET
+    until_ms = CASE WHEN w.until_ms > {_NOW_MS}
+                    THEN greatest(w.until_ms, EXCLUDED.until_ms) ELSE EXCLUDED.until_ms END,
+    since_seq = CASE WHEN w.until_ms > {_NOW_MS} THEN w.since_seq ELSE EXCLUDED.since_seq END
+RETURNING since_seq, until_ms - {_NOW_MS} AS left_ms"""  # noqa: S608
+
+# Expired interest: no writer records for it any more, and a registration starts anew.
+FORGET_INTEREST = f"DELETE FROM watch_interest WHERE until_ms <= {_NOW_MS}"  # noqa: S608
 
 # The last seq handed out (by any transaction, committed or not); 0 before the first.
 LAST_SEQ = """
@@ -120,12 +150,20 @@ def unpack(data: bytes, n: int) -> tuple[list[int], list[int], list[float]]:
 async def record_points(
     conn: Connection,
     by_series: dict[int, tuple[list[int], list[int], list[float]]],
+    series_rows: Mapping[int, Any],
     now: int,
 ) -> None:
-    """Appends one event per series (series_id -> steps, timestamps, values) with points."""
+    """Appends one event per series (series_id -> steps, timestamps, values) with points, of
+    the series whose experiment (`experiment_id` of its row in `series_rows`) is watched,
+    or was within the retention. Costs one small query when none is."""
+    if not by_series:
+        return
+    interested = {r[0] for r in await conn.fetch(INTERESTED)}
+    if not interested:
+        return
     sids, counts, cols = [], [], []
     for sid, (steps, stamps, values) in by_series.items():
-        if steps:
+        if steps and series_rows[sid]["experiment_id"] in interested:
             sids.append(sid)
             counts.append(len(steps))
             cols.append(pack(steps, stamps, values))
@@ -150,6 +188,21 @@ async def record_data(
     if names:
         vals = [*params[1], *tags[1]]
         await conn.execute(RECORD_DATA, run_pk, names, vals, len(params[0]), now)
+
+
+async def register_interest(conn: Connection, experiment_id: int, for_ms: int) -> tuple[int, int]:
+    """Registers interest in an experiment for `for_ms` from now, once every transaction
+    that may have read watch_interest before has ended; returns (since_seq, ms left). The
+    caller commits at once (the lock stops every writer of points meanwhile)."""
+    await conn.execute(LOCK_INTEREST)
+    row = await conn.fetchrow(REGISTER, experiment_id, for_ms)
+    assert row is not None
+    return row["since_seq"], row["left_ms"]
+
+
+async def forget_interest(conn: Connection) -> None:
+    """Deletes expired interest."""
+    await conn.execute(FORGET_INTEREST)
 
 
 async def last_seq(conn: Connection) -> int:

@@ -31,7 +31,7 @@ FROM metric_series s JOIN wanted w ON s.run_pk = w.r AND s.key = w.k"""
 LOCK_SERIES = """
 SELECT s.series_id, s.count, s.nan_count, s.pos_inf_count, s.neg_inf_count, s.min_value,
        s.max_value, s.finite_mean, s.finite_m2, s.first_step, s.last_step, s.latest_step,
-       s.latest_ts, s.latest_value, s.run_pk,
+       s.latest_ts, s.latest_value, s.run_pk, r.experiment_id,
        r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage
 FROM metric_series s
 JOIN runs r ON r.run_pk = s.run_pk
@@ -128,7 +128,8 @@ async def ensure_series(
 
 
 async def lock_series(conn: Connection, series_ids: Iterable[int]) -> list[asyncpg.Record]:
-    """Locks series rows in id order; returns their summaries and run/experiment stages."""
+    """Locks series rows in id order; returns their summaries, experiment and run/experiment
+    stages."""
     return list(await conn.fetch(LOCK_SERIES, sorted(series_ids)))
 
 
