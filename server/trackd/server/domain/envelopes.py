@@ -197,7 +197,7 @@ async def _read(conn: Connection, q: Query, series: list[Series]) -> None:
     axis = tiers.STEP if q.axis == AXIS_STEP else tiers.TIME
     floor = INT64_MIN if axis == tiers.STEP else 0
     # The x range of each series, in the tiers' x: the asked range within the series'.
-    rows = await store.extents(conn, [s.series_id for s in series], axis, tiers.TOP)
+    rows = await store.extents(conn, [s.series_id for s in series], axis, tiers.TOP[axis])
     cut: list[Series] = []
     for r in rows:
         s = series[r["i"]]
@@ -221,7 +221,8 @@ async def _read(conn: Connection, q: Query, series: list[Series]) -> None:
         items = []
         for s in cut:
             level = next(
-                (lv for lv in tiers.LEVELS if (s.hi >> lv) - (s.lo >> lv) <= 64), tiers.TOP
+                (lv for lv in tiers.LEVELS[axis] if (s.hi >> lv) - (s.lo >> lv) <= 64),
+                tiers.TOP[axis],
             )
             items.append((s.series_id, level, s.lo >> level, s.hi >> level, s.lo, s.hi))
         found = await store.estimates(conn, axis, items)
@@ -243,9 +244,8 @@ async def _intervals(conn: Connection, s: Series, axis: int) -> list[tuple[int, 
     blocks that meet it."""
     if axis == tiers.STEP:
         return [(s.lo, s.hi)]
-    rows = await store.blocks(
-        conn, axis, tiers.FINEST, [(s.series_id, s.lo >> tiers.FINEST, s.hi >> tiers.FINEST)]
-    )
+    finest = tiers.FINEST[axis]
+    rows = await store.blocks(conn, axis, finest, [(s.series_id, s.lo >> finest, s.hi >> finest)])
     spans = sorted(
         (r["y_min"], r["y_max"]) for r in rows if r["x_max"] >= s.lo and r["x_min"] <= s.hi
     )
@@ -357,8 +357,8 @@ async def _read_raw(conn: Connection, s: Series, axis: int, buckets: int) -> Non
 async def _read_tiers(conn: Connection, series: list[Series], axis: int, buckets: int) -> None:
     """Buckets from the blocks, for many series in one query, then the edges of zoomed
     ranges."""
-    grids = [grid(s.lo, s.hi, buckets, tiers.FINEST) for s in series]
-    levels = [tiers.level_at_most(g.g) for g in grids]
+    grids = [grid(s.lo, s.hi, buckets, tiers.FINEST[axis]) for s in series]
+    levels = [tiers.level_at_most(axis, g.g) for g in grids]
     items = [
         (s.series_id, lv, s.lo >> lv, s.hi >> lv, s.lo, s.hi, g.g - lv, g.base, g.m)
         for s, g, lv in zip(series, grids, levels, strict=True)
@@ -429,7 +429,7 @@ async def _edges(
                     if not counted:
                         add(i, _block_agg(r))
                     continue
-                if level == tiers.FINEST:
+                if level == tiers.FINEST[axis]:
                     raws.append(
                         (i, max(s.lo, r["x_min"]), min(s.hi, r["x_max"]), r["y_min"], r["y_max"])
                     )

@@ -21,22 +21,27 @@ from trackd.server.store.pool import Connection
 
 STEP = 1
 TIME = 2
-FINEST = 8
-FAN_BITS = 2
-TOP = 30
-LEVELS = tuple(range(FINEST, TOP + 1, FAN_BITS))
+# The finest level of each axis: 256 steps; 1,024 ms (timestamps are sparser than steps:
+# a block of 256 ms would often hold a single point).
+FINEST = {STEP: 8, TIME: 10}
+FAN_BITS = 4
+# The levels of each axis, finest first, each 16 times coarser than the one before.
+LEVELS = {axis: tuple(range(f, f + 5 * FAN_BITS + 1, FAN_BITS)) for axis, f in FINEST.items()}
+TOP = {axis: levels[-1] for axis, levels in LEVELS.items()}
 
-# A block as a list: [block, count, nan, pos_inf, neg_inf, min, max, x_min, x_max, y_min,
-# y_max, first_y, first_value, last_y, last_value]; min and max are None without a finite
-# value, y_min and y_max None on the step axis (where nothing reads them).
+# A block as a list, in the order of store.TIER_COLUMNS after (series_id, axis, level):
+# [block, count, nan, pos_inf, neg_inf, x_min, x_max, y_min, y_max, first_y, last_y, min,
+# max, first_value, last_value]; min and max are None without a finite value, y_min and
+# y_max None on the step axis (where nothing reads them).
 Block = list[Any]
 
 
-def level_at_most(bits: int) -> int:
-    """The coarsest level whose blocks are no wider than 2**bits (bits >= FINEST)."""
-    if bits >= TOP:
-        return TOP
-    return bits - (bits - FINEST) % FAN_BITS
+def level_at_most(axis: int, bits: int) -> int:
+    """The coarsest level of the axis whose blocks are no wider than 2**bits (bits at least
+    the axis' finest level)."""
+    if bits >= TOP[axis]:
+        return TOP[axis]
+    return bits - (bits - FINEST[axis]) % FAN_BITS
 
 
 def _vmin(values: Sequence[float]) -> float:
@@ -114,12 +119,12 @@ def _combine(parts: Sequence[Stats]) -> Stats:
     )
 
 
-def _bounds(xs: list[int]) -> list[int]:
-    """Where the finest blocks of sorted xs start, and len(xs)."""
+def _bounds(xs: list[int], finest: int) -> list[int]:
+    """Where the blocks of level `finest` of sorted xs start, and len(xs)."""
     out = [0]
     i, n = 0, len(xs)
     while i < n:
-        i = bisect_left(xs, ((xs[i] >> FINEST) + 1) << FINEST, i)
+        i = bisect_left(xs, ((xs[i] >> finest) + 1) << finest, i)
         out.append(i)
     return out
 
@@ -131,6 +136,7 @@ def _blocks(
     bounds: list[int],
     stats: dict[int, Stats] | None,
     *,
+    finest: int,
     spans: bool,
     ys_sorted: bool,
 ) -> list[Block]:
@@ -156,7 +162,9 @@ def _blocks(
             else:
                 yv = ys[i:j]
                 y_min, y_max = min(yv), max(yv)
-        out.append([x0 >> FINEST, j - i, *st, x0, x1, y_min, y_max, fy, fv, ly, lv])
+        nan, pos_inf, neg_inf, lo, hi = st
+        head = [x0 >> finest, j - i, nan, pos_inf, neg_inf, x0, x1, y_min, y_max]
+        out.append([*head, fy, ly, lo, hi, fv, lv])
     return out
 
 
@@ -168,17 +176,21 @@ def finest_blocks(
     time with C-level slices, the values once for both axes; other input is sorted first."""
     steps_sorted = steps == sorted(steps)
     if steps_sorted and stamps == sorted(stamps):
-        sb, tb = _bounds(steps), _bounds(stamps)
+        sb, tb = _bounds(steps, FINEST[STEP]), _bounds(stamps, FINEST[TIME])
         cuts = sorted(set(sb) | set(tb))
         stats = {a: _stats(values, a, c) for a, c in itertools.pairwise(cuts)}
         return (
-            _blocks(steps, stamps, values, sb, stats, spans=False, ys_sorted=True),
-            _blocks(stamps, steps, values, tb, stats, spans=True, ys_sorted=True),
+            _blocks(
+                steps, stamps, values, sb, stats, finest=FINEST[STEP], spans=False, ys_sorted=True
+            ),
+            _blocks(
+                stamps, steps, values, tb, stats, finest=FINEST[TIME], spans=True, ys_sorted=True
+            ),
         )
     out = []
-    for xs, ys, known_sorted, spans in (
-        (steps, stamps, steps_sorted, False),
-        (stamps, steps, False, True),
+    for xs, ys, known_sorted, axis in (
+        (steps, stamps, steps_sorted, STEP),
+        (stamps, steps, False, TIME),
     ):
         vs = values
         if not known_sorted and xs != sorted(xs):
@@ -186,24 +198,27 @@ def finest_blocks(
             xs = [xs[k] for k in order]
             ys = [ys[k] for k in order]
             vs = [vs[k] for k in order]
-        out.append(_blocks(xs, ys, vs, _bounds(xs), None, spans=spans, ys_sorted=False))
+        f = FINEST[axis]
+        bounds = _bounds(xs, f)
+        out.append(_blocks(xs, ys, vs, bounds, None, finest=f, spans=axis == TIME, ys_sorted=False))
     return out[0], out[1]
 
 
 def _merge_after(a: Block, b: Block) -> None:
     """Folds block `b` into `a`, where every x of `b` is above every x of `a`."""
-    a[1] = a[1] + b[1]
-    a[2] = a[2] + b[2]
-    a[3] = a[3] + b[3]
-    a[4] = a[4] + b[4]
-    if b[5] is not None:
-        a[5] = b[5] if a[5] is None else min(a[5], b[5])
-        a[6] = b[6] if a[6] is None else max(a[6], b[6])
-    a[8] = b[8]
-    if a[9] is not None:
-        a[9] = min(a[9], b[9])
-        a[10] = max(a[10], b[10])
-    a[13] = b[13]
+    a[1] += b[1]
+    if b[2] or b[3] or b[4]:
+        a[2] += b[2]
+        a[3] += b[3]
+        a[4] += b[4]
+    if b[11] is not None:
+        a[11] = b[11] if a[11] is None else min(a[11], b[11])
+        a[12] = b[12] if a[12] is None else max(a[12], b[12])
+    a[6] = b[6]
+    if a[7] is not None:
+        a[7] = min(a[7], b[7])
+        a[8] = max(a[8], b[8])
+    a[10] = b[10]
     a[14] = b[14]
 
 
@@ -232,8 +247,8 @@ def batch_rows(
         if not steps:
             continue
         for axis, blocks in zip((STEP, TIME), finest_blocks(steps, stamps, values), strict=True):
-            for level in LEVELS:
-                if level != FINEST:
+            for level in LEVELS[axis]:
+                if level != FINEST[axis]:
                     blocks = coarser(blocks, FAN_BITS)
                 rows.extend((sid, axis, level, *blk) for blk in blocks)
     return rows

@@ -1,7 +1,11 @@
 -- Pre-aggregated blocks of metric series, read by StreamMetricEnvelopes instead of the
 -- points. For each series and x axis (1: step, 2: timestamp; relative time is the
 -- timestamp shifted by the run's start), level k holds one row per block of x values
--- [block << k, (block + 1) << k) that has points: k = 8, 10, ..., 30 (fan-out 4).
+-- [block << k, (block + 1) << k) that has points: on the step axis k = 8, 12, ..., 28, on
+-- the timestamp axis k = 10, 14, ..., 30 (1,024 ms at the finest: timestamps are sparser
+-- than steps), each level 16 times coarser than the one below. The finest level is the
+-- narrowest bucket a read makes from the blocks; a read groups at most 16 blocks (48 for
+-- a width of 3 * 2^g) into a bucket.
 -- A row is exact over the points of its block:
 --   count, nan_count, pos_inf_count, neg_inf_count: the points, and the NaN, +Inf, -Inf;
 --   min_value, max_value: over the finite values, NULL when there is none;
@@ -35,12 +39,14 @@ CREATE TABLE metric_tiers (
     last_y        bigint   NOT NULL,
     last_value    float8   NOT NULL,
     PRIMARY KEY (series_id, axis, level, block)
-);
+) WITH (fillfactor = 80);
+-- Every commit rewrites the few coarse blocks its points fall in: the free fifth of each
+-- page keeps those updates HOT (no new index entry, the old version pruned in place).
 
 -- The blocks of the points stored before this migration: the finest level from the
 -- points, each coarser level from the finest.
 CREATE TEMPORARY TABLE metric_tiers_finest ON COMMIT DROP AS
-SELECT p.series_id, a.axis, 8::smallint AS level, a.x >> 8 AS block,
+SELECT p.series_id, a.axis, a.f AS level, a.x >> a.f AS block,
        count(*) AS count,
        count(*) FILTER (WHERE p.value = 'NaN') AS nan_count,
        count(*) FILTER (WHERE p.value = 'Infinity') AS pos_inf_count,
@@ -55,13 +61,14 @@ SELECT p.series_id, a.axis, 8::smallint AS level, a.x >> 8 AS block,
        (array_agg(a.y ORDER BY a.x DESC, a.y DESC, p.value DESC))[1] AS last_y,
        (array_agg(p.value ORDER BY a.x DESC, a.y DESC, p.value DESC))[1] AS last_value
 FROM metric_points p
-CROSS JOIN LATERAL (VALUES (1::smallint, p.step, p.ts), (2::smallint, p.ts, p.step)) AS a(axis, x, y)
-GROUP BY p.series_id, a.axis, a.x >> 8;
+CROSS JOIN LATERAL (VALUES (1::smallint, p.step, p.ts, 8::smallint),
+                           (2::smallint, p.ts, p.step, 10::smallint)) AS a(axis, x, y, f)
+GROUP BY p.series_id, a.axis, a.f, a.x >> a.f;
 
 INSERT INTO metric_tiers
 SELECT * FROM metric_tiers_finest
 UNION ALL
-SELECT f.series_id, f.axis, l.level, f.block >> (l.level - 8),
+SELECT f.series_id, f.axis, f.level + 4 * l.n, f.block >> (4 * l.n),
        sum(f.count), sum(f.nan_count), sum(f.pos_inf_count), sum(f.neg_inf_count),
        min(f.min_value), max(f.max_value), min(f.x_min), max(f.x_max), min(f.y_min),
        max(f.y_max),
@@ -69,5 +76,5 @@ SELECT f.series_id, f.axis, l.level, f.block >> (l.level - 8),
        (array_agg(f.last_y ORDER BY f.block DESC))[1],
        (array_agg(f.last_value ORDER BY f.block DESC))[1]
 FROM metric_tiers_finest f
-CROSS JOIN generate_series(10, 30, 2) AS l(level)
-GROUP BY f.series_id, f.axis, l.level, f.block >> (l.level - 8);
+CROSS JOIN generate_series(1, 5) AS l(n)
+GROUP BY f.series_id, f.axis, f.level + 4 * l.n, f.block >> (4 * l.n);

@@ -3,27 +3,34 @@ reads over them and over the points."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import asyncpg
 
 from trackd.server.store.pool import Connection
 
 TIER_COLUMNS = (
-    "series_id axis level block count nan_count pos_inf_count neg_inf_count min_value "
-    "max_value x_min x_max y_min y_max first_y first_value last_y last_value"
+    "series_id axis level block count nan_count pos_inf_count neg_inf_count x_min x_max "
+    "y_min y_max first_y last_y min_value max_value first_value last_value"
 ).split()
-_TYPES = (
-    "bigint smallint smallint bigint bigint bigint bigint bigint float8 float8 bigint bigint "
-    "bigint bigint bigint float8 bigint float8"
-).split()
+# The integer columns come first, then the float8 ones.
+_INTS = 14
 
-# Folds a batch's blocks into the stored ones. Row comparisons order float8 as PostgreSQL
-# does (NaN greatest), which is the order of the points' first and last. Every right-hand
-# side reads the stored row as it was.
+# Folds a batch's blocks into the stored ones. The blocks come as two texts: every integer
+# column one after the other as one bigint[] literal, then every float8 column as one
+# float8[] literal, $3 blocks each. Far cheaper to write than 18 binary arrays, and exact
+# (a float's shortest round-trip form); OFFSET 0 keeps each text parsed once. Row
+# comparisons order float8 as PostgreSQL does (NaN greatest), which is the order of the
+# points' first and last. Every right-hand side reads the stored row as it was.
 UPSERT = f"""
 INSERT INTO metric_tiers AS t ({", ".join(TIER_COLUMNS)})
-SELECT * FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))})
+SELECT u.*
+FROM (SELECT $1::text::bigint[] AS i, $2::text::float8[] AS f OFFSET 0) AS a
+CROSS JOIN LATERAL unnest(
+    {", ".join(f"a.i[{k} * $3 + 1:{k + 1} * $3]" for k in range(_INTS))},
+    {", ".join(f"a.f[{k} * $3 + 1:{k + 1} * $3]" for k in range(len(TIER_COLUMNS) - _INTS))}
+) AS u
 ON CONFLICT (series_id, axis, level, block) DO UPDATE SET
     count = t.count + excluded.count,
     nan_count = t.nan_count + excluded.nan_count,
@@ -153,7 +160,16 @@ RAW_BUCKETS = {
 
 async def upsert(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
     """Folds blocks (rows in TIER_COLUMNS order, one per key) into the stored ones."""
-    await conn.execute(UPSERT, *(list(c) for c in zip(*rows, strict=True)))
+    cols = list(zip(*rows, strict=True))
+    ints = itertools.chain.from_iterable(cols[:_INTS])
+    floats = itertools.chain.from_iterable(cols[_INTS:])
+    await conn.execute(UPSERT, _literal(ints), _literal(floats), len(rows))
+
+
+def _literal(values: Iterable[object]) -> str:
+    """An array literal of ints or floats (None as NULL; str of a float is its shortest
+    exact form, and nan, inf and -inf read back as NaN, Infinity and -Infinity)."""
+    return "{" + ",".join(map(str, values)).replace("None", "NULL") + "}"
 
 
 async def runs(conn: Connection, run_ids: Sequence[str]) -> dict[str, asyncpg.Record]:
