@@ -364,10 +364,9 @@ async def write_points(
         count = len(inserted)
     else:
         count = len(sids)
-    await tiers.fold(conn, by_series)
+    # Summaries and tiers in one statement (one round trip).
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
-    if folded:
-        await store.update_summaries(conn, folded, now_ms())
+    await store.update_summaries_and_tiers(conn, folded, now_ms(), tiers.batch_rows(by_series))
     # The watch log: one event per series of a watched experiment, in this transaction
     # (WatchRun replays it).
     await event_store.record_points(conn, by_series, locked, now_ms())

@@ -16,9 +16,6 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from trackd.server.store import tiers as store
-from trackd.server.store.pool import Connection
-
 STEP = 1
 TIME = 2
 # The finest level of each axis: 256 steps; 1,024 ms (timestamps are sparser than steps:
@@ -252,13 +249,3 @@ def batch_rows(
                     blocks = coarser(blocks, FAN_BITS)
                 rows.extend((sid, axis, level, *blk) for blk in blocks)
     return rows
-
-
-async def fold(
-    conn: Connection, by_series: dict[int, tuple[list[int], list[int], list[float]]]
-) -> None:
-    """Folds inserted points (series_id -> steps, timestamps, values) into the stored
-    blocks, in the caller's transaction; the caller holds the series rows' locks."""
-    rows = batch_rows(by_series)
-    if rows:
-        await store.upsert(conn, rows)

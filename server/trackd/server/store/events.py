@@ -54,13 +54,13 @@ SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
 # with it, so the interest's expiry does not depend on the clocks of the trackd servers.
 _NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 
-# The experiments whose points are recorded. Run by every transaction that records points,
-# before it does: its ACCESS SHARE lock on watch_interest, held until it commits, is what a
+# Whether points are recorded is read by every transaction that writes points, in its
+# series lock query (store.metrics.LOCK_SERIES, column `watched`), before it records them:
+# that read's ACCESS SHARE lock on watch_interest, held until it commits, is what a
 # registration (REGISTER, after LOCK_INTEREST) waits for.
-INTERESTED = f"SELECT experiment_id FROM watch_interest WHERE until_ms > {_NOW_MS}"  # noqa: S608
 
-# The only mode that conflicts with the ACCESS SHARE lock of INTERESTED's plain SELECT. The
-# timeout bounds how long writers of points queue behind a registration that waits.
+# The only mode that conflicts with the ACCESS SHARE lock of a plain read of watch_interest.
+# The timeout bounds how long writers of points queue behind a registration that waits.
 LOCK_INTEREST = "SET LOCAL lock_timeout = '10s'; LOCK TABLE watch_interest IN ACCESS EXCLUSIVE MODE"
 
 # Registers interest in experiment $1 for $2 ms from now, under LOCK_INTEREST. A stretch of
@@ -154,16 +154,14 @@ async def record_points(
     now: int,
 ) -> None:
     """Appends one event per series (series_id -> steps, timestamps, values) with points, of
-    the series whose experiment (`experiment_id` of its row in `series_rows`) is watched,
-    or was within the retention. Costs one small query when none is."""
-    if not by_series:
-        return
-    interested = {r[0] for r in await conn.fetch(INTERESTED)}
-    if not interested:
-        return
+    the series whose experiment is watched, or was within the retention: `watched` of its
+    row in `series_rows`, read by the series lock query (store.metrics.LOCK_SERIES) in this
+    transaction. That read of watch_interest takes the ACCESS SHARE lock, held until
+    commit, that a registration waits for (as INTERESTED's would); it costs no query of its
+    own."""
     sids, counts, cols = [], [], []
     for sid, (steps, stamps, values) in by_series.items():
-        if steps and series_rows[sid]["experiment_id"] in interested:
+        if steps and series_rows[sid]["watched"]:
             sids.append(sid)
             counts.append(len(steps))
             cols.append(pack(steps, stamps, values))

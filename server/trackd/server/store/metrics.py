@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import asyncpg
 
+from trackd.server.store import tiers
 from trackd.server.store.pool import Connection
 
 # Creates the missing series of (run, key) pairs, in (run, key) order so that concurrent
@@ -32,7 +34,11 @@ LOCK_SERIES = """
 SELECT s.series_id, s.count, s.nan_count, s.pos_inf_count, s.neg_inf_count, s.min_value,
        s.max_value, s.finite_mean, s.finite_m2, s.first_step, s.last_step, s.latest_step,
        s.latest_ts, s.latest_value, s.run_pk, r.experiment_id,
-       r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage
+       r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage,
+       EXISTS (SELECT 1 FROM watch_interest w
+               WHERE w.experiment_id = r.experiment_id
+                 AND w.until_ms > (extract(epoch FROM statement_timestamp()) * 1000)::bigint)
+           AS watched
 FROM metric_series s
 JOIN runs r ON r.run_pk = s.run_pk
 JOIN experiments e ON e.experiment_id = r.experiment_id
@@ -160,6 +166,41 @@ async def insert_points(
         except asyncpg.UniqueViolationError:
             pass  # a duplicate somewhere: take the path that skips duplicates
     return list(await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values))
+
+
+def _shifted(sql: str, by: int) -> str:
+    """`sql` with its parameters $n renumbered $n+by."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + by}", sql)
+
+
+# UPDATE_SUMMARIES and the tiers' upsert (store.tiers.UPSERT, its parameters after
+# UPDATE_SUMMARIES') in one statement: one round trip per commit for both.
+UPDATE_SUMMARIES_AND_TIERS = f"""
+WITH summaries AS ({UPDATE_SUMMARIES}),
+tiers AS ({_shifted(tiers.UPSERT, 15)})
+SELECT 1"""
+
+
+async def update_summaries_and_tiers(
+    conn: Connection,
+    summaries: Sequence[dict[str, Any]],
+    touched_ms: int,
+    tier_rows: Sequence[tuple[object, ...]],
+) -> None:
+    """update_summaries and store.tiers.upsert in one statement (either may be empty)."""
+    if not tier_rows:
+        if summaries:
+            await update_summaries(conn, summaries, touched_ms)
+        return
+    if not summaries:
+        await tiers.upsert(conn, tier_rows)
+        return
+    await conn.execute(
+        UPDATE_SUMMARIES_AND_TIERS,
+        *([s[c] for s in summaries] for c in SUMMARY_COLUMNS),
+        touched_ms,
+        *tiers.upsert_args(tier_rows),
+    )
 
 
 async def update_summaries(conn: Connection, summaries: Sequence[dict[str, Any]], now: int) -> None:

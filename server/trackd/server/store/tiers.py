@@ -158,12 +158,17 @@ RAW_BUCKETS = {
 }
 
 
-async def upsert(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Folds blocks (rows in TIER_COLUMNS order, one per key) into the stored ones."""
+def upsert_args(rows: Sequence[tuple[object, ...]]) -> tuple[str, str, int]:
+    """UPSERT's arguments for blocks (rows in TIER_COLUMNS order, one per key)."""
     cols = list(zip(*rows, strict=True))
     ints = itertools.chain.from_iterable(cols[:_INTS])
     floats = itertools.chain.from_iterable(cols[_INTS:])
-    await conn.execute(UPSERT, _literal(ints), _literal(floats), len(rows))
+    return _literal(ints), _literal(floats), len(rows)
+
+
+async def upsert(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
+    """Folds blocks (rows in TIER_COLUMNS order, one per key) into the stored ones."""
+    await conn.execute(UPSERT, *upsert_args(rows))
 
 
 def _literal(values: Iterable[object]) -> str:
