@@ -157,3 +157,20 @@ class PermissionDenied(TrackdError):
 
     code: grpc.StatusCode = grpc.StatusCode.PERMISSION_DENIED
     reason: str = "PERMISSION_DENIED"
+
+
+def run_not_found(run_id: str) -> NotFound:
+    """The NOT_FOUND of a run id that names no run (or one the caller may not see)."""
+    return NotFound(f"no run has id {run_id}", metadata={"run_id": run_id})
+
+
+def model_not_found(model_id: str, deleted: bool = False) -> NotFound:
+    """The NOT_FOUND of a logged model id that names no live model."""
+    what = "was deleted" if deleted else "does not exist"
+    return NotFound(f"logged model {model_id} {what}", metadata={"model_id": model_id})
+
+
+def experiment_not_found(experiment_id: object) -> NotFound:
+    """The NOT_FOUND of an experiment id that names no experiment."""
+    ident = str(experiment_id)
+    return NotFound(f"no experiment has id {ident}", metadata={"experiment_id": ident})

@@ -34,6 +34,8 @@ from trackd.server.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    model_not_found,
+    run_not_found,
 )
 from trackd.server.store import artifacts as store
 from trackd.server.store.blobs import BlobStore
@@ -156,12 +158,6 @@ def owner_of(request: Any, prefix: str = "") -> tuple[int, str]:
     raise InvalidArgument.for_field(prefix + "owner", "is unset; give run_id or model_id")
 
 
-def _missing(kind: int, ident: str) -> NotFound:
-    if kind == store.RUN:
-        return NotFound(f"no run has id {ident}", metadata={"run_id": ident})
-    return NotFound(f"logged model {ident} does not exist", metadata={"model_id": ident})
-
-
 def _parquet_rows(path: Path) -> int | None:
     """The row count in a Parquet file's footer (read with pyarrow, when installed); None
     when pyarrow is missing or the file is not readable Parquet."""
@@ -272,7 +268,7 @@ class Artifacts:
         model is missing, a deleted run is not)."""
         row = await self.db.read(lambda c: store.owner(c, kind, ident))
         if row is None or (kind == store.MODEL and row["deleted"]):
-            raise _missing(kind, ident)
+            raise run_not_found(ident) if kind == store.RUN else model_not_found(ident)
         return Owner(
             kind,
             ident,
@@ -524,7 +520,11 @@ class Artifacts:
                 )
             fresh = await store.owner(conn, owner.kind, owner.ident)
             if fresh is None or (owner.kind == store.MODEL and fresh["deleted"]):
-                raise _missing(owner.kind, owner.ident)
+                raise (
+                    run_not_found(owner.ident)
+                    if owner.kind == store.RUN
+                    else model_not_found(owner.ident)
+                )
             Owner(
                 owner.kind,
                 owner.ident,

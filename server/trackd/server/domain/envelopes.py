@@ -19,7 +19,7 @@ from typing import Any
 
 from trackd.server.domain import tiers, validation
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import InvalidArgument, NotFound
+from trackd.server.errors import InvalidArgument, run_not_found
 from trackd.server.store import tiers as store
 from trackd.server.store.pool import Connection, Database
 from trackd.v1 import run_service_pb2 as pb
@@ -156,7 +156,7 @@ async def _series(conn: Connection, q: Query) -> list[Series]:
     runs = await store.runs(conn, q.run_ids)
     for rid in q.run_ids:
         if rid not in runs:
-            raise NotFound(f"no run has id {rid}", metadata={"run_id": rid})
+            raise run_not_found(rid)
     rows = await store.series(conn, [r["run_pk"] for r in runs.values()], q.keys)
     found = {(r["run_pk"], r["key"]): r for r in rows}
     out = []

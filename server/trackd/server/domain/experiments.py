@@ -19,7 +19,13 @@ from trackd.server.domain.auth.principal import (
 )
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    experiment_not_found,
+)
 from trackd.server.store import experiments as store
 from trackd.server.store import permissions as permission_store
 from trackd.server.store import runs as run_store
@@ -97,7 +103,7 @@ class Experiments:
         eid = validation.experiment_id(experiment_id)
         row = await self.db.read(lambda conn: store.get(conn, eid))
         if row is None:
-            raise _missing(experiment_id)
+            raise experiment_not_found(experiment_id)
         return row
 
     async def get_by_name(self, name: str) -> asyncpg.Record:
@@ -272,7 +278,7 @@ class Experiments:
 
         async def work(conn: Connection) -> list[AccessEntry]:
             if await store.stage(conn, eid) is None:
-                raise _missing(experiment_id)
+                raise experiment_not_found(experiment_id)
             return await _access_list(conn, eid)
 
         return await self.db.read(work)
@@ -380,16 +386,10 @@ def _check_tags(
     return list(merged), list(merged.values())
 
 
-def _missing(experiment_id: str) -> NotFound:
-    return NotFound(
-        f"no experiment has id {experiment_id}", metadata={"experiment_id": experiment_id}
-    )
-
-
 async def _lock(conn: Connection, eid: int) -> asyncpg.Record:
     row = await store.lock(conn, eid)
     if row is None:
-        raise _missing(str(eid))
+        raise experiment_not_found(str(eid))
     return row
 
 

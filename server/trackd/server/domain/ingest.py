@@ -26,7 +26,12 @@ from typing import Any
 
 from trackd.server.clock import now_ms
 from trackd.server.domain import summaries, tiers
-from trackd.server.errors import FailedPrecondition, NotFound, TrackdError, Unavailable
+from trackd.server.errors import (
+    FailedPrecondition,
+    TrackdError,
+    Unavailable,
+    run_not_found,
+)
 from trackd.server.store import events as event_store
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
@@ -185,7 +190,7 @@ class Writers:
         """The internal key of a run; NotFound if there is none."""
         pk = (await self.resolve_runs([run_id])).get(run_id)
         if pk is None:
-            raise NotFound(f"no run has id {run_id}", metadata={"run_id": run_id})
+            raise run_not_found(run_id)
         return pk
 
     # -- the writer ------------------------------------------------------------------------

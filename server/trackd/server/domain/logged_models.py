@@ -16,7 +16,13 @@ from trackd.server.domain import limits, names, paging, validation
 from trackd.server.domain.auth import policy
 from trackd.server.domain.search import parser
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    experiment_not_found,
+    model_not_found,
+)
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as store
 from trackd.server.store import runs as run_store
@@ -81,7 +87,7 @@ class LoggedModels:
         async def work(conn: Connection) -> None:
             exp = await experiment_store.stage(conn, eid)
             if exp is None:
-                raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
+                raise experiment_not_found(eid)
             if exp["lifecycle_stage"] != experiment_store.ACTIVE:
                 raise FailedPrecondition(
                     f"experiment {eid} is deleted; models cannot be created in it",
@@ -115,7 +121,7 @@ class LoggedModels:
         async def work(conn: Connection) -> LoggedModelView:
             row = await store.get(conn, model_id)
             if row is None or row["lifecycle_stage"] != store.ACTIVE:
-                raise _missing(model_id, row is not None)
+                raise model_not_found(model_id, row is not None)
             views = await load_views(conn, [row])
             return views[0]
 
@@ -302,7 +308,7 @@ async def resolve(
     for path, model_id in wanted:
         row = found.get(model_id)
         if row is None or row["lifecycle_stage"] != store.ACTIVE:
-            raise _missing(model_id, row is not None)
+            raise model_not_found(model_id, row is not None)
         if experiment_id is not None and row["experiment_id"] != experiment_id:
             v.add(
                 path,
@@ -313,17 +319,12 @@ async def resolve(
     return {model_id: row["model_pk"] for model_id, row in found.items()}
 
 
-def _missing(model_id: str, deleted: bool = False) -> NotFound:
-    what = "was deleted" if deleted else "does not exist"
-    return NotFound(f"logged model {model_id} {what}", metadata={"model_id": model_id})
-
-
 async def _lock_writable(conn: Connection, model_id: str) -> asyncpg.Record:
     """Locks a live model for a write; NotFound if there is none (or it was deleted),
     FailedPrecondition if its experiment is deleted."""
     row = await store.lock(conn, model_id)
     if row is None or row["lifecycle_stage"] != store.ACTIVE:
-        raise _missing(model_id, row is not None)
+        raise model_not_found(model_id, row is not None)
     if row["experiment_stage"] != experiment_store.ACTIVE:
         raise FailedPrecondition(
             f"model {model_id} belongs to deleted experiment {row['experiment_id']}",

@@ -18,7 +18,13 @@ from trackd.server.domain import datasets, ingest, limits, logged_models, names,
 from trackd.server.domain.auth import policy
 from trackd.server.domain.liveness import UNRESPONSIVE, Liveness
 from trackd.server.domain.validation import Violations
-from trackd.server.errors import FailedPrecondition, InvalidArgument, NotFound
+from trackd.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    experiment_not_found,
+    run_not_found,
+)
 from trackd.server.store import datasets as dataset_store
 from trackd.server.store import events as event_store
 from trackd.server.store import experiments as experiment_store
@@ -123,7 +129,7 @@ class Runs:
         async def work(conn: Connection) -> int:
             exp = await experiment_store.stage(conn, eid)
             if exp is None:
-                raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
+                raise experiment_not_found(eid)
             if exp["lifecycle_stage"] != experiment_store.ACTIVE:
                 raise FailedPrecondition(
                     f"experiment {eid} is deleted; runs cannot be created in it",
@@ -182,7 +188,7 @@ class Runs:
         async def work(conn: Connection) -> RunView:
             info = await store.get_info(conn, run_id, self.liveness.cutoff())
             if info is None:
-                raise _missing(run_id)
+                raise run_not_found(run_id)
             return (await load_views(conn, [info]))[0]
 
         return await self.db.read(work)
@@ -502,7 +508,7 @@ class Runs:
         async def work(conn: Connection) -> tuple[list[int], list[int], list[float]]:
             ref = await store.ref(conn, run_id)
             if ref is None:
-                raise _missing(run_id)
+                raise run_not_found(run_id)
             sid = await metric_store.series_id(conn, ref["run_pk"], key)
             if sid is None:
                 return [], [], []
@@ -536,7 +542,7 @@ class Runs:
         async def find(conn: Connection) -> int | None:
             ref = await store.ref(conn, run_id)
             if ref is None:
-                raise _missing(run_id)
+                raise run_not_found(run_id)
             return await metric_store.series_id(conn, ref["run_pk"], key)
 
         sid = await self.db.read(find)
@@ -713,14 +719,10 @@ def _user_id(user_id: str) -> str:
     return principal.name
 
 
-def _missing(run_id: str) -> NotFound:
-    return NotFound(f"no run has id {run_id}", metadata={"run_id": run_id})
-
-
 async def _lock(conn: Connection, run_id: str) -> asyncpg.Record:
     row = await store.lock(conn, run_id)
     if row is None:
-        raise _missing(run_id)
+        raise run_not_found(run_id)
     return row
 
 
@@ -751,7 +753,7 @@ async def _lock_writable_row(conn: Connection, run_id: str) -> asyncpg.Record:
 async def _lock_active_experiment(conn: Connection, eid: int) -> None:
     row = await experiment_store.lock(conn, eid)
     if row is None:
-        raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
+        raise experiment_not_found(eid)
     if row["lifecycle_stage"] != experiment_store.ACTIVE:
         raise FailedPrecondition(
             f"experiment {eid} is deleted; restore it first", metadata={"experiment_id": str(eid)}

@@ -27,6 +27,7 @@ from trackd.server.errors import (
     PermissionDenied,
     TrackdError,
     Unavailable,
+    run_not_found,
 )
 from trackd.server.store import metrics as store
 from trackd.v1 import run_service_pb2 as pb
@@ -209,7 +210,7 @@ class MetricStreams:
         for col in req.series:
             pk = run_pks.get(col.run_id)
             if pk is None:
-                raise NotFound(f"no run has id {col.run_id}", metadata={"run_id": col.run_id})
+                raise run_not_found(col.run_id)
             timestamps = list(col.timestamps)
             if not timestamps or 0 in timestamps:
                 now = now or now_ms()

@@ -82,9 +82,10 @@ from trackd.server.domain.validation import Violations, experiment_id, run_id
 from trackd.server.errors import (
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     TrackdError,
     Unavailable,
+    experiment_not_found,
+    run_not_found,
 )
 from trackd.server.store import events as store
 from trackd.server.store import experiments as experiment_store
@@ -530,12 +531,12 @@ class Watches:
             rid = run_id(request.run_id)
             ref = await self.db.read(lambda conn: run_store.ref(conn, rid))
             if ref is None:
-                raise NotFound(f"no run has id {rid}", metadata={"run_id": rid})
+                raise run_not_found(rid)
             return Target(ref["run_pk"], None, wanted, crc, ref["experiment_id"])
         if which == "experiment_id":
             eid = experiment_id(request.experiment_id)
             if await self.db.read(lambda conn: experiment_store.stage(conn, eid)) is None:
-                raise NotFound(f"no experiment has id {eid}", metadata={"experiment_id": str(eid)})
+                raise experiment_not_found(eid)
             return Target(None, eid, wanted, crc, eid)
         raise InvalidArgument.for_field("target", "name a run_id or an experiment_id")
 

@@ -18,7 +18,14 @@ from typing import Any
 from trackd.server.domain import validation
 from trackd.server.domain.auth.context import current_principal
 from trackd.server.domain.auth.principal import DEFAULT_WORKSPACE, Level, Principal
-from trackd.server.errors import InvalidArgument, NotFound, PermissionDenied
+from trackd.server.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    experiment_not_found,
+    model_not_found,
+    run_not_found,
+)
 from trackd.server.store import permissions as store
 from trackd.server.store.pool import Connection, Database
 
@@ -146,15 +153,6 @@ async def hidden(conn: Connection, experiment_id: int) -> bool:
     return not await visible_among(conn, [experiment_id])
 
 
-def _missing(resource: str, ident: str) -> NotFound:
-    """The NOT_FOUND of a missing resource, word for word as the domain says it."""
-    if resource == RUN:
-        return NotFound(f"no run has id {ident}", metadata={"run_id": ident})
-    if resource == MODEL:
-        return NotFound(f"logged model {ident} does not exist", metadata={"model_id": ident})
-    return NotFound(f"no experiment has id {ident}", metadata={"experiment_id": ident})
-
-
 def denied(resource: str, ident: str, needed: Level, held: Level) -> PermissionDenied:
     """The PERMISSION_DENIED of a visible resource whose level is too low."""
     return PermissionDenied(
@@ -234,7 +232,11 @@ class Authorizer:
             return None
         experiment_id, level = found
         if level == Level.NONE:
-            raise _missing(resource, ident)
+            if resource == RUN:
+                raise run_not_found(ident)
+            if resource == MODEL:
+                raise model_not_found(ident)
+            raise experiment_not_found(ident)
         if level < needed:
             raise denied(resource, ident, needed, level)
         return int(experiment_id)
