@@ -56,34 +56,25 @@ async def do_migrate(url: str) -> None:
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
 
 
-async def do_gc(cfg: config_mod.Config, url: str, older_than: float, grace: float) -> None:
+async def do_gc(cfg: config_mod.Config, url: str, older_than: float, grace: float | None) -> None:
     """`trackd gc`: drops the artifacts of runs and logged models deleted at least
     `older_than` seconds ago, then removes from the store every object no artifact refers
     to (replaced or deleted over `grace` seconds ago, or dropped now) and every upload
     untouched for the upload TTL."""
-    from pathlib import Path
-
     from trackd.server import app
     from trackd.server.clock import now_ms
-    from trackd.server.domain.artifacts import Artifacts
-    from trackd.server.store.blobs import open_store
+    from trackd.server.domain.artifacts import GARBAGE_GRACE_S
 
     db = await app.connect_database(url, min_size=1, max_size=2)
     try:
         await app.prepare_database(db, url)
-        try:
-            blobs = open_store(cfg.artifact_root, Path(cfg.data_dir))
-        except (ValueError, OSError) as exc:
-            raise StartupError(
-                f"cannot open the artifact store: {exc}; change "
-                f"{config_mod.setting('artifact_root')}"
-            ) from exc
-        artifacts = Artifacts(
-            db, blobs, max_bytes=cfg.artifact_max_bytes, upload_ttl_s=cfg.artifact_upload_ttl
-        )
+        artifacts = app.open_artifacts(cfg, db)
+        blobs = artifacts.blobs
         try:
             purged = await artifacts.purge_deleted(now_ms() - int(older_than * 1000))
-            swept = await artifacts.sweep(garbage_grace_s=grace)
+            swept = await artifacts.sweep(
+                garbage_grace_s=GARBAGE_GRACE_S if grace is None else grace
+            )
         finally:
             await blobs.close()
     finally:
@@ -125,10 +116,10 @@ def _parser() -> argparse.ArgumentParser:
         "--grace",
         dest="grace",
         type=_seconds,
-        default=3600.0,
+        default=None,
         metavar="SECONDS",
         help="keep replaced or deleted files' bytes this long for downloads in progress "
-        "(default 3600)",
+        "(default: the server's own sweep grace, one hour)",
     )
     identity_cli.add_commands(sub, _database_flags)
     return parser

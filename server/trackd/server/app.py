@@ -190,6 +190,23 @@ def auth_summary(config: Config) -> str:
     return f"auth is on ({tls}): " + ", ".join(ways)
 
 
+def open_artifacts(config: Config, db: Database) -> Artifacts:
+    """The artifacts domain over the store config.artifact_root names (StartupError naming
+    the setting when it cannot be opened)."""
+    try:
+        blobs = open_store(config.artifact_root, Path(config.data_dir))
+    except (ValueError, OSError) as exc:
+        raise StartupError(
+            f"cannot open the artifact store: {exc}; change {setting('artifact_root')}"
+        ) from exc
+    return Artifacts(
+        db,
+        blobs,
+        max_bytes=config.artifact_max_bytes,
+        upload_ttl_s=config.artifact_upload_ttl,
+    )
+
+
 async def start(config: Config, database_url: str) -> Running:
     """Migrates the database and starts serving on config.listen (port 0 picks a free one)."""
     credentials = server_credentials(config)
@@ -198,19 +215,8 @@ async def start(config: Config, database_url: str) -> Running:
     )
     try:
         await prepare_database(db, database_url)
-        try:
-            blobs = open_store(config.artifact_root, Path(config.data_dir))
-        except (ValueError, OSError) as exc:
-            raise StartupError(
-                f"cannot open the artifact store: {exc}; change {setting('artifact_root')}"
-            ) from exc
-        artifacts = Artifacts(
-            db,
-            blobs,
-            max_bytes=config.artifact_max_bytes,
-            upload_ttl_s=config.artifact_upload_ttl,
-        )
-        experiments = Experiments(db, config.artifact_root or blobs.uri)
+        artifacts = open_artifacts(config, db)
+        experiments = Experiments(db, config.artifact_root or artifacts.blobs.uri)
         await experiments.set_default_location()
     except BaseException:
         await db.close()

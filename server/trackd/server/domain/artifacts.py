@@ -95,6 +95,38 @@ def check_path(path: str, field: str, *, root_ok: bool = False) -> str:
     return path
 
 
+def _owner(kind: int, ident: str, row: Any) -> Owner:
+    """The Owner of a store.owner row; NotFound if there is none (a deleted logged model
+    is missing, a deleted run is not)."""
+    if row is None or (kind == store.MODEL and row["deleted"]):
+        raise run_not_found(ident) if kind == store.RUN else model_not_found(ident)
+    return Owner(
+        kind,
+        ident,
+        row["pk"],
+        row["experiment_id"],
+        row["artifact_uri"],
+        row["deleted"],
+        row["experiment_deleted"],
+    )
+
+
+def _upload_gone(upload_id: str) -> NotFound:
+    return NotFound(
+        f"no upload in progress has id {upload_id} (finished, abandoned or swept); "
+        "start a new upload",
+        metadata={"upload_id": upload_id},
+    )
+
+
+def _sha256(value: str, field: str) -> str:
+    """A SHA-256 as lowercase hex ("" for none); InvalidArgument if malformed."""
+    sha = value.lower()
+    if sha and not _SHA256_RE.fullmatch(sha):
+        raise InvalidArgument.for_field(field, "is not 64 hex digits")
+    return sha
+
+
 def check_range(offset: int, length: int) -> None:
     """InvalidArgument for a negative offset or length of a download."""
     if offset < 0:
@@ -259,25 +291,13 @@ class Artifacts:
         self.upload_ttl_s = upload_ttl_s
         # Uploads received by this process: a resumed one cancels the call still holding it.
         self._active: dict[str, tuple[asyncio.Task[Any], Upload]] = {}
-        blobs.staging_dir.mkdir(parents=True, exist_ok=True)
 
     # -- owners ------------------------------------------------------------------------
 
     async def owner(self, kind: int, ident: str) -> Owner:
         """The owner by kind and well-formed id; NotFound if missing (a deleted logged
         model is missing, a deleted run is not)."""
-        row = await self.db.read(lambda c: store.owner(c, kind, ident))
-        if row is None or (kind == store.MODEL and row["deleted"]):
-            raise run_not_found(ident) if kind == store.RUN else model_not_found(ident)
-        return Owner(
-            kind,
-            ident,
-            row["pk"],
-            row["experiment_id"],
-            row["artifact_uri"],
-            row["deleted"],
-            row["experiment_deleted"],
-        )
+        return _owner(kind, ident, await self.db.read(lambda c: store.owner(c, kind, ident)))
 
     def _too_large(self, size: int) -> ArtifactTooLarge:
         return ArtifactTooLarge(
@@ -297,9 +317,7 @@ class Artifacts:
             raise InvalidArgument.for_field("start.size", f"is {declared}; it must be >= 0")
         if declared is not None and declared > self.max_bytes:
             raise self._too_large(declared)
-        sha = start.sha256.lower()
-        if sha and not _SHA256_RE.fullmatch(sha):
-            raise InvalidArgument.for_field("start.sha256", "is not 64 hex digits")
+        sha = _sha256(start.sha256, "start.sha256")
         owner.writable()
         clash = await self.db.read(lambda c: store.conflict(c, owner.kind, owner.pk, path))
         if clash is not None:
@@ -339,12 +357,8 @@ class Artifacts:
             ) from None
         row = await self.db.read(lambda c: store.get_upload(c, upload_id))
         staged = self.blobs.staging_dir / upload_id
-        if row is None or not staged.exists():
-            raise NotFound(
-                f"no upload in progress has id {upload_id} (finished, abandoned or swept); "
-                "start a new upload",
-                metadata={"upload_id": upload_id},
-            )
+        if row is None:
+            raise _upload_gone(upload_id)
         if (row["owner_kind"], row["owner_pk"], row["path"]) != (owner.kind, owner.pk, path):
             raise FailedPrecondition(
                 f"upload {upload_id} is of another owner or path",
@@ -361,7 +375,11 @@ class Artifacts:
         upload = Upload(upload_id, owner, path, declared, sha or row["declared_sha256"], staged)
         self._hold(upload)
         # Rebuild the hash and counts from the bytes held (durable from here on).
-        upload.fd = await upload.io(os.open, staged, os.O_RDWR)
+        try:
+            upload.fd = await upload.io(os.open, staged, os.O_RDWR)
+        except FileNotFoundError:
+            self.release(upload)
+            raise _upload_gone(upload_id) from None  # swept meanwhile
         await upload.io(self._rehash, upload)
         upload.acked = upload.received
         await self.db.transact(lambda c: store.touch_upload(c, upload_id, now_ms()))
@@ -373,7 +391,8 @@ class Artifacts:
         with open(upload.staged, "rb") as f:
             while chunk := f.read(CHUNK_BYTES_MAX):
                 upload.hasher.update(chunk)
-                upload.newlines += chunk.count(b"\n")
+                if upload.csv:
+                    upload.newlines += chunk.count(b"\n")
                 upload.last_byte = chunk[-1:]
                 upload.received += len(chunk)
         os.lseek(upload.fd, upload.received, os.SEEK_SET)
@@ -469,9 +488,7 @@ class Artifacts:
         """Checks the upload's size and hash, stores its object and makes it visible; the
         stored file's row."""
         await self._drain(upload)
-        sha = sha256.lower()
-        if sha and not _SHA256_RE.fullmatch(sha):
-            raise InvalidArgument.for_field("finish.sha256", "is not 64 hex digits")
+        sha = _sha256(sha256, "finish.sha256")
         if sha and upload.declared_sha256 and sha != upload.declared_sha256:
             raise InvalidArgument.for_field(
                 "finish.sha256", "differs from the sha256 given in the start"
@@ -490,8 +507,7 @@ class Artifacts:
                 f"is {expected} but the bytes received hash to {actual}; the upload is "
                 "discarded, send the file again",
             )
-        await upload.io(os.fsync, upload.fd)
-        self.release(upload)
+        self.release(upload)  # put_file makes the bytes durable
         rows = None
         if upload.path.lower().endswith(".parquet"):
             rows = await asyncio.to_thread(_parquet_rows, upload.staged)
@@ -519,33 +535,23 @@ class Artifacts:
                     metadata={"upload_id": upload.upload_id},
                 )
             fresh = await store.owner(conn, owner.kind, owner.ident)
-            if fresh is None or (owner.kind == store.MODEL and fresh["deleted"]):
-                raise (
-                    run_not_found(owner.ident)
-                    if owner.kind == store.RUN
-                    else model_not_found(owner.ident)
-                )
-            Owner(
-                owner.kind,
-                owner.ident,
-                owner.pk,
-                owner.experiment_id,
-                owner.artifact_uri,
-                fresh["deleted"],
-                fresh["experiment_deleted"],
-            ).writable()
+            _owner(owner.kind, owner.ident, fresh).writable()
             clash = await store.conflict(conn, owner.kind, owner.pk, upload.path)
             if clash is not None:
                 raise self._conflict(upload.path, clash)
-            await store.put(conn, owner.kind, owner.pk, file, file["modified_ms"])
+            await store.put(conn, owner.kind, owner.pk, file)
+
+        async def discard(conn: Connection) -> None:
+            # Only while the upload is still this call's: the object is then nobody's. If
+            # the upload is gone, another call (or this one's commit) made it a file's.
+            if await store.end_upload(conn, upload.upload_id):
+                await store.add_garbage(conn, [key], 0)
 
         try:
             await self.db.transact(commit)
         except BaseException:
-            # The object is nobody's: remove it (now, or by the sweep).
             with contextlib.suppress(Exception):
-                await self.db.transact(lambda c: store.add_garbage(c, [key], 0))
-                await self.db.transact(lambda c: store.end_upload(c, upload.upload_id))
+                await self.db.transact(discard)
             raise
         finally:
             await asyncio.to_thread(_unlink, upload.staged)
@@ -559,9 +565,9 @@ class Artifacts:
 
     # -- reads -------------------------------------------------------------------------
 
-    async def stat(self, owner: Owner, path: str, field: str = "path") -> dict[str, Any]:
+    async def stat(self, owner: Owner, path: str) -> dict[str, Any]:
         """The file's row; NotFound for a missing file (or a directory)."""
-        check_path(path, field)
+        check_path(path, "path")
         row = await self.db.read(lambda c: store.get(c, owner.kind, owner.pk, path))
         if row is None:
             raise NotFound(
@@ -571,11 +577,8 @@ class Artifacts:
         return dict(row)
 
     async def read(self, file: dict[str, Any], offset: int, length: int) -> AsyncIterator[bytes]:
-        """The bytes of a file's range (length 0: to the end, cut at the end)."""
-        if offset < 0:
-            raise InvalidArgument.for_field("offset", f"is {offset}; it must be >= 0")
-        if length < 0:
-            raise InvalidArgument.for_field("length", f"is {length}; it must be >= 0")
+        """The bytes of a file's range (length 0: to the end, cut at the end); the caller
+        checks the range first (check_range)."""
         size: int = file["size"]
         offset = min(offset, size)
         count = size - offset if length == 0 else min(length, size - offset)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -142,6 +143,9 @@ def classify(exc: BaseException) -> TrackdError | None:
         return InvalidArgument(f"the database rejected a value: {exc}")
     if isinstance(exc, (*CONNECTION_ERRORS, TimeoutError)):
         return Unavailable(f"the database is unavailable: {type(exc).__name__}; retry the call")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        # A staged upload or an artifact object that does not fit on the server's disk.
+        return ResourceExhausted("the server's disk is full; retry later or ask its operator")
     return None
 
 

@@ -15,8 +15,6 @@ from trackd.server.store.pool import Connection
 
 RUN = 1
 MODEL = 2
-_ACTIVE = 1
-
 _RUN_OWNER = """
 SELECT r.run_pk AS pk, r.experiment_id, r.artifact_uri,
        r.lifecycle_stage <> 1 AS deleted, e.lifecycle_stage <> 1 AS experiment_deleted
@@ -43,18 +41,24 @@ LIMIT 1"""
 
 _LOCK_OWNER = "SELECT pg_advisory_xact_lock($1::int, $2::int)"
 
-_OLD_KEY = """
-SELECT object_key FROM artifacts
-WHERE owner_kind = $1 AND owner_pk = $2 AND path = $3 FOR UPDATE"""
 
-_UPSERT = """
-INSERT INTO artifacts (owner_kind, owner_pk, path, object_key, size, sha256, content_type,
-                       row_count, modified_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (owner_kind, owner_pk, path) DO UPDATE SET
-    object_key = EXCLUDED.object_key, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
-    content_type = EXCLUDED.content_type, row_count = EXCLUDED.row_count,
-    modified_ms = EXCLUDED.modified_ms"""
+# Creates or replaces a file row; the object of the row it replaces becomes garbage (the
+# caller holds the owner's lock, so the old row read here is the one replaced).
+_PUT = """
+WITH old AS (
+    SELECT object_key FROM artifacts WHERE owner_kind = $1 AND owner_pk = $2 AND path = $3
+), up AS (
+    INSERT INTO artifacts (owner_kind, owner_pk, path, object_key, size, sha256,
+                           content_type, row_count, modified_ms)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (owner_kind, owner_pk, path) DO UPDATE SET
+        object_key = EXCLUDED.object_key, size = EXCLUDED.size, sha256 = EXCLUDED.sha256,
+        content_type = EXCLUDED.content_type, row_count = EXCLUDED.row_count,
+        modified_ms = EXCLUDED.modified_ms
+)
+INSERT INTO artifact_garbage (object_key, since_ms)
+SELECT object_key, $9 FROM old WHERE object_key <> $4
+ON CONFLICT (object_key) DO NOTHING"""
 
 _GARBAGE = """
 INSERT INTO artifact_garbage (object_key, since_ms) SELECT unnest($1::text[]), $2
@@ -188,11 +192,11 @@ async def lock_owner(conn: Connection, kind: int, pk: int) -> None:
     await conn.execute(_LOCK_OWNER, 0x61727400 + kind, pk & 0x7FFFFFFF)
 
 
-async def put(conn: Connection, kind: int, pk: int, file: dict[str, Any], now_ms: int) -> None:
-    """Creates or replaces the file row; the object it replaces becomes garbage."""
-    old = await conn.fetchval(_OLD_KEY, kind, pk, file["path"])
+async def put(conn: Connection, kind: int, pk: int, file: dict[str, Any]) -> None:
+    """Creates or replaces the file row, in one statement; the object it replaces becomes
+    garbage from the file's modification time. The caller holds the owner's lock."""
     await conn.execute(
-        _UPSERT,
+        _PUT,
         kind,
         pk,
         file["path"],
@@ -203,8 +207,6 @@ async def put(conn: Connection, kind: int, pk: int, file: dict[str, Any], now_ms
         file["row_count"],
         file["modified_ms"],
     )
-    if old is not None and old != file["object_key"]:
-        await conn.execute(_GARBAGE, [old], now_ms)
 
 
 async def add_garbage(conn: Connection, keys: Sequence[str], since_ms: int) -> None:

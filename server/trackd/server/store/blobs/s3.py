@@ -20,6 +20,7 @@ import obstore
 from obstore.exceptions import BaseError, NotFoundError
 from obstore.store import S3Store as _ObstoreS3
 
+from trackd.server.errors import Unavailable
 from trackd.server.store.blobs import READ_CHUNK_BYTES, check_key
 
 if TYPE_CHECKING:
@@ -80,15 +81,18 @@ class S3Store:
         """Uploads `staged` to `key` (replacing an object there), in multipart parts read
         from the file, never the whole file in memory; done once the bucket has
         acknowledged the whole object. The staged file stays (the caller removes it).
-        Raises ValueError for a bad key and obstore's errors from the bucket."""
+        Raises ValueError for a bad key and Unavailable when the bucket fails."""
         check_key(key)
-        await obstore.put_async(
-            self._store,
-            key,
-            staged,
-            chunk_size=PART_BYTES,
-            max_concurrency=PART_CONCURRENCY,
-        )
+        try:
+            await obstore.put_async(
+                self._store,
+                key,
+                staged,
+                chunk_size=PART_BYTES,
+                max_concurrency=PART_CONCURRENCY,
+            )
+        except BaseError as e:
+            raise _unavailable(e) from e
 
     async def read(
         self, key: str, offset: int = 0, length: int | None = None
@@ -97,7 +101,7 @@ class S3Store:
         past the end is cut there), by ranged GETs of WINDOW_BYTES streamed in chunks of at
         most READ_CHUNK_BYTES. Raises, on the first iteration, FileNotFoundError if the
         object is missing, ValueError for a bad key or a negative offset or length, and
-        obstore's errors from the bucket (a GET that fails twice in a row without a
+        Unavailable when the bucket fails (a GET that fails twice in a row without a
         byte)."""
         check_key(key)
         if offset < 0 or (length is not None and length < 0):
@@ -106,6 +110,8 @@ class S3Store:
             size = (await obstore.head_async(self._store, key))["size"]
         except NotFoundError as e:
             raise FileNotFoundError(key) from e
+        except BaseError as e:
+            raise _unavailable(e) from e
         end = size if length is None else min(size, offset + length)
         pos = offset
         failures = 0
@@ -121,21 +127,23 @@ class S3Store:
                         yield chunk
             except NotFoundError as e:
                 raise FileNotFoundError(key) from e
-            except BaseError:
+            except BaseError as e:
                 # Objects are immutable, so a GET reopened from `pos` continues the same
                 # bytes; a request that timed out under a slow reader is reopened.
                 failures += 1
                 if failures >= 2:
-                    raise
+                    raise _unavailable(e) from e
 
     async def delete(self, key: str) -> None:
         """Removes `key`; a missing key is not an error. Raises ValueError for a bad key and
-        obstore's errors from the bucket."""
+        Unavailable when the bucket fails."""
         check_key(key)
         try:
             await obstore.delete_async(self._store, key)
         except NotFoundError:
             pass
+        except BaseError as e:
+            raise _unavailable(e) from e
 
     async def list_keys(self, prefix: str = "") -> AsyncIterator[str]:
         """Every key under the store's prefix that starts with `prefix`, a page of 1000 at
@@ -150,3 +158,10 @@ class S3Store:
 
     async def close(self) -> None:
         """Nothing to release: obstore's connection pool goes with the store."""
+
+
+def _unavailable(error: BaseError) -> Unavailable:
+    """What a caller sees of a bucket that failed: UNAVAILABLE, retry later."""
+    return Unavailable(
+        f"the artifact store did not answer ({type(error).__name__}); retry the call"
+    )
