@@ -104,6 +104,8 @@ class Heartbeats:
             self.sent += 1
         except grpc.aio.AioRpcError as err:
             log.debug("heartbeat of run %s failed: %s %s", run_id, err.code(), err.details())
+        except Exception as exc:  # noqa: BLE001 - best effort: a closed channel, say
+            log.debug("heartbeat of run %s failed: %r", run_id, exc)
 
 
 __all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "Heartbeats"]

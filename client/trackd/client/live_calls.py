@@ -13,7 +13,7 @@ from trackd.client import checks, inputs
 from trackd.client.calls import Calls, rpc
 from trackd.client.errors import from_rpc_error
 from trackd.client.live_entities import MetricAxis, MetricEnvelope, RunUpdate, axis_number
-from trackd.client.logger import RETRYABLE_CODES
+from trackd.client.transfer import retryable
 from trackd.v1 import run_service_pb2
 
 # Reconnects of a watch in a row without receiving anything, before it gives up.
@@ -148,7 +148,8 @@ class LiveCalls(Calls):
                     yield RunUpdate.from_proto(resp)
                 return
             except grpc.aio.AioRpcError as err:
-                if err.code() not in RETRYABLE_CODES or failures >= max_retries:
+                # A dropped connection, not an answer of trackd's (an INTERNAL it sent is final).
+                if not retryable(err) or failures >= max_retries:
                     raise from_rpc_error(err) from None
             finally:
                 call.cancel()

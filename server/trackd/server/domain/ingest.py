@@ -371,10 +371,11 @@ async def write_points(
         count = len(sids)
     # Summaries and tiers in one statement (one round trip).
     folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
-    await store.update_summaries_and_tiers(conn, folded, now_ms(), tiers.batch_rows(by_series))
+    now = now_ms()
+    await store.update_summaries_and_tiers(conn, folded, now, tiers.batch_rows(by_series))
     # The watch log: one event per series of a watched experiment, in this transaction
     # (WatchRun replays it).
-    await event_store.record_points(conn, by_series, locked, now_ms())
+    await event_store.record_points(conn, by_series, locked, now)
     return count
 
 

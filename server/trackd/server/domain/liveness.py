@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from trackd.server.clock import now_ms
 
-RUNNING = 1
-UNRESPONSIVE = 6
 DEFAULT_WINDOW_S = 120.0
 
 

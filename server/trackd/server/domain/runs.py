@@ -16,7 +16,7 @@ import asyncpg
 from trackd.server.clock import now_ms
 from trackd.server.domain import datasets, ingest, limits, logged_models, names, paging, validation
 from trackd.server.domain.auth import policy
-from trackd.server.domain.liveness import UNRESPONSIVE, Liveness
+from trackd.server.domain.liveness import Liveness
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import (
     FailedPrecondition,
@@ -36,7 +36,6 @@ from trackd.server.store.pool import Connection, Database
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
-RUNNING = 1
 HISTORY_CHUNK_DEFAULT = 50_000
 HISTORY_CHUNK_MAX = 200_000
 VALID_STATUSES = frozenset({1, 2, 3, 4, 5})
@@ -164,7 +163,7 @@ class Runs:
                 experiment_id=eid,
                 run_name=name,
                 user_id=user_id,
-                status=RUNNING,
+                status=store.RUNNING,
                 start_time=start_time or now_ms(),
                 artifact_uri=f"{exp['artifact_location']}/{run_id}/artifacts",
                 parent_run_pk=parent_pk,
@@ -199,7 +198,7 @@ class Runs:
         """Changes status (0 leaves it), end time and name (None leaves them)."""
         validation.run_id(run_id)
         v = Violations()
-        if status == UNRESPONSIVE:
+        if status == store.UNRESPONSIVE:
             v.add("status", "UNRESPONSIVE is derived when a run is read; it cannot be set")
         elif status != 0 and status not in VALID_STATUSES:
             v.add("status", f"{status} is not a RunStatus")

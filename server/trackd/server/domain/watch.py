@@ -31,9 +31,10 @@ Interest. Point events are most of the log's volume and most runs are never watc
 points are recorded only for experiments someone watches, or watched within
 --watch-retention (`watch_interest`: experiment_id, until_ms on the database's clock,
 since_seq). Status, params and tags events are few and always recorded.
-- A writer of points reads the experiments with live interest (one small query per group
-  commit) in the transaction that records them, just before it does, and records only their
-  series. That read holds the table's ACCESS SHARE lock until the writer commits.
+- A writer of points learns which of its series' experiments have live interest in its
+  series lock query (store.metrics.LOCK_SERIES, column `watched`: no query of its own), in
+  the transaction that records them, and records only those series. That read holds the
+  table's ACCESS SHARE lock until the writer commits.
 - A watch call, before it takes its start position or checks its resume position, registers
   interest in its experiment (a run's: the run's experiment): in one transaction, it locks
   watch_interest in ACCESS EXCLUSIVE mode (the only mode that conflicts with ACCESS SHARE),
@@ -366,11 +367,18 @@ class Watches:
         since_seq and until when (monotonic time) it is certainly live."""
         started = time.monotonic()
 
+        for_ms = int(self.retention * 1000)
+
+        async def extend(conn: Connection) -> tuple[int, int] | None:
+            return await store.extend_interest(conn, experiment, for_ms)
+
         async def work(conn: Connection) -> tuple[int, int]:
-            return await store.register_interest(conn, experiment, int(self.retention * 1000))
+            return await store.register_interest(conn, experiment, for_ms)
 
         try:
-            since, left_ms = await self.db.transact(work)
+            # Live interest goes on without stopping writers; only a new stretch locks.
+            found = await self.db.transact(extend)
+            since, left_ms = found if found is not None else await self.db.transact(work)
         except asyncpg.LockNotAvailableError:
             raise Unavailable("could not register the watch in time; retry") from None
         # The database's clock read `left_ms` after `started`: the deadline errs early.
@@ -523,21 +531,26 @@ class Watches:
             for i, key in enumerate(keys):
                 v.key(f"metric_keys[{i}]", key)
         v.raise_if_any()
-        crc = zlib.crc32(f"{which}:{getattr(request, which) if which else ''}".encode())
-        for key in sorted(set(keys)):
-            crc = zlib.crc32(key.encode() + b"\x00", crc)
         wanted = sorted(set(keys)) or None
+
+        def crc_of(ident: object) -> int:
+            # Of the parsed id, so that "7" and "007" name the same target.
+            crc = zlib.crc32(f"{which}:{ident}".encode())
+            for key in wanted or ():
+                crc = zlib.crc32(key.encode() + b"\x00", crc)
+            return crc
+
         if which == "run_id":
             rid = run_id(request.run_id)
             ref = await self.db.read(lambda conn: run_store.ref(conn, rid))
             if ref is None:
                 raise run_not_found(rid)
-            return Target(ref["run_pk"], None, wanted, crc, ref["experiment_id"])
+            return Target(ref["run_pk"], None, wanted, crc_of(rid), ref["experiment_id"])
         if which == "experiment_id":
             eid = experiment_id(request.experiment_id)
             if await self.db.read(lambda conn: experiment_store.stage(conn, eid)) is None:
                 raise experiment_not_found(eid)
-            return Target(None, eid, wanted, crc, eid)
+            return Target(None, eid, wanted, crc_of(eid), eid)
         raise InvalidArgument.for_field("target", "name a run_id or an experiment_id")
 
     async def _read(

@@ -20,9 +20,12 @@ POINTS = 1
 STATUS = 2
 DATA = 3
 
-# Each statement appends events and notifies CHANNEL with a hint (an experiment id) that
-# something committed; PostgreSQL folds identical notifications of one transaction.
-RECORD_POINTS = """
+# Each statement appends events and notifies CHANNEL that something committed (no payload:
+# listeners read the log from their positions); PostgreSQL folds identical notifications
+# of one transaction.
+_NOTIFY = f"SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM ins)"  # noqa: S608
+
+RECORD_POINTS = f"""
 WITH ins AS (
     INSERT INTO run_events (run_pk, experiment_id, kind, key, points, columns, created_ms)
     SELECT s.run_pk, r.experiment_id, 1, s.key, u.n, u.c, $4
@@ -32,27 +35,27 @@ WITH ins AS (
     ORDER BY u.i
     RETURNING experiment_id
 )
-SELECT pg_notify('trackd_events', min(experiment_id)::text) FROM ins HAVING count(*) > 0"""
+{_NOTIFY}"""  # noqa: S608
 
-RECORD_STATUS = """
+RECORD_STATUS = f"""
 WITH ins AS (
     INSERT INTO run_events (run_pk, experiment_id, kind, status, end_time, created_ms)
     SELECT run_pk, experiment_id, 2, status, end_time, $2 FROM runs WHERE run_pk = $1
     RETURNING experiment_id
 )
-SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
+{_NOTIFY}"""  # noqa: S608
 
-RECORD_DATA = """
+RECORD_DATA = f"""
 WITH ins AS (
     INSERT INTO run_events (run_pk, experiment_id, kind, names, vals, params, created_ms)
     SELECT run_pk, experiment_id, 3, $2::text[], $3::text[], $4, $5 FROM runs WHERE run_pk = $1
     RETURNING experiment_id
 )
-SELECT pg_notify('trackd_events', experiment_id::text) FROM ins"""
+{_NOTIFY}"""  # noqa: S608
 
-# The database's clock in ms, as of the start of the statement. Writers compare interest
-# with it, so the interest's expiry does not depend on the clocks of the trackd servers.
-_NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
+# The database's clock in milliseconds since the epoch: watch_interest's expiries are on it,
+# so that servers with different clocks agree (store.metrics.LOCK_SERIES reads them too).
+NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 
 # Whether points are recorded is read by every transaction that writes points, in its
 # series lock query (store.metrics.LOCK_SERIES, column `watched`), before it records them:
@@ -69,15 +72,24 @@ LOCK_INTEREST = "SET LOCAL lock_timeout = '10s'; LOCK TABLE watch_interest IN AC
 # the interest has left.
 REGISTER = f"""
 INSERT INTO watch_interest AS w (experiment_id, until_ms, since_seq)
-VALUES ($1, {_NOW_MS} + $2, nextval(pg_get_serial_sequence('run_events', 'seq')))
+VALUES ($1, {NOW_MS} + $2, nextval(pg_get_serial_sequence('run_events', 'seq')))
 ON CONFLICT (experiment_id) DO UPDATE SET
-    until_ms = CASE WHEN w.until_ms > {_NOW_MS}
+    until_ms = CASE WHEN w.until_ms > {NOW_MS}
                     THEN greatest(w.until_ms, EXCLUDED.until_ms) ELSE EXCLUDED.until_ms END,
-    since_seq = CASE WHEN w.until_ms > {_NOW_MS} THEN w.since_seq ELSE EXCLUDED.since_seq END
-RETURNING since_seq, until_ms - {_NOW_MS} AS left_ms"""  # noqa: S608
+    since_seq = CASE WHEN w.until_ms > {NOW_MS} THEN w.since_seq ELSE EXCLUDED.since_seq END
+RETURNING since_seq, until_ms - {NOW_MS} AS left_ms"""  # noqa: S608
 
 # Expired interest: no writer records for it any more, and a registration starts anew.
-FORGET_INTEREST = f"DELETE FROM watch_interest WHERE until_ms <= {_NOW_MS}"  # noqa: S608
+# Extends a stretch of interest that is live for EXTEND_MARGIN_MS more at least: writers
+# already record its points, and it cannot expire before this commits, so no lock is needed
+# (writers are not stopped). No row: the caller registers under LOCK_INTEREST instead.
+EXTEND_MARGIN_MS = 10_000
+EXTEND = f"""
+UPDATE watch_interest SET until_ms = greatest(until_ms, {NOW_MS} + $2)
+WHERE experiment_id = $1 AND until_ms > {NOW_MS} + {EXTEND_MARGIN_MS}
+RETURNING since_seq, until_ms - {NOW_MS} AS left_ms"""  # noqa: S608
+
+FORGET_INTEREST = f"DELETE FROM watch_interest WHERE until_ms <= {NOW_MS}"  # noqa: S608
 
 # The last seq handed out (by any transaction, committed or not); 0 before the first.
 LAST_SEQ = """
@@ -157,8 +169,7 @@ async def record_points(
     the series whose experiment is watched, or was within the retention: `watched` of its
     row in `series_rows`, read by the series lock query (store.metrics.LOCK_SERIES) in this
     transaction. That read of watch_interest takes the ACCESS SHARE lock, held until
-    commit, that a registration waits for (as INTERESTED's would); it costs no query of its
-    own."""
+    commit, that a registration waits for; it costs no query of its own."""
     sids, counts, cols = [], [], []
     for sid, (steps, stamps, values) in by_series.items():
         if steps and series_rows[sid]["watched"]:
@@ -191,11 +202,21 @@ async def record_data(
 async def register_interest(conn: Connection, experiment_id: int, for_ms: int) -> tuple[int, int]:
     """Registers interest in an experiment for `for_ms` from now, once every transaction
     that may have read watch_interest before has ended; returns (since_seq, ms left). The
-    caller commits at once (the lock stops every writer of points meanwhile)."""
+    caller commits at once (the lock stops every writer of points meanwhile), and tries
+    extend_interest first, in a transaction of its own."""
     await conn.execute(LOCK_INTEREST)
     row = await conn.fetchrow(REGISTER, experiment_id, for_ms)
     assert row is not None
     return row["since_seq"], row["left_ms"]
+
+
+async def extend_interest(
+    conn: Connection, experiment_id: int, for_ms: int
+) -> tuple[int, int] | None:
+    """Extends live interest in an experiment to `for_ms` from now without a lock (see
+    EXTEND); (since_seq, ms left), or None when it is not live enough (register it)."""
+    row = await conn.fetchrow(EXTEND, experiment_id, for_ms)
+    return None if row is None else (row["since_seq"], row["left_ms"])
 
 
 async def forget_interest(conn: Connection) -> None:

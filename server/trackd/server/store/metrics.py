@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from trackd.server.store import tiers
+from trackd.server.store import events, tiers
 from trackd.server.store.pool import Connection
 
 # Creates the missing series of (run, key) pairs, in (run, key) order so that concurrent
@@ -30,21 +30,21 @@ FROM metric_series s JOIN wanted w ON s.run_pk = w.r AND s.key = w.k"""
 
 # Locks series rows (in id order, the one lock order every writer of series uses) and
 # returns their summaries with the lifecycle stages of their runs and experiments.
-LOCK_SERIES = """
+LOCK_SERIES = f"""
 SELECT s.series_id, s.count, s.nan_count, s.pos_inf_count, s.neg_inf_count, s.min_value,
        s.max_value, s.finite_mean, s.finite_m2, s.first_step, s.last_step, s.latest_step,
        s.latest_ts, s.latest_value, s.run_pk, r.experiment_id,
        r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage,
        EXISTS (SELECT 1 FROM watch_interest w
                WHERE w.experiment_id = r.experiment_id
-                 AND w.until_ms > (extract(epoch FROM statement_timestamp()) * 1000)::bigint)
+                 AND w.until_ms > {events.NOW_MS})
            AS watched
 FROM metric_series s
 JOIN runs r ON r.run_pk = s.run_pk
 JOIN experiments e ON e.experiment_id = r.experiment_id
 WHERE s.series_id = ANY($1::bigint[])
 ORDER BY s.series_id
-FOR NO KEY UPDATE OF s"""
+FOR NO KEY UPDATE OF s"""  # noqa: S608
 
 # Inserts points; an exact duplicate (of a stored point or of another point of the same
 # statement) is skipped, and only the inserted points come back.
@@ -165,7 +165,8 @@ async def insert_points(
             return None
         except asyncpg.UniqueViolationError:
             pass  # a duplicate somewhere: take the path that skips duplicates
-    return list(await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values))
+    rows = await conn.fetch(INSERT_POINTS, series_ids, steps, timestamps, values)
+    return None if len(rows) == len(series_ids) else list(rows)
 
 
 def _shifted(sql: str, by: int) -> str:
@@ -187,26 +188,15 @@ async def update_summaries_and_tiers(
     touched_ms: int,
     tier_rows: Sequence[tuple[object, ...]],
 ) -> None:
-    """update_summaries and store.tiers.upsert in one statement (either may be empty)."""
-    if not tier_rows:
-        if summaries:
-            await update_summaries(conn, summaries, touched_ms)
-        return
-    if not summaries:
-        await tiers.upsert(conn, tier_rows)
-        return
-    await conn.execute(
-        UPDATE_SUMMARIES_AND_TIERS,
-        *([s[c] for s in summaries] for c in SUMMARY_COLUMNS),
-        touched_ms,
-        *tiers.upsert_args(tier_rows),
-    )
-
-
-async def update_summaries(conn: Connection, summaries: Sequence[dict[str, Any]], now: int) -> None:
-    """Writes folded summaries back (dicts with every column of summaries.COLUMNS) and
-    marks the series as touched at `now`, the server's time in milliseconds."""
-    await conn.execute(UPDATE_SUMMARIES, *([s[c] for s in summaries] for c in SUMMARY_COLUMNS), now)
+    """Writes folded summaries back (dicts with every column of summaries.COLUMNS), each
+    series stamped `touched_ms`, and folds the tiers' blocks, in one statement."""
+    if summaries:
+        await conn.execute(
+            UPDATE_SUMMARIES_AND_TIERS,
+            *([s[c] for s in summaries] for c in SUMMARY_COLUMNS),
+            touched_ms,
+            *tiers.upsert_args(tier_rows),
+        )
 
 
 async def run_pks(conn: Connection, run_ids: Sequence[str]) -> dict[str, int]:

@@ -166,11 +166,6 @@ def upsert_args(rows: Sequence[tuple[object, ...]]) -> tuple[str, str, int]:
     return _literal(ints), _literal(floats), len(rows)
 
 
-async def upsert(conn: Connection, rows: Sequence[tuple[object, ...]]) -> None:
-    """Folds blocks (rows in TIER_COLUMNS order, one per key) into the stored ones."""
-    await conn.execute(UPSERT, *upsert_args(rows))
-
-
 def _literal(values: Iterable[object]) -> str:
     """An array literal of ints or floats (None as NULL; str of a float is its shortest
     exact form, and nan, inf and -inf read back as NaN, Infinity and -Infinity)."""
