@@ -638,3 +638,26 @@ async def test_resume_after_the_interest_expired_is_failed_precondition(  # type
                 assert not seen.series(run, "lost")
     finally:
         await short.stop(1.0)
+
+
+async def test_a_second_watch_of_a_watched_experiment_does_not_stop_writers(  # type: ignore[no-untyped-def]
+    runs, experiments, database_url
+) -> None:
+    """Registering interest that is live extends it without the lock that waits for every
+    transaction that read watch_interest: a transaction holding that read open (as a
+    writer of points does until it commits) does not hold the second watch back."""
+    eid = await new_experiment(experiments)
+    run = (await new_run(runs, eid)).info.run_id
+    async with watching(runs, experiment_id=eid) as first:
+        await synced(first, runs, run)
+        writer = await asyncpg.connect(database_url)
+        try:
+            tx = writer.transaction()
+            await tx.start()
+            await writer.fetch("SELECT experiment_id FROM watch_interest")  # ACCESS SHARE
+            async with watching(runs, experiment_id=eid) as second:
+                # Within a few seconds, not after the writer ends (it never does here).
+                await synced(second, runs, run)
+            await tx.rollback()
+        finally:
+            await writer.close()
