@@ -165,10 +165,25 @@ def check_invalid(err: grpc.aio.AioRpcError, field: str, fragment: str = "") -> 
 
 
 async def run_upload(stub, msgs: list) -> tuple[list, grpc.aio.AioRpcError | None]:  # type: ignore[no-untyped-def,type-arg]
-    """The responses of an upload call and its error (None when it ended OK)."""
+    """The responses of an upload call and its error (None when it ended OK).
+
+    Like trackd's client, it waits for the answer to a `start` message before it sends
+    more: a write racing the server's refusal of the start fails inside the gRPC core,
+    which then reports INTERNAL ("Internal error from Core") instead of trackd's status."""
     out = []
+    call = stub.UploadArtifact()
     try:
-        async for resp in stub.UploadArtifact(iter(msgs)):
+        rest = list(msgs)
+        if rest and rest[0].WhichOneof("message") == "start":
+            await call.write(rest.pop(0))
+            first = await call.read()
+            if first == grpc.aio.EOF:
+                return out, None
+            out.append(first)
+        for msg in rest:
+            await call.write(msg)
+        await call.done_writing()
+        while (resp := await call.read()) != grpc.aio.EOF:
             out.append(resp)
     except grpc.aio.AioRpcError as err:
         return out, err
