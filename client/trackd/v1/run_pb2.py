@@ -27,23 +27,29 @@ from trackd.v1 import dataset_pb2 as trackd_dot_v1_dot_dataset__pb2
 from trackd.v1 import metric_pb2 as trackd_dot_v1_dot_metric__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13trackd/v1/run.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\"\x97\x01\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.trackd.v1.RunData\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trackd.v1.RunInputs\x12&\n\x07outputs\x18\x04 \x01(\x0b\x32\x15.trackd.v1.RunOutputs\"\x81\x02\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x07 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\t \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\x12\x16\n\x0elast_seen_time\x18\n \x01(\x03\"\xa4\x01\n\x07RunData\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x03 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x32\n\x10metric_summaries\x18\x04 \x03(\x0b\x32\x18.trackd.v1.MetricSummary\"#\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"$\n\x06RunTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*\xbd\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x12\x1b\n\x17RUN_STATUS_UNRESPONSIVE\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13trackd/v1/run.proto\x12\ttrackd.v1\x1a\x16trackd/v1/common.proto\x1a\x17trackd/v1/dataset.proto\x1a\x16trackd/v1/metric.proto\"?\n\tRunSource\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.trackd.v1.RunSourceType\x12\n\n\x02id\x18\x02 \x01(\t\"\xb1\x01\n\x03Run\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.trackd.v1.RunInfo\x12 \n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x12.trackd.v1.RunData\x12$\n\x06inputs\x18\x03 \x01(\x0b\x32\x14.trackd.v1.RunInputs\x12&\n\x07outputs\x18\x04 \x01(\x0b\x32\x15.trackd.v1.RunOutputs\x12\x18\n\x10\x64\x65scendant_match\x18\x05 \x01(\x08\"\xc8\x03\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08run_name\x18\x02 \x01(\t\x12\x15\n\rexperiment_id\x18\x03 \x01(\t\x12\x0f\n\x07user_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0e\x32\x14.trackd.v1.RunStatus\x12\x12\n\nstart_time\x18\x06 \x01(\x03\x12\x10\n\x08\x65nd_time\x18\x07 \x01(\x03\x12\x14\n\x0c\x61rtifact_uri\x18\x08 \x01(\t\x12\x32\n\x0flifecycle_stage\x18\t \x01(\x0e\x32\x19.trackd.v1.LifecycleStage\x12\x16\n\x0elast_seen_time\x18\n \x01(\x03\x12\x15\n\rparent_run_id\x18\x0b \x01(\t\x12\x14\n\x0chas_children\x18\x0c \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\r \x01(\t\x12\x14\n\x0c\x65xternal_url\x18\x0e \x01(\t\x12$\n\x06source\x18\x0f \x01(\x0b\x32\x14.trackd.v1.RunSource\x12\x15\n\x08\x64uration\x18\x10 \x01(\x01H\x00\x88\x01\x01\x12\x14\n\x0c\x64\x65leted_time\x18\x11 \x01(\x03\x12\r\n\x05\x64\x65pth\x18\x12 \x01(\x05\x42\x0b\n\t_duration\"\xa4\x01\n\x07RunData\x12\"\n\x07metrics\x18\x01 \x03(\x0b\x32\x11.trackd.v1.Metric\x12 \n\x06params\x18\x02 \x03(\x0b\x32\x10.trackd.v1.Param\x12\x1f\n\x04tags\x18\x03 \x03(\x0b\x32\x11.trackd.v1.RunTag\x12\x32\n\x10metric_summaries\x18\x04 \x03(\x0b\x32\x18.trackd.v1.MetricSummary\"G\n\x05Param\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\"\n\x04type\x18\x03 \x01(\x0e\x32\x14.trackd.v1.ParamType\"$\n\x06RunTag\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t*\xbd\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x01\x12\x18\n\x14RUN_STATUS_SCHEDULED\x10\x02\x12\x17\n\x13RUN_STATUS_FINISHED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x15\n\x11RUN_STATUS_KILLED\x10\x05\x12\x1b\n\x17RUN_STATUS_UNRESPONSIVE\x10\x06*\xbe\x01\n\rRunSourceType\x12\x1f\n\x1bRUN_SOURCE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13RUN_SOURCE_TYPE_JOB\x10\x01\x12\x1c\n\x18RUN_SOURCE_TYPE_NOTEBOOK\x10\x02\x12\x1d\n\x19RUN_SOURCE_TYPE_CONTAINER\x10\x03\x12\x1b\n\x17RUN_SOURCE_TYPE_PROJECT\x10\x04\x12\x19\n\x15RUN_SOURCE_TYPE_LOCAL\x10\x05*~\n\tParamType\x12\x1a\n\x16PARAM_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11PARAM_TYPE_STRING\x10\x01\x12\x12\n\x0ePARAM_TYPE_INT\x10\x02\x12\x15\n\x11PARAM_TYPE_DOUBLE\x10\x03\x12\x13\n\x0fPARAM_TYPE_BOOL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'trackd.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=764
-  _globals['_RUNSTATUS']._serialized_end=953
-  _globals['_RUN']._serialized_start=108
-  _globals['_RUN']._serialized_end=259
-  _globals['_RUNINFO']._serialized_start=262
-  _globals['_RUNINFO']._serialized_end=519
-  _globals['_RUNDATA']._serialized_start=522
-  _globals['_RUNDATA']._serialized_end=686
-  _globals['_PARAM']._serialized_start=688
-  _globals['_PARAM']._serialized_end=723
-  _globals['_RUNTAG']._serialized_start=725
-  _globals['_RUNTAG']._serialized_end=761
+  _globals['_RUNSTATUS']._serialized_start=1090
+  _globals['_RUNSTATUS']._serialized_end=1279
+  _globals['_RUNSOURCETYPE']._serialized_start=1282
+  _globals['_RUNSOURCETYPE']._serialized_end=1472
+  _globals['_PARAMTYPE']._serialized_start=1474
+  _globals['_PARAMTYPE']._serialized_end=1600
+  _globals['_RUNSOURCE']._serialized_start=107
+  _globals['_RUNSOURCE']._serialized_end=170
+  _globals['_RUN']._serialized_start=173
+  _globals['_RUN']._serialized_end=350
+  _globals['_RUNINFO']._serialized_start=353
+  _globals['_RUNINFO']._serialized_end=809
+  _globals['_RUNDATA']._serialized_start=812
+  _globals['_RUNDATA']._serialized_end=976
+  _globals['_PARAM']._serialized_start=978
+  _globals['_PARAM']._serialized_end=1049
+  _globals['_RUNTAG']._serialized_start=1051
+  _globals['_RUNTAG']._serialized_end=1087
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,116 @@ INVALID_ARGUMENT.
 """
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
+class _RunSourceType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunSourceTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunSourceType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_SOURCE_TYPE_UNSPECIFIED: _RunSourceType.ValueType  # 0
+    """No source recorded."""
+    RUN_SOURCE_TYPE_JOB: _RunSourceType.ValueType  # 1
+    """A batch or scheduled job; the id is the job's id (a Foundry jobRid, a PAI
+    TrainingService job, a Databricks job run).
+    """
+    RUN_SOURCE_TYPE_NOTEBOOK: _RunSourceType.ValueType  # 2
+    """A notebook; the id is its path or id."""
+    RUN_SOURCE_TYPE_CONTAINER: _RunSourceType.ValueType  # 3
+    """A container or pod; the id is its id (a Foundry containerRid, a Kubernetes pod)."""
+    RUN_SOURCE_TYPE_PROJECT: _RunSourceType.ValueType  # 4
+    """A project (MLflow's PROJECT source); the id is its URI."""
+    RUN_SOURCE_TYPE_LOCAL: _RunSourceType.ValueType  # 5
+    """A script on a workstation (MLflow's LOCAL source); the id is its path."""
+
+class RunSourceType(_RunSourceType, metaclass=_RunSourceTypeEnumTypeWrapper):
+    """RunSourceType is the kind of thing that created a run."""
+
+RUN_SOURCE_TYPE_UNSPECIFIED: RunSourceType.ValueType  # 0
+"""No source recorded."""
+RUN_SOURCE_TYPE_JOB: RunSourceType.ValueType  # 1
+"""A batch or scheduled job; the id is the job's id (a Foundry jobRid, a PAI
+TrainingService job, a Databricks job run).
+"""
+RUN_SOURCE_TYPE_NOTEBOOK: RunSourceType.ValueType  # 2
+"""A notebook; the id is its path or id."""
+RUN_SOURCE_TYPE_CONTAINER: RunSourceType.ValueType  # 3
+"""A container or pod; the id is its id (a Foundry containerRid, a Kubernetes pod)."""
+RUN_SOURCE_TYPE_PROJECT: RunSourceType.ValueType  # 4
+"""A project (MLflow's PROJECT source); the id is its URI."""
+RUN_SOURCE_TYPE_LOCAL: RunSourceType.ValueType  # 5
+"""A script on a workstation (MLflow's LOCAL source); the id is its path."""
+Global___RunSourceType: _TypeAlias = RunSourceType  # noqa: Y015
+
+class _ParamType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ParamTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ParamType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PARAM_TYPE_UNSPECIFIED: _ParamType.ValueType  # 0
+    """Untyped: MLflow's string param, as logged by a client that sends no type. It compares
+    as a string only.
+    """
+    PARAM_TYPE_STRING: _ParamType.ValueType  # 1
+    """A string; compares as a string only."""
+    PARAM_TYPE_INT: _ParamType.ValueType  # 2
+    """A 64-bit integer, its value a decimal such as "-42". Compares by value with numbers."""
+    PARAM_TYPE_DOUBLE: _ParamType.ValueType  # 3
+    """A double, its value as a decimal or exponent literal such as "0.001", "1e-05", "nan",
+    "inf" or "-inf". Compares by value with numbers.
+    """
+    PARAM_TYPE_BOOL: _ParamType.ValueType  # 4
+    """A boolean, its value "true" or "false" in any letter case (Python's "True" and
+    "False"). Compares as a string only.
+    """
+
+class ParamType(_ParamType, metaclass=_ParamTypeEnumTypeWrapper):
+    """ParamType is the type a param was logged with."""
+
+PARAM_TYPE_UNSPECIFIED: ParamType.ValueType  # 0
+"""Untyped: MLflow's string param, as logged by a client that sends no type. It compares
+as a string only.
+"""
+PARAM_TYPE_STRING: ParamType.ValueType  # 1
+"""A string; compares as a string only."""
+PARAM_TYPE_INT: ParamType.ValueType  # 2
+"""A 64-bit integer, its value a decimal such as "-42". Compares by value with numbers."""
+PARAM_TYPE_DOUBLE: ParamType.ValueType  # 3
+"""A double, its value as a decimal or exponent literal such as "0.001", "1e-05", "nan",
+"inf" or "-inf". Compares by value with numbers.
+"""
+PARAM_TYPE_BOOL: ParamType.ValueType  # 4
+"""A boolean, its value "true" or "false" in any letter case (Python's "True" and
+"False"). Compares as a string only.
+"""
+Global___ParamType: _TypeAlias = ParamType  # noqa: Y015
+
+@_typing.final
+class RunSource(_message.Message):
+    """RunSource is what created a run: a kind plus an id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    type: Global___RunSourceType.ValueType
+    """Kind of source; RUN_SOURCE_TYPE_UNSPECIFIED with an empty id means none."""
+    id: _builtins.str
+    """Identifier of the source within its kind; at most 500 characters. Requires a type."""
+    def __init__(
+        self,
+        *,
+        type: Global___RunSourceType.ValueType = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunSource: _TypeAlias = RunSource  # noqa: Y015
+
 @_typing.final
 class Run(_message.Message):
     """Run is one execution of training or evaluation code, with what it logged."""
@@ -80,6 +190,12 @@ class Run(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    DESCENDANT_MATCH_FIELD_NUMBER: _builtins.int
+    descendant_match: _builtins.bool
+    """Set only in SearchRuns results with root_runs_only and a filter: some descendant of
+    this root run (a child, a grandchild, ...) matches the filter. The root itself may
+    match too; a root that does not match is returned only when this is true.
+    """
     @_builtins.property
     def info(self) -> Global___RunInfo:
         """Identity, status and times of the run."""
@@ -103,10 +219,11 @@ class Run(_message.Message):
         data: Global___RunData | None = ...,
         inputs: _dataset_pb2.RunInputs | None = ...,
         outputs: _dataset_pb2.RunOutputs | None = ...,
+        descendant_match: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "info", b"info", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "descendant_match", b"descendant_match", "info", b"info", "inputs", b"inputs", "outputs", b"outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,6 +245,14 @@ class RunInfo(_message.Message):
     ARTIFACT_URI_FIELD_NUMBER: _builtins.int
     LIFECYCLE_STAGE_FIELD_NUMBER: _builtins.int
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    HAS_CHILDREN_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EXTERNAL_URL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    DELETED_TIME_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Identifier: 32 lowercase hex digits."""
     run_name: _builtins.str
@@ -150,6 +275,33 @@ class RunInfo(_message.Message):
     """When the server last heard from the run (a heartbeat or a metric point it received),
     in milliseconds since the Unix epoch; its start time if never.
     """
+    parent_run_id: _builtins.str
+    """Identifier of the parent run, for a nested run; empty for a root run. Set when the run
+    is created and never changed; also the `mlflow.parentRunId` tag.
+    """
+    has_children: _builtins.bool
+    """Whether the run has active (not deleted) child runs."""
+    description: _builtins.str
+    """Free-text description; at most 8000 characters. Also the `mlflow.note.content` tag
+    (MLflow's run description): setting either sets both.
+    """
+    external_url: _builtins.str
+    """A link to the run elsewhere (a job's page, a dashboard): an absolute http or https URL
+    of at most 2000 characters; empty for none.
+    """
+    duration: _builtins.float
+    """Duration in seconds: end_time minus start_time once the run has an end time; the
+    server's now minus start_time while it is RUNNING (UNRESPONSIVE included); unset for
+    a run that ended without an end time, or is SCHEDULED.
+    """
+    deleted_time: _builtins.int
+    """When the run was deleted, in milliseconds since the Unix epoch; 0 while it is active."""
+    depth: _builtins.int
+    """Nesting depth: 0 for a root run, its parent's depth plus one for a child; at most 100."""
+    @_builtins.property
+    def source(self) -> Global___RunSource:
+        """What created the run (a job, a notebook, a container); unset for none."""
+
     def __init__(
         self,
         *,
@@ -163,12 +315,22 @@ class RunInfo(_message.Message):
         artifact_uri: _builtins.str = ...,
         lifecycle_stage: _common_pb2.LifecycleStage.ValueType = ...,
         last_seen_time: _builtins.int = ...,
+        parent_run_id: _builtins.str = ...,
+        has_children: _builtins.bool = ...,
+        description: _builtins.str = ...,
+        external_url: _builtins.str = ...,
+        source: Global___RunSource | None = ...,
+        duration: _builtins.float | None = ...,
+        deleted_time: _builtins.int = ...,
+        depth: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration", b"_duration", "duration", b"duration", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_uri", b"artifact_uri", "end_time", b"end_time", "experiment_id", b"experiment_id", "last_seen_time", b"last_seen_time", "lifecycle_stage", b"lifecycle_stage", "run_id", b"run_id", "run_name", b"run_name", "start_time", b"start_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration", b"_duration", "artifact_uri", b"artifact_uri", "deleted_time", b"deleted_time", "depth", b"depth", "description", b"description", "duration", b"duration", "end_time", b"end_time", "experiment_id", b"experiment_id", "external_url", b"external_url", "has_children", b"has_children", "last_seen_time", b"last_seen_time", "lifecycle_stage", b"lifecycle_stage", "parent_run_id", b"parent_run_id", "run_id", b"run_id", "run_name", b"run_name", "source", b"source", "start_time", b"start_time", "status", b"status", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__duration: _TypeAlias = _typing.Literal["duration"]  # noqa: Y015
+    _WhichOneofArgType__duration: _TypeAlias = _typing.Literal["_duration", b"_duration"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration) -> _WhichOneofReturnType__duration | None: ...
 
 Global___RunInfo: _TypeAlias = RunInfo  # noqa: Y015
 
@@ -224,21 +386,29 @@ class Param(_message.Message):
 
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Key; 1 to 250 characters of letters, digits and `_ - . space / :`, with no `..` and no
     leading `/`.
     """
     value: _builtins.str
-    """Value; at most 6000 characters."""
+    """Value; at most 6000 characters. MLflow's string form of the value whatever its type,
+    which equality, LIKE and IN compare.
+    """
+    type: Global___ParamType.ValueType
+    """The type the param was logged with; PARAM_TYPE_UNSPECIFIED for an untyped (MLflow)
+    param. The value must be a well-formed literal of the type.
+    """
     def __init__(
         self,
         *,
         key: _builtins.str = ...,
         value: _builtins.str = ...,
+        type: Global___ParamType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "type", b"type", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

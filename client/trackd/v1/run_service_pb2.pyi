@@ -69,6 +69,9 @@ class CreateRunRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     PARENT_RUN_ID_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EXTERNAL_URL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     experiment_id: _builtins.str
     """Identifier of the experiment; empty means the Default experiment "0"."""
     run_name: _builtins.str
@@ -81,11 +84,24 @@ class CreateRunRequest(_message.Message):
     """Identifier of the user creating the run; at most 250 characters."""
     parent_run_id: _builtins.str
     """Identifier of the parent run, for a nested run; empty for a top-level run. The parent
-    must exist in the same experiment. Recorded as the `mlflow.parentRunId` tag.
+    must exist in the same experiment, at a nesting depth below 100. Recorded as the
+    `mlflow.parentRunId` tag; that tag among `tags` names the parent too.
+    """
+    description: _builtins.str
+    """Description; at most 8000 characters. Recorded as the `mlflow.note.content` tag; that
+    tag among `tags` gives the description too.
+    """
+    external_url: _builtins.str
+    """A link to the run elsewhere: an absolute http or https URL of at most 2000 characters;
+    empty for none.
     """
     @_builtins.property
     def tags(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.RunTag]:
         """Initial tags; at most 100, with the limits of RunTag."""
+
+    @_builtins.property
+    def source(self) -> _run_pb2.RunSource:
+        """What created the run; unset for none."""
 
     def __init__(
         self,
@@ -96,10 +112,13 @@ class CreateRunRequest(_message.Message):
         tags: _abc.Iterable[_run_pb2.RunTag] | None = ...,
         user_id: _builtins.str = ...,
         parent_run_id: _builtins.str = ...,
+        description: _builtins.str = ...,
+        external_url: _builtins.str = ...,
+        source: _run_pb2.RunSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_id", b"experiment_id", "parent_run_id", b"parent_run_id", "run_name", b"run_name", "start_time", b"start_time", "tags", b"tags", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "experiment_id", b"experiment_id", "external_url", b"external_url", "parent_run_id", b"parent_run_id", "run_name", b"run_name", "source", b"source", "start_time", b"start_time", "tags", b"tags", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -187,6 +206,9 @@ class UpdateRunRequest(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     RUN_NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    EXTERNAL_URL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Identifier of the run."""
     status: _run_pb2.RunStatus.ValueType
@@ -195,6 +217,20 @@ class UpdateRunRequest(_message.Message):
     """New end time, in milliseconds since the Unix epoch; must be >= 0."""
     run_name: _builtins.str
     """New name; at most 250 characters. Also updates the `mlflow.runName` tag."""
+    description: _builtins.str
+    """New description; at most 8000 characters; empty clears it. Also updates the
+    `mlflow.note.content` tag (empty deletes it).
+    """
+    external_url: _builtins.str
+    """New external URL: an absolute http or https URL of at most 2000 characters; empty
+    clears it.
+    """
+    @_builtins.property
+    def source(self) -> _run_pb2.RunSource:
+        """New source; a RunSource with type RUN_SOURCE_TYPE_UNSPECIFIED and an empty id clears
+        it. Unset leaves it.
+        """
+
     def __init__(
         self,
         *,
@@ -202,17 +238,28 @@ class UpdateRunRequest(_message.Message):
         status: _run_pb2.RunStatus.ValueType = ...,
         end_time: _builtins.int | None = ...,
         run_name: _builtins.str | None = ...,
+        description: _builtins.str | None = ...,
+        external_url: _builtins.str | None = ...,
+        source: _run_pb2.RunSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_time", b"_end_time", "_run_name", b"_run_name", "end_time", b"end_time", "run_name", b"run_name"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_end_time", b"_end_time", "_external_url", b"_external_url", "_run_name", b"_run_name", "description", b"description", "end_time", b"end_time", "external_url", b"external_url", "run_name", b"run_name", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_time", b"_end_time", "_run_name", b"_run_name", "end_time", b"end_time", "run_id", b"run_id", "run_name", b"run_name", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_description", b"_description", "_end_time", b"_end_time", "_external_url", b"_external_url", "_run_name", b"_run_name", "description", b"description", "end_time", b"end_time", "external_url", b"external_url", "run_id", b"run_id", "run_name", b"run_name", "source", b"source", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__description: _TypeAlias = _typing.Literal["description"]  # noqa: Y015
+    _WhichOneofArgType__description: _TypeAlias = _typing.Literal["_description", b"_description"]  # noqa: Y015
     _WhichOneofReturnType__end_time: _TypeAlias = _typing.Literal["end_time"]  # noqa: Y015
     _WhichOneofArgType__end_time: _TypeAlias = _typing.Literal["_end_time", b"_end_time"]  # noqa: Y015
+    _WhichOneofReturnType__external_url: _TypeAlias = _typing.Literal["external_url"]  # noqa: Y015
+    _WhichOneofArgType__external_url: _TypeAlias = _typing.Literal["_external_url", b"_external_url"]  # noqa: Y015
     _WhichOneofReturnType__run_name: _TypeAlias = _typing.Literal["run_name"]  # noqa: Y015
     _WhichOneofArgType__run_name: _TypeAlias = _typing.Literal["_run_name", b"_run_name"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__description) -> _WhichOneofReturnType__description | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__end_time) -> _WhichOneofReturnType__end_time | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__external_url) -> _WhichOneofReturnType__external_url | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__run_name) -> _WhichOneofReturnType__run_name | None: ...
 
@@ -504,22 +551,26 @@ class LogParamRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     KEY_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Identifier of the run."""
     key: _builtins.str
     """Key, with the limits of Param.key."""
     value: _builtins.str
-    """Value; at most 6000 characters."""
+    """Value; at most 6000 characters: MLflow's string form, a literal of `type`."""
+    type: _run_pb2.ParamType.ValueType
+    """Type of the value; PARAM_TYPE_UNSPECIFIED logs an untyped (MLflow) param."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         key: _builtins.str = ...,
         value: _builtins.str = ...,
+        type: _run_pb2.ParamType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "run_id", b"run_id", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "run_id", b"run_id", "type", b"type", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -775,6 +826,7 @@ class SearchRunsRequest(_message.Message):
     MAX_RESULTS_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     RUN_VIEW_TYPE_FIELD_NUMBER: _builtins.int
+    ROOT_RUNS_ONLY_FIELD_NUMBER: _builtins.int
     filter: _builtins.str
     """Filter expression, such as "metrics.val_loss < 0.2 AND params.lr = '0.001'"; empty
     selects every run of the view type. Parentheses and NOTs nest at most 100 levels
@@ -791,6 +843,11 @@ class SearchRunsRequest(_message.Message):
     """
     run_view_type: _common_pb2.ViewType.ValueType
     """Which lifecycle stages to include; unspecified means active only."""
+    root_runs_only: _builtins.bool
+    """Return root runs only (runs without a parent). With a filter, a root run is returned
+    when it or one of its descendants (of the view type, at any depth) matches, and
+    Run.descendant_match says whether a descendant did. The order applies to the roots.
+    """
     @_builtins.property
     def experiment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Experiments to search; at least one, at most 100."""
@@ -811,14 +868,83 @@ class SearchRunsRequest(_message.Message):
         max_results: _builtins.int = ...,
         page_token: _builtins.str = ...,
         run_view_type: _common_pb2.ViewType.ValueType = ...,
+        root_runs_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_ids", b"experiment_ids", "filter", b"filter", "max_results", b"max_results", "order_by", b"order_by", "page_token", b"page_token", "run_view_type", b"run_view_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["experiment_ids", b"experiment_ids", "filter", b"filter", "max_results", b"max_results", "order_by", b"order_by", "page_token", b"page_token", "root_runs_only", b"root_runs_only", "run_view_type", b"run_view_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchRunsRequest: _TypeAlias = SearchRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListChildRunsRequest(_message.Message):
+    """ListChildRunsRequest names a run whose children to list."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    MAX_RESULTS_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RUN_VIEW_TYPE_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Identifier of the parent run: 32 lowercase hex digits. A deleted parent's children
+    are listed too.
+    """
+    max_results: _builtins.int
+    """Page size; 0 means the default of 1000; at most 50000. A page holds fewer when more
+    would exceed MESSAGE_BYTES_MAX encoded.
+    """
+    page_token: _builtins.str
+    """Token from a previous response's next_page_token; empty for the first page. Only
+    valid with the same run_id and run_view_type.
+    """
+    run_view_type: _common_pb2.ViewType.ValueType
+    """Which lifecycle stages of children to include; unspecified means active only."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        max_results: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        run_view_type: _common_pb2.ViewType.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_results", b"max_results", "page_token", b"page_token", "run_id", b"run_id", "run_view_type", b"run_view_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChildRunsRequest: _TypeAlias = ListChildRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListChildRunsResponse(_message.Message):
+    """ListChildRunsResponse is one page of child runs; at most MESSAGE_BYTES_MAX bytes encoded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
+        """Child runs of this page, with info, latest metrics, metric summaries, params and tags."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[_run_pb2.Run] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChildRunsResponse: _TypeAlias = ListChildRunsResponse  # noqa: Y015
 
 @_typing.final
 class SearchRunsResponse(_message.Message):

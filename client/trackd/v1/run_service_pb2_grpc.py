@@ -121,6 +121,11 @@ class RunServiceStub:
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
                 response_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
                 _registered_method=True)
+        self.ListChildRuns = channel.unary_unary(
+                '/trackd.v1.RunService/ListChildRuns',
+                request_serializer=trackd_dot_v1_dot_run__service__pb2.ListChildRunsRequest.SerializeToString,
+                response_deserializer=trackd_dot_v1_dot_run__service__pb2.ListChildRunsResponse.FromString,
+                _registered_method=True)
         self.StreamMetrics = channel.stream_stream(
                 '/trackd.v1.RunService/StreamMetrics',
                 request_serializer=trackd_dot_v1_dot_run__service__pb2.StreamMetricsRequest.SerializeToString,
@@ -181,9 +186,11 @@ class RunServiceServicer:
     def CreateRun(self, request, context):
         """Creates a run in RUNNING state.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
-        differs from the `mlflow.runName` tag, or a parent run of another experiment;
-        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
-        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+        differs from the `mlflow.runName` tag (a description from `mlflow.note.content`, a
+        parent from `mlflow.parentRunId`), a parent run of another experiment, or a parent at
+        the greatest nesting depth (100); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+        experiment or parent run; FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment
+        or parent run.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,7 +207,7 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRun(self, request, context):
-        """Changes a run's status, end time or name.
+        """Changes a run's status, end time, name, description, external URL or source.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
         deleted run or a run of a deleted experiment.
@@ -262,19 +269,23 @@ class RunServiceServicer:
 
     def LogParam(self, request, context):
         """Logs one param. Params are immutable: the same value again is accepted, another value
-        is FAILED_PRECONDITION.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
-        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
-        deleted run, a run of a deleted experiment, or a param logged before with another
-        value.
+        is FAILED_PRECONDITION. The same value means the same string form, and the same type
+        unless either is PARAM_TYPE_UNSPECIFIED: INT "1" and DOUBLE "1.0" differ, and so do
+        STRING "1" and INT "1"; an untyped "1" again is accepted for INT "1".
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field (a value that is
+        not a literal of its type included); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+        experiment, or a param logged before with another value.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetTag(self, request, context):
-        """Sets (creates or replaces) one tag of a run.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        """Sets (creates or replaces) one tag of a run. `mlflow.note.content` also sets the
+        description; `mlflow.parentRunId` may only repeat the run's parent.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or a
+        `mlflow.parentRunId` that is not the run's parent; NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
         deleted run or a run of a deleted experiment.
         """
@@ -283,8 +294,9 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTag(self, request, context):
-        """Deletes one tag of a run.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        """Deletes one tag of a run. Deleting `mlflow.note.content` clears the description.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or the
+        `mlflow.parentRunId` tag of a nested run (its parent cannot change); NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
         FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
         """
@@ -320,11 +332,26 @@ class RunServiceServicer:
         """Finds runs of some experiments by what they logged, in a requested order, one page at
         a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
         attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
-        tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        tags, metric summaries such as `metrics.loss.min < 0.1`, and numeric comparisons of
+        typed params such as `params.lr < 0.01`. With root_runs_only it returns root runs that
+        match or have a matching descendant. See README.md.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
         or order_by (the message points at the column), a bad max_results or view type, or a
         page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
         run alone is larger than MESSAGE_BYTES_MAX encoded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChildRuns(self, request, context):
+        """Lists the child runs of a run (one level down), newest first (start_time DESC, then
+        run_id), one page at a time, with the data SearchRuns returns.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id, a bad
+        max_results or view type, or a page token of another query; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) when the next run alone is larger than MESSAGE_BYTES_MAX
+        encoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -503,6 +530,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.SearchRuns,
                     request_deserializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.FromString,
                     response_serializer=trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.SerializeToString,
+            ),
+            'ListChildRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChildRuns,
+                    request_deserializer=trackd_dot_v1_dot_run__service__pb2.ListChildRunsRequest.FromString,
+                    response_serializer=trackd_dot_v1_dot_run__service__pb2.ListChildRunsResponse.SerializeToString,
             ),
             'StreamMetrics': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamMetrics,
@@ -935,6 +967,33 @@ class RunService:
             '/trackd.v1.RunService/SearchRuns',
             trackd_dot_v1_dot_run__service__pb2.SearchRunsRequest.SerializeToString,
             trackd_dot_v1_dot_run__service__pb2.SearchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChildRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/trackd.v1.RunService/ListChildRuns',
+            trackd_dot_v1_dot_run__service__pb2.ListChildRunsRequest.SerializeToString,
+            trackd_dot_v1_dot_run__service__pb2.ListChildRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

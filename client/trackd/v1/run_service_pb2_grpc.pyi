@@ -53,9 +53,11 @@ class RunServiceStub:
     CreateRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.CreateRunRequest, _run_service_pb2.CreateRunResponse]
     """Creates a run in RUNNING state.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
-    differs from the `mlflow.runName` tag, or a parent run of another experiment;
-    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
-    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+    differs from the `mlflow.runName` tag (a description from `mlflow.note.content`, a
+    parent from `mlflow.parentRunId`), a parent run of another experiment, or a parent at
+    the greatest nesting depth (100); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+    experiment or parent run; FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment
+    or parent run.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]
     """Returns a run with its latest metrics, metric summaries, params and tags.
@@ -64,7 +66,7 @@ class RunServiceStub:
     (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
     """
     UpdateRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.UpdateRunRequest, _run_service_pb2.UpdateRunResponse]
-    """Changes a run's status, end time or name.
+    """Changes a run's status, end time, name, description, external URL or source.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
     deleted run or a run of a deleted experiment.
@@ -102,21 +104,26 @@ class RunServiceStub:
     """
     LogParam: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.LogParamRequest, _run_service_pb2.LogParamResponse]
     """Logs one param. Params are immutable: the same value again is accepted, another value
-    is FAILED_PRECONDITION.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
-    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
-    deleted run, a run of a deleted experiment, or a param logged before with another
-    value.
+    is FAILED_PRECONDITION. The same value means the same string form, and the same type
+    unless either is PARAM_TYPE_UNSPECIFIED: INT "1" and DOUBLE "1.0" differ, and so do
+    STRING "1" and INT "1"; an untyped "1" again is accepted for INT "1".
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field (a value that is
+    not a literal of its type included); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+    experiment, or a param logged before with another value.
     """
     SetTag: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.SetTagRequest, _run_service_pb2.SetTagResponse]
-    """Sets (creates or replaces) one tag of a run.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    """Sets (creates or replaces) one tag of a run. `mlflow.note.content` also sets the
+    description; `mlflow.parentRunId` may only repeat the run's parent.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or a
+    `mlflow.parentRunId` that is not the run's parent; NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
     deleted run or a run of a deleted experiment.
     """
     DeleteTag: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.DeleteTagRequest, _run_service_pb2.DeleteTagResponse]
-    """Deletes one tag of a run.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    """Deletes one tag of a run. Deleting `mlflow.note.content` clears the description.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or the
+    `mlflow.parentRunId` tag of a nested run (its parent cannot change); NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
     FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
     """
@@ -140,11 +147,22 @@ class RunServiceStub:
     """Finds runs of some experiments by what they logged, in a requested order, one page at
     a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
-    tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    tags, metric summaries such as `metrics.loss.min < 0.1`, and numeric comparisons of
+    typed params such as `params.lr < 0.01`. With root_runs_only it returns root runs that
+    match or have a matching descendant. See README.md.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
     or order_by (the message points at the column), a bad max_results or view type, or a
     page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
     run alone is larger than MESSAGE_BYTES_MAX encoded.
+    """
+    ListChildRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListChildRunsRequest, _run_service_pb2.ListChildRunsResponse]
+    """Lists the child runs of a run (one level down), newest first (start_time DESC, then
+    run_id), one page at a time, with the data SearchRuns returns.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id, a bad
+    max_results or view type, or a page token of another query; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) when the next run alone is larger than MESSAGE_BYTES_MAX
+    encoded.
     """
     StreamMetrics: _grpc.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]
     """Streams metric points in, column-wise, for training jobs. The client opens the stream
@@ -245,9 +263,11 @@ class RunServiceAsyncStub(RunServiceStub):
     CreateRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.CreateRunRequest, _run_service_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Creates a run in RUNNING state.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
-    differs from the `mlflow.runName` tag, or a parent run of another experiment;
-    NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
-    FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+    differs from the `mlflow.runName` tag (a description from `mlflow.note.content`, a
+    parent from `mlflow.parentRunId`), a parent run of another experiment, or a parent at
+    the greatest nesting depth (100); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+    experiment or parent run; FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment
+    or parent run.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns a run with its latest metrics, metric summaries, params and tags.
@@ -256,7 +276,7 @@ class RunServiceAsyncStub(RunServiceStub):
     (MAX_READ_SIZE_EXCEEDED) for a run larger than MESSAGE_BYTES_MAX encoded.
     """
     UpdateRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.UpdateRunRequest, _run_service_pb2.UpdateRunResponse]  # type: ignore[assignment]
-    """Changes a run's status, end time or name.
+    """Changes a run's status, end time, name, description, external URL or source.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
     deleted run or a run of a deleted experiment.
@@ -294,21 +314,26 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     LogParam: _aio.UnaryUnaryMultiCallable[_run_service_pb2.LogParamRequest, _run_service_pb2.LogParamResponse]  # type: ignore[assignment]
     """Logs one param. Params are immutable: the same value again is accepted, another value
-    is FAILED_PRECONDITION.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
-    (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
-    deleted run, a run of a deleted experiment, or a param logged before with another
-    value.
+    is FAILED_PRECONDITION. The same value means the same string form, and the same type
+    unless either is PARAM_TYPE_UNSPECIFIED: INT "1" and DOUBLE "1.0" differ, and so do
+    STRING "1" and INT "1"; an untyped "1" again is accepted for INT "1".
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field (a value that is
+    not a literal of its type included); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+    unknown run; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+    experiment, or a param logged before with another value.
     """
     SetTag: _aio.UnaryUnaryMultiCallable[_run_service_pb2.SetTagRequest, _run_service_pb2.SetTagResponse]  # type: ignore[assignment]
-    """Sets (creates or replaces) one tag of a run.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    """Sets (creates or replaces) one tag of a run. `mlflow.note.content` also sets the
+    description; `mlflow.parentRunId` may only repeat the run's parent.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or a
+    `mlflow.parentRunId` that is not the run's parent; NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
     deleted run or a run of a deleted experiment.
     """
     DeleteTag: _aio.UnaryUnaryMultiCallable[_run_service_pb2.DeleteTagRequest, _run_service_pb2.DeleteTagResponse]  # type: ignore[assignment]
-    """Deletes one tag of a run.
-    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+    """Deletes one tag of a run. Deleting `mlflow.note.content` clears the description.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or the
+    `mlflow.parentRunId` tag of a nested run (its parent cannot change); NOT_FOUND
     (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
     FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
     """
@@ -332,11 +357,22 @@ class RunServiceAsyncStub(RunServiceStub):
     """Finds runs of some experiments by what they logged, in a requested order, one page at
     a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
     attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
-    tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+    tags, metric summaries such as `metrics.loss.min < 0.1`, and numeric comparisons of
+    typed params such as `params.lr < 0.01`. With root_runs_only it returns root runs that
+    match or have a matching descendant. See README.md.
     Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
     or order_by (the message points at the column), a bad max_results or view type, or a
     page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
     run alone is larger than MESSAGE_BYTES_MAX encoded.
+    """
+    ListChildRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListChildRunsRequest, _run_service_pb2.ListChildRunsResponse]  # type: ignore[assignment]
+    """Lists the child runs of a run (one level down), newest first (start_time DESC, then
+    run_id), one page at a time, with the data SearchRuns returns.
+    Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id, a bad
+    max_results or view type, or a page token of another query; NOT_FOUND
+    (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+    (MAX_READ_SIZE_EXCEEDED) when the next run alone is larger than MESSAGE_BYTES_MAX
+    encoded.
     """
     StreamMetrics: _aio.StreamStreamMultiCallable[_run_service_pb2.StreamMetricsRequest, _run_service_pb2.StreamMetricsResponse]  # type: ignore[assignment]
     """Streams metric points in, column-wise, for training jobs. The client opens the stream
@@ -440,9 +476,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_service_pb2.CreateRunResponse, _abc.Awaitable[_run_service_pb2.CreateRunResponse]]:
         """Creates a run in RUNNING state.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field, a run_name that
-        differs from the `mlflow.runName` tag, or a parent run of another experiment;
-        NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown experiment or parent run;
-        FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment or parent run.
+        differs from the `mlflow.runName` tag (a description from `mlflow.note.content`, a
+        parent from `mlflow.parentRunId`), a parent run of another experiment, or a parent at
+        the greatest nesting depth (100); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an unknown
+        experiment or parent run; FAILED_PRECONDITION (INVALID_STATE) for a deleted experiment
+        or parent run.
         """
 
     @_abc_1.abstractmethod
@@ -463,7 +501,7 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.UpdateRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.UpdateRunResponse, _abc.Awaitable[_run_service_pb2.UpdateRunResponse]]:
-        """Changes a run's status, end time or name.
+        """Changes a run's status, end time, name, description, external URL or source.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
         deleted run or a run of a deleted experiment.
@@ -537,11 +575,13 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.LogParamResponse, _abc.Awaitable[_run_service_pb2.LogParamResponse]]:
         """Logs one param. Params are immutable: the same value again is accepted, another value
-        is FAILED_PRECONDITION.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
-        (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
-        deleted run, a run of a deleted experiment, or a param logged before with another
-        value.
+        is FAILED_PRECONDITION. The same value means the same string form, and the same type
+        unless either is PARAM_TYPE_UNSPECIFIED: INT "1" and DOUBLE "1.0" differ, and so do
+        STRING "1" and INT "1"; an untyped "1" again is accepted for INT "1".
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field (a value that is
+        not a literal of its type included); NOT_FOUND (RESOURCE_DOES_NOT_EXIST) for an
+        unknown run; FAILED_PRECONDITION (INVALID_STATE) for a deleted run, a run of a deleted
+        experiment, or a param logged before with another value.
         """
 
     @_abc_1.abstractmethod
@@ -550,8 +590,10 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.SetTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.SetTagResponse, _abc.Awaitable[_run_service_pb2.SetTagResponse]]:
-        """Sets (creates or replaces) one tag of a run.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        """Sets (creates or replaces) one tag of a run. `mlflow.note.content` also sets the
+        description; `mlflow.parentRunId` may only repeat the run's parent.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or a
+        `mlflow.parentRunId` that is not the run's parent; NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run; FAILED_PRECONDITION (INVALID_STATE) for a
         deleted run or a run of a deleted experiment.
         """
@@ -562,8 +604,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.DeleteTagRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.DeleteTagResponse, _abc.Awaitable[_run_service_pb2.DeleteTagResponse]]:
-        """Deletes one tag of a run.
-        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field; NOT_FOUND
+        """Deletes one tag of a run. Deleting `mlflow.note.content` clears the description.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a bad field or the
+        `mlflow.parentRunId` tag of a nested run (its parent cannot change); NOT_FOUND
         (RESOURCE_DOES_NOT_EXIST) for an unknown run or a tag the run does not have;
         FAILED_PRECONDITION (INVALID_STATE) for a deleted run or a run of a deleted experiment.
         """
@@ -605,11 +648,28 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Finds runs of some experiments by what they logged, in a requested order, one page at
         a time. The filter language is MLflow's (AND of comparisons on metrics., params., tags.,
         attributes. and datasets.) plus OR, NOT, parentheses, IS [NOT] NULL, IN for params and
-        tags, and metric summaries such as `metrics.loss.min < 0.1`. See README.md.
+        tags, metric summaries such as `metrics.loss.min < 0.1`, and numeric comparisons of
+        typed params such as `params.lr < 0.01`. With root_runs_only it returns root runs that
+        match or have a matching descendant. See README.md.
         Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for bad experiment ids, a bad filter
         or order_by (the message points at the column), a bad max_results or view type, or a
         page token of another query; RESOURCE_EXHAUSTED (MAX_READ_SIZE_EXCEEDED) when the next
         run alone is larger than MESSAGE_BYTES_MAX encoded.
+        """
+
+    @_abc_1.abstractmethod
+    def ListChildRuns(
+        self,
+        request: _run_service_pb2.ListChildRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.ListChildRunsResponse, _abc.Awaitable[_run_service_pb2.ListChildRunsResponse]]:
+        """Lists the child runs of a run (one level down), newest first (start_time DESC, then
+        run_id), one page at a time, with the data SearchRuns returns.
+        Errors: INVALID_ARGUMENT (INVALID_PARAMETER_VALUE) for a malformed run id, a bad
+        max_results or view type, or a page token of another query; NOT_FOUND
+        (RESOURCE_DOES_NOT_EXIST) for an unknown run; RESOURCE_EXHAUSTED
+        (MAX_READ_SIZE_EXCEEDED) when the next run alone is larger than MESSAGE_BYTES_MAX
+        encoded.
         """
 
     @_abc_1.abstractmethod
