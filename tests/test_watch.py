@@ -36,6 +36,7 @@ class Seen:
     points: dict[tuple[str, str], list[tuple[int, int, float]]] = field(default_factory=dict)
     statuses: list[tuple[str, int, int]] = field(default_factory=list)
     params: dict[tuple[str, str], str] = field(default_factory=dict)
+    param_types: dict[tuple[str, str], int] = field(default_factory=dict)
     tags: dict[tuple[str, str], str] = field(default_factory=dict)
     heartbeats: list[int] = field(default_factory=list)
     coalesced: int = 0
@@ -57,6 +58,7 @@ class Seen:
         elif which == "data":
             for prm in r.data.params:
                 self.params[(r.data.run_id, prm.key)] = prm.value
+                self.param_types[(r.data.run_id, prm.key)] = prm.type
             for tag in r.data.tags:
                 self.tags[(r.data.run_id, tag.key)] = tag.value
         elif which == "heartbeat_time":
@@ -209,12 +211,14 @@ async def test_watch_pushes_points_status_params_and_tags(runs, experiments) -> 
                     metric_pb2.Metric(key="acc", value=v, step=s, timestamp=t)
                     for s, t, v in [(0, 5, 0.5), (1, 6, -0.0)]
                 ],
-                params=[run_pb2.Param(key="lr", value="0.1")],
+                params=[run_pb2.Param(key="lr", value="0.1", type=run_pb2.PARAM_TYPE_DOUBLE)],
                 tags=[run_pb2.RunTag(key="phase", value="warmup")],
             )
         )
         await stream(runs, [[batch]])
-        await runs.LogParam(rpb.LogParamRequest(run_id=run, key="layers", value="12"))
+        await runs.LogParam(
+            rpb.LogParamRequest(run_id=run, key="layers", value="12", type=run_pb2.PARAM_TYPE_INT)
+        )
         await runs.SetTag(rpb.SetTagRequest(run_id=run, key="phase", value="main"))
         await runs.UpdateRun(
             rpb.UpdateRunRequest(run_id=run, status=run_pb2.RUN_STATUS_FINISHED, end_time=4242)
@@ -229,6 +233,10 @@ async def test_watch_pushes_points_status_params_and_tags(runs, experiments) -> 
         assert bits(seen.series(run, "loss")) == bits(expected(batch))
         assert bits(seen.series(run, "acc")) == bits([(0, 5, 0.5), (1, 6, -0.0)])
         assert seen.params == {(run, "lr"): "0.1", (run, "layers"): "12"}
+        assert seen.param_types == {
+            (run, "lr"): run_pb2.PARAM_TYPE_DOUBLE,
+            (run, "layers"): run_pb2.PARAM_TYPE_INT,
+        }
         assert seen.statuses[-1] == (run, run_pb2.RUN_STATUS_FINISHED, 4242)
         assert all(r != run or k != "lr" for r, k in seen.points)
         assert seen.position

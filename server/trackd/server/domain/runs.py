@@ -194,7 +194,7 @@ class Runs:
             # The watch log: a new RUNNING run (experiment watches see it) and its tags.
             await event_store.record_status(conn, run_pk, now_ms())
             await event_store.record_data(
-                conn, run_pk, ([], []), (list(tag_map), list(tag_map.values())), now_ms()
+                conn, run_pk, ([], [], []), (list(tag_map), list(tag_map.values())), now_ms()
             )
             return run_pk
 
@@ -259,7 +259,7 @@ class Runs:
             if tag_keys:
                 await store.upsert_tags(conn, run_pk, tag_keys, tag_values)
                 await event_store.record_data(
-                    conn, run_pk, ([], []), (tag_keys, tag_values), now_ms()
+                    conn, run_pk, ([], [], []), (tag_keys, tag_values), now_ms()
                 )
             updated = await store.update(
                 conn,
@@ -420,7 +420,11 @@ class Runs:
             if tag_keys:
                 await _write_tags(conn, row, tag_keys, tag_values, "tags" if batch else "value")
             await event_store.record_data(
-                conn, run_pk, (fresh.keys, fresh.values), (tag_keys, tag_values), now_ms()
+                conn,
+                run_pk,
+                (fresh.keys, fresh.values, fresh.types),
+                (tag_keys, tag_values),
+                now_ms(),
             )
             if metrics.keys:
                 await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))

@@ -74,7 +74,7 @@ import time
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -645,22 +645,27 @@ def _points(
 
 
 def _data(
-    run_hex: str, params: Sequence[tuple[str, str]], tags: Sequence[tuple[str, str]], merged: bool
+    run_hex: str,
+    params: Sequence[tuple[str, str, int]],
+    tags: Sequence[tuple[str, str]],
+    merged: bool,
 ) -> Iterator[pb.WatchRunResponse]:
-    """Params and tags in as few messages as DATA_BYTES_MAX allows."""
+    """Params (key, value, ParamType) and tags in as few messages as DATA_BYTES_MAX
+    allows."""
     message = pb.WatchRunData(run_id=run_hex)
     used = 0
-    for kind, items in ((0, params), (1, tags)):
-        for key, value in items:
-            size = len(key.encode()) + len(value.encode()) + 16
-            if used and used + size > DATA_BYTES_MAX:
-                yield pb.WatchRunResponse(coalesced=merged, data=message)
-                message, used = pb.WatchRunData(run_id=run_hex), 0
-            if kind == 0:
-                message.params.append(run_pb2.Param(key=key, value=value))
-            else:
-                message.tags.append(run_pb2.RunTag(key=key, value=value))
-            used += size
+    items: list[tuple[str, str, int | None]] = [*params, *((k, v, None) for k, v in tags)]
+    for key, value, type_ in items:
+        size = len(key.encode()) + len(value.encode()) + 16
+        if used and used + size > DATA_BYTES_MAX:
+            yield pb.WatchRunResponse(coalesced=merged, data=message)
+            message, used = pb.WatchRunData(run_id=run_hex), 0
+        if type_ is not None:
+            param_type = cast("run_pb2.ParamType.ValueType", type_)
+            message.params.append(run_pb2.Param(key=key, value=value, type=param_type))
+        else:
+            message.tags.append(run_pb2.RunTag(key=key, value=value))
+        used += size
     yield pb.WatchRunResponse(coalesced=merged, data=message)
 
 
@@ -673,9 +678,15 @@ def _status(row: asyncpg.Record, merged: bool) -> pb.WatchRunResponse:
     )
 
 
-def _pairs(row: asyncpg.Record) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def _pairs(
+    row: asyncpg.Record,
+) -> tuple[list[tuple[str, str, int]], list[tuple[str, str]]]:
+    """The params (key, value, ParamType; untyped in events from before types) and tags of
+    a data event."""
     pairs = list(zip(row["names"], row["vals"], strict=True))
-    return pairs[: row["params"]], pairs[row["params"] :]
+    n = row["params"]
+    types = row["param_types"] or [0] * n
+    return [(k, v, t) for (k, v), t in zip(pairs[:n], types, strict=True)], pairs[n:]
 
 
 def _plain(row: asyncpg.Record) -> Iterator[pb.WatchRunResponse]:
@@ -695,7 +706,7 @@ class _Run:
     """What a coalesced batch holds for one run."""
 
     series: dict[str, tuple[list[int], list[int], list[float], list[int]]]
-    params: dict[str, str]
+    params: dict[str, tuple[str, int]]
     tags: dict[str, str]
     data_events: int = 0
     status: asyncpg.Record | None = None
@@ -721,8 +732,8 @@ def _coalesced(rows: Sequence[asyncpg.Record]) -> Iterator[pb.WatchRunResponse]:
             run.status_events += 1
         elif kind == store.DATA:
             params, tags = _pairs(row)
-            for key, value in params:
-                run.params.setdefault(key, value)
+            for key, value, type_ in params:
+                run.params.setdefault(key, (value, type_))
             for key, value in tags:
                 run.tags.pop(key, None)
                 run.tags[key] = value
@@ -732,7 +743,10 @@ def _coalesced(rows: Sequence[asyncpg.Record]) -> Iterator[pb.WatchRunResponse]:
             yield from _points(run_hex, key, (steps, stamps, values), events[0] > 1)
         if run.data_events:
             yield from _data(
-                run_hex, list(run.params.items()), list(run.tags.items()), run.data_events > 1
+                run_hex,
+                [(k, v, t) for k, (v, t) in run.params.items()],
+                list(run.tags.items()),
+                run.data_events > 1,
             )
         if run.status is not None:
             yield _status(run.status, run.status_events > 1)

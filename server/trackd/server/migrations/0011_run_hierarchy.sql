@@ -62,3 +62,6 @@ ALTER TABLE params
     ADD COLUMN type   smallint NOT NULL DEFAULT 0,
     ADD COLUMN number numeric;
 CREATE INDEX params_key_number_idx ON params (key, number) WHERE number IS NOT NULL;
+
+-- The watch log's params events carry each param's type (NULL in events from before).
+ALTER TABLE run_events ADD COLUMN param_types smallint[];

@@ -47,8 +47,10 @@ WITH ins AS (
 
 RECORD_DATA = f"""
 WITH ins AS (
-    INSERT INTO run_events (run_pk, experiment_id, kind, names, vals, params, created_ms)
-    SELECT run_pk, experiment_id, 3, $2::text[], $3::text[], $4, $5 FROM runs WHERE run_pk = $1
+    INSERT INTO run_events (run_pk, experiment_id, kind, names, vals, params, param_types,
+                            created_ms)
+    SELECT run_pk, experiment_id, 3, $2::text[], $3::text[], $4, $6::smallint[], $5
+    FROM runs WHERE run_pk = $1
     RETURNING experiment_id
 )
 {_NOTIFY}"""  # noqa: S608
@@ -110,7 +112,7 @@ PRUNED = "SELECT through FROM run_events_pruned"
 
 _SELECT = """
 SELECT e.seq, r.run_id, e.kind, e.key, e.points, e.columns, e.status, e.end_time, e.names,
-       e.vals, e.params, e.created_ms
+       e.vals, e.params, e.param_types, e.created_ms
 FROM (
     SELECT e.*, sum(coalesce(e.points, 0)) OVER (ORDER BY e.seq) AS upto
     FROM run_events e
@@ -188,15 +190,16 @@ async def record_status(conn: Connection, run_pk: int, now: int) -> None:
 async def record_data(
     conn: Connection,
     run_pk: int,
-    params: tuple[Sequence[str], Sequence[str]],
+    params: tuple[Sequence[str], Sequence[str], Sequence[int]],
     tags: tuple[Sequence[str], Sequence[str]],
     now: int,
 ) -> None:
-    """Appends params (keys, values) and tags (keys, values) a run logged, if any."""
+    """Appends params (keys, values, ParamType numbers) and tags (keys, values) a run
+    logged, if any."""
     names = [*params[0], *tags[0]]
     if names:
         vals = [*params[1], *tags[1]]
-        await conn.execute(RECORD_DATA, run_pk, names, vals, len(params[0]), now)
+        await conn.execute(RECORD_DATA, run_pk, names, vals, len(params[0]), now, list(params[2]))
 
 
 async def register_interest(conn: Connection, experiment_id: int, for_ms: int) -> tuple[int, int]:
