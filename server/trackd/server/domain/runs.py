@@ -128,6 +128,8 @@ class Runs:
                 parent_run_id, "parent_run_id" if PARENT_RUN_TAG not in tag_map else "tags"
             )
             tag_map[PARENT_RUN_TAG] = parent_run_id
+        else:
+            tag_map.pop(PARENT_RUN_TAG, None)  # an empty tag names no parent
         description = _one_of("description", description, DESCRIPTION_TAG, tag_map)
         if description:
             tag_map[DESCRIPTION_TAG] = description
