@@ -86,7 +86,8 @@ def grants(
 
 def run_info(row: asyncpg.Record) -> run_pb2.RunInfo:
     """A RunInfo from a row of store.runs' info columns."""
-    return run_pb2.RunInfo(
+    parent = row["parent_run_id"]
+    info = run_pb2.RunInfo(
         run_id=row["run_id"].hex,
         run_name=row["run_name"],
         experiment_id=str(row["experiment_id"]),
@@ -97,16 +98,30 @@ def run_info(row: asyncpg.Record) -> run_pb2.RunInfo:
         artifact_uri=row["artifact_uri"],
         lifecycle_stage=row["lifecycle_stage"],
         last_seen_time=row["last_seen_time"],
+        parent_run_id=parent.hex if parent is not None else "",
+        has_children=row["has_children"],
+        description=row["description"],
+        external_url=row["external_url"],
+        deleted_time=row["deleted_time"] or 0,
+        depth=row["depth"],
     )
+    if row["source_type"] or row["source_id"]:
+        info.source.type = row["source_type"]
+        info.source.id = row["source_id"]
+    if row["duration"] is not None:
+        info.duration = row["duration"]
+    return info
 
 
 def run(view: RunView) -> run_pb2.Run:
     """A Run with its latest metrics, summaries, params and tags."""
     out = run_pb2.Run(info=run_info(view.info))
+    if view.info.get("descendant_match"):
+        out.descendant_match = True
     data = out.data
     add_param = data.params.add
-    for _, k, v in view.params:
-        add_param(key=k, value=v)
+    for _, k, v, t in view.params:
+        add_param(key=k, value=v, type=t)
     add_tag = data.tags.add
     for _, k, v in view.tags:
         add_tag(key=k, value=v)
@@ -305,6 +320,16 @@ def metric_columns(metrics: Sequence[metric_pb2.Metric]) -> MetricColumns:
         columns.dataset_names = [m.dataset_name for m in metrics]
         columns.dataset_digests = [m.dataset_digest for m in metrics]
     return columns
+
+
+def typed_params(items: Iterable[run_pb2.Param]) -> list[tuple[str, str, int]]:
+    """(key, value, ParamType) of run params."""
+    return [(p.key, p.value, p.type) for p in items]
+
+
+def run_source(source: run_pb2.RunSource) -> tuple[int, str]:
+    """(RunSourceType, id) of a RunSource."""
+    return source.type, source.id
 
 
 def pairs(

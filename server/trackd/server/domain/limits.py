@@ -11,6 +11,12 @@ PARAM_VALUE_MAX = 6000
 TAG_VALUE_MAX = 8000
 RUN_NAME_MAX = 250
 USER_ID_MAX = 250
+# A run's external URL and source id; the number of RunSourceType values; how deep runs
+# nest (a root run is at depth 0).
+EXTERNAL_URL_MAX = 2000
+SOURCE_ID_MAX = 500
+RUN_SOURCE_TYPES = 6
+NESTING_DEPTH_MAX = 100
 
 BATCH_METRICS_MAX = 1000
 BATCH_PARAMS_MAX = 100

@@ -9,13 +9,15 @@ from typing import Any
 
 import asyncpg
 
+from trackd.server.clock import now_ms
 from trackd.server.domain import limits, paging, validation
 from trackd.server.domain.auth import policy
 from trackd.server.domain.experiments import VIEW_STAGES
 from trackd.server.domain.liveness import Liveness
 from trackd.server.domain.runs import RunView, load_views
 from trackd.server.domain.search import parser
-from trackd.server.errors import InvalidArgument
+from trackd.server.errors import InvalidArgument, run_not_found
+from trackd.server.store import runs as run_store
 from trackd.server.store import search as search_store
 from trackd.server.store.pool import Connection, Database
 
@@ -39,9 +41,11 @@ class RunSearch:
         max_results: int,
         page_token: str,
         view_type: int,
+        root_runs_only: bool = False,
     ) -> tuple[list[RunView], str]:
         """One page of matching runs with their data, and the next page's token ('' on the
-        last page). Raises InvalidArgument for a bad filter, order, size or token."""
+        last page); with `root_runs_only`, root runs that match or have a matching
+        descendant. Raises InvalidArgument for a bad filter, order, size or token."""
         eids = validation.experiment_ids(experiment_ids, maximum=EXPERIMENT_IDS_MAX)
         if len(filter_) > FILTER_MAX:
             raise InvalidArgument.for_field(
@@ -61,7 +65,9 @@ class RunSearch:
             maximum=limits.SEARCH_MAX_RESULTS_MAX,
         )
         stages = VIEW_STAGES[view_type]
-        fingerprint = paging.query_fingerprint("runs", eids, filter_, list(order_by), stages)
+        fingerprint = paging.query_fingerprint(
+            "runs", eids, filter_, list(order_by), stages, root_runs_only
+        )
 
         async def fetch(
             conn: Connection, after: list[Any] | None, limit: int
@@ -70,10 +76,56 @@ class RunSearch:
             # match nothing, as missing ones do, and pages stay full.
             visible = await policy.visible_among(conn, eids)
             return await search_store.search_runs(
-                conn, visible, stages, node, order, after, limit, self.liveness.cutoff()
+                conn,
+                visible,
+                stages,
+                node,
+                order,
+                after,
+                limit,
+                self.liveness.cutoff(),
+                now_ms(),
+                roots_only=root_runs_only,
             )
 
         # A page can hold 50,000 runs: their datasets come without schema and profile.
+        load = functools.partial(load_views, brief=True)
+        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
+
+    async def children(
+        self, run_id: str, max_results: int, page_token: str, view_type: int
+    ) -> tuple[list[RunView], str]:
+        """One page of the child runs of a run (of any lifecycle stage), newest first, with
+        their data, and the next page's token ('' on the last page). Raises
+        InvalidArgument for a bad id, size, view type or token, NotFound for an unknown
+        run."""
+        validation.run_id(run_id)
+        if view_type not in VIEW_STAGES:
+            raise InvalidArgument.for_field("run_view_type", f"{view_type} is not a ViewType")
+        size = validation.page_size(
+            max_results,
+            default=limits.SEARCH_MAX_RESULTS_DEFAULT,
+            maximum=limits.SEARCH_MAX_RESULTS_MAX,
+        )
+        stages = VIEW_STAGES[view_type]
+        fingerprint = paging.query_fingerprint("children", run_id, stages)
+
+        async def fetch(
+            conn: Connection, after: list[Any] | None, limit: int
+        ) -> tuple[list[asyncpg.Record], int]:
+            parent = await run_store.ref(conn, run_id)
+            if parent is None:
+                raise run_not_found(run_id)
+            return await search_store.list_children(
+                conn,
+                parent["run_pk"],
+                stages,
+                after,
+                limit,
+                self.liveness.cutoff(),
+                now_ms(),
+            )
+
         load = functools.partial(load_views, brief=True)
         return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
 

@@ -35,6 +35,7 @@ from trackd.server.store.pool import Connection, Database
 
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
+DESCRIPTION_TAG = store.DESCRIPTION_TAG
 
 HISTORY_CHUNK_DEFAULT = 50_000
 HISTORY_CHUNK_MAX = 200_000
@@ -97,32 +98,41 @@ class Runs:
         tags: Sequence[tuple[str, str]],
         user_id: str,
         parent_run_id: str,
+        description: str = "",
+        external_url: str = "",
+        source: tuple[int, str] = (0, ""),
     ) -> RunView:
-        """Creates a RUNNING run and returns it.
+        """Creates a RUNNING run and returns it. The `mlflow.parentRunId` and
+        `mlflow.note.content` tags name the parent and give the description too.
 
-        Raises InvalidArgument for bad fields, NotFound for an unknown experiment or parent,
-        FailedPrecondition for a deleted experiment or parent."""
+        Raises InvalidArgument for bad fields (a parent at the greatest nesting depth
+        included), NotFound for an unknown experiment or parent, FailedPrecondition for a
+        deleted experiment or parent."""
         eid = validation.experiment_id(experiment_id or "0")
         user_id = _user_id(user_id)
         v = Violations()
         v.text("run_name", run_name, max_len=limits.RUN_NAME_MAX)
         v.text("user_id", user_id, max_len=limits.USER_ID_MAX)
         v.non_negative("start_time", start_time)
+        v.text("description", description, max_len=limits.TAG_VALUE_MAX)
+        validation.external_url(v, "external_url", external_url)
+        validation.run_source(v, "source", *source)
         tag_keys, tag_values = _check_tags(v, "tags", tags)
         v.raise_if_any()
-        if parent_run_id:
-            validation.run_id(parent_run_id, "parent_run_id")
         tag_map = dict(zip(tag_keys, tag_values, strict=True))
-        named_by_tag = tag_map.get(RUN_NAME_TAG)
-        if run_name and named_by_tag is not None and named_by_tag != run_name:
-            raise InvalidArgument.for_field(
-                "run_name",
-                f"is {run_name!r} but the {RUN_NAME_TAG} tag says {named_by_tag!r}; give one name",
-            )
-        name = run_name or named_by_tag or names.generate()
+        name = _one_of("run_name", run_name, RUN_NAME_TAG, tag_map) or names.generate()
         tag_map[RUN_NAME_TAG] = name
+        parent_run_id = _one_of("parent_run_id", parent_run_id, PARENT_RUN_TAG, tag_map)
         if parent_run_id:
+            validation.run_id(
+                parent_run_id, "parent_run_id" if PARENT_RUN_TAG not in tag_map else "tags"
+            )
             tag_map[PARENT_RUN_TAG] = parent_run_id
+        description = _one_of("description", description, DESCRIPTION_TAG, tag_map)
+        if description:
+            tag_map[DESCRIPTION_TAG] = description
+        else:
+            tag_map.pop(DESCRIPTION_TAG, None)
         run_id = uuid.uuid4().hex
 
         async def work(conn: Connection) -> int:
@@ -135,6 +145,7 @@ class Runs:
                     metadata={"experiment_id": str(eid)},
                 )
             parent_pk = None
+            path: list[int] = []
             if parent_run_id:
                 parent = await store.ref(conn, parent_run_id)
                 if parent is None or (
@@ -156,7 +167,14 @@ class Runs:
                         f"parent run {parent_run_id} is deleted",
                         metadata={"run_id": parent_run_id},
                     )
+                if len(parent["path"]) >= limits.NESTING_DEPTH_MAX:
+                    raise InvalidArgument.for_field(
+                        "parent_run_id",
+                        f"run {parent_run_id} is at nesting depth {len(parent['path'])}; runs "
+                        f"nest at most {limits.NESTING_DEPTH_MAX} levels below a root run",
+                    )
                 parent_pk = parent["run_pk"]
+                path = [*parent["path"], parent_pk]
             run_pk = await store.insert(
                 conn,
                 run_id=run_id,
@@ -167,7 +185,10 @@ class Runs:
                 start_time=start_time or now_ms(),
                 artifact_uri=f"{exp['artifact_location']}/{run_id}/artifacts",
                 parent_run_pk=parent_pk,
+                path=path,
                 now=now_ms(),
+                external_url=external_url,
+                source=source,
             )
             await store.upsert_tags(conn, run_pk, list(tag_map), list(tag_map.values()))
             # The watch log: a new RUNNING run (experiment watches see it) and its tags.
@@ -185,7 +206,7 @@ class Runs:
         validation.run_id(run_id)
 
         async def work(conn: Connection) -> RunView:
-            info = await store.get_info(conn, run_id, self.liveness.cutoff())
+            info = await store.get_info(conn, run_id, self.liveness.cutoff(), now_ms())
             if info is None:
                 raise run_not_found(run_id)
             return (await load_views(conn, [info]))[0]
@@ -193,11 +214,26 @@ class Runs:
         return await self.db.read(work)
 
     async def update(
-        self, run_id: str, status: int, end_time: int | None, run_name: str | None
+        self,
+        run_id: str,
+        status: int,
+        end_time: int | None,
+        run_name: str | None,
+        *,
+        description: str | None = None,
+        external_url: str | None = None,
+        source: tuple[int, str] | None = None,
     ) -> asyncpg.Record:
-        """Changes status (0 leaves it), end time and name (None leaves them)."""
+        """Changes status (0 leaves it), end time, name, description, external URL and
+        source (None leaves them; an empty description, URL or source clears it)."""
         validation.run_id(run_id)
         v = Violations()
+        if description is not None:
+            v.text("description", description, max_len=limits.TAG_VALUE_MAX)
+        if external_url is not None:
+            validation.external_url(v, "external_url", external_url)
+        if source is not None:
+            validation.run_source(v, "source", *source)
         if status == store.UNRESPONSIVE:
             v.add("status", "UNRESPONSIVE is derived when a run is read; it cannot be set")
         elif status != 0 and status not in VALID_STATUSES:
@@ -210,10 +246,20 @@ class Runs:
 
         async def work(conn: Connection) -> asyncpg.Record:
             run_pk = await _lock_writable(conn, run_id)
+            tag_keys: list[str] = []
+            tag_values: list[str] = []
             if run_name is not None:
-                await store.upsert_tags(conn, run_pk, [RUN_NAME_TAG], [run_name])
+                tag_keys.append(RUN_NAME_TAG)
+                tag_values.append(run_name)
+            if description:
+                tag_keys.append(DESCRIPTION_TAG)
+                tag_values.append(description)
+            elif description is not None:
+                await store.delete_tag(conn, run_pk, DESCRIPTION_TAG)
+            if tag_keys:
+                await store.upsert_tags(conn, run_pk, tag_keys, tag_values)
                 await event_store.record_data(
-                    conn, run_pk, ([], []), ([RUN_NAME_TAG], [run_name]), now_ms()
+                    conn, run_pk, ([], []), (tag_keys, tag_values), now_ms()
                 )
             updated = await store.update(
                 conn,
@@ -223,6 +269,8 @@ class Runs:
                 run_name,
                 now=now_ms(),
                 cutoff=self.liveness.cutoff(),
+                external_url=external_url,
+                source=source,
             )
             if status or end_time is not None:
                 await event_store.record_status(conn, run_pk, now_ms())
@@ -313,10 +361,11 @@ class Runs:
         self,
         run_id: str,
         metrics: MetricColumns,
-        params: Sequence[tuple[str, str]],
+        params: Sequence[tuple[str, str, int]],
         tags: Sequence[tuple[str, str]],
     ) -> None:
-        """Logs metrics, params and tags in one transaction: all of it or none of it.
+        """Logs metrics, params (key, value, ParamType) and tags in one transaction: all of
+        it or none of it.
 
         Raises InvalidArgument naming every bad field, NotFound for an unknown run and
         FailedPrecondition for a deleted run or a param logged before with another value."""
@@ -338,7 +387,7 @@ class Runs:
         self,
         run_id: str,
         metrics: MetricColumns,
-        params: Sequence[tuple[str, str]],
+        params: Sequence[tuple[str, str, int]],
         tags: Sequence[tuple[str, str]],
         *,
         batch: bool,
@@ -347,12 +396,12 @@ class Runs:
         of a single-item request (violations name its own `key`, `value`, `timestamp`)."""
         v = Violations()
         _check_metrics(v, "metrics" if batch else "", metrics)
-        param_keys, param_values = validation.params(v, "params" if batch else "", params)
+        typed = validation.typed_params(v, "params" if batch else "", params)
         tag_keys, tag_values = _check_tags(v, "tags" if batch else "", tags)
         v.raise_if_any()
         with_models = metrics.names_models()
 
-        if metrics.keys and not param_keys and not tag_keys and not with_models:
+        if metrics.keys and not typed and not tag_keys and not with_models:
             # Metrics alone go through the group-commit writers; metrics of models take the
             # locked path below, which also folds them into the models' latest metrics.
             run_pk = await self.writers.resolve_run(run_id)
@@ -365,12 +414,14 @@ class Runs:
         async def work(conn: Connection) -> None:
             row = await _lock_writable_row(conn, run_id)
             run_pk: int = row["run_pk"]
-            fresh: tuple[list[str], list[str]] = ([], [])
-            if param_keys:
-                fresh = await _write_params(conn, run_pk, run_id, param_keys, param_values)
+            fresh = validation.TypedParams()
+            if typed:
+                fresh = await _write_params(conn, run_pk, run_id, typed)
             if tag_keys:
-                await _write_tags(conn, run_pk, tag_keys, tag_values)
-            await event_store.record_data(conn, run_pk, fresh, (tag_keys, tag_values), now_ms())
+                await _write_tags(conn, row, tag_keys, tag_values, "tags" if batch else "value")
+            await event_store.record_data(
+                conn, run_pk, (fresh.keys, fresh.values), (tag_keys, tag_values), now_ms()
+            )
             if metrics.keys:
                 await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))
             if with_models:
@@ -401,10 +452,10 @@ class Runs:
             metrics.dataset_digests = [dataset_digest]
         await self._log(run_id, metrics, (), (), batch=False)
 
-    async def log_param(self, run_id: str, key: str, value: str) -> None:
-        """Logs one immutable param; see log_batch for the errors."""
+    async def log_param(self, run_id: str, key: str, value: str, type_: int = 0) -> None:
+        """Logs one immutable param of a ParamType; see log_batch for the errors."""
         validation.run_id(run_id)
-        await self._log(run_id, MetricColumns(), ((key, value),), (), batch=False)
+        await self._log(run_id, MetricColumns(), ((key, value, type_),), (), batch=False)
 
     async def set_tag(self, run_id: str, key: str, value: str) -> None:
         """Creates or replaces one tag; see log_batch for the errors."""
@@ -419,7 +470,14 @@ class Runs:
         v.raise_if_any()
 
         async def work(conn: Connection) -> None:
-            run_pk = await _lock_writable(conn, run_id)
+            row = await _lock_writable_row(conn, run_id)
+            run_pk = row["run_pk"]
+            if key == PARENT_RUN_TAG and row["parent_run_pk"] is not None:
+                raise InvalidArgument.for_field(
+                    "key",
+                    f"{PARENT_RUN_TAG} names the parent of run {run_id}, which is set when a "
+                    "run is created and cannot be removed",
+                )
             if not await store.delete_tag(conn, run_pk, key):
                 raise NotFound(
                     f"run {run_id} has no tag {key!r}", metadata={"run_id": run_id, "key": key}
@@ -718,6 +776,17 @@ def _user_id(user_id: str) -> str:
     return principal.name
 
 
+def _one_of(field: str, value: str, tag: str, tag_map: dict[str, str]) -> str:
+    """A field CreateRun also takes as a tag (run_name, parent_run_id, description): the
+    one given, or the tag's value; both given must agree (INVALID_ARGUMENT)."""
+    by_tag = tag_map.get(tag)
+    if value and by_tag is not None and by_tag != value:
+        raise InvalidArgument.for_field(
+            field, f"is {value[:100]!r} but the {tag} tag says {by_tag[:100]!r}; give one"
+        )
+    return value or by_tag or ""
+
+
 async def _lock(conn: Connection, run_id: str) -> asyncpg.Record:
     row = await store.lock(conn, run_id)
     if row is None:
@@ -760,19 +829,32 @@ async def _lock_active_experiment(conn: Connection, eid: int) -> None:
 
 
 async def _write_params(
-    conn: Connection, run_pk: int, run_id: str, keys: list[str], values: list[str]
-) -> tuple[list[str], list[str]]:
-    """Inserts the params not logged before; returns them (keys, values)."""
-    stored = await store.params_of(conn, run_pk, keys)
-    fresh_keys, fresh_values = validation.fresh_params(
-        stored, keys, values, f"run {run_id}", {"run_id": run_id}
-    )
-    if fresh_keys:
-        await store.insert_params(conn, run_pk, fresh_keys, fresh_values)
-    return fresh_keys, fresh_values
+    conn: Connection, run_pk: int, run_id: str, params: validation.TypedParams
+) -> validation.TypedParams:
+    """Inserts the params not logged before; returns them."""
+    stored = await store.params_of(conn, run_pk, params.keys)
+    fresh = validation.fresh_typed_params(stored, params, f"run {run_id}", {"run_id": run_id})
+    if fresh:
+        await store.insert_params(
+            conn, run_pk, fresh.keys, fresh.values, fresh.types, fresh.numbers
+        )
+    return fresh
 
 
-async def _write_tags(conn: Connection, run_pk: int, keys: list[str], values: list[str]) -> None:
+async def _write_tags(
+    conn: Connection, row: asyncpg.Record, keys: list[str], values: list[str], field: str
+) -> None:
+    """Upserts tags of the locked run `row` (the name tag renames it). The parent tag may
+    only repeat the value it has: a run's parent is set when it is created."""
+    run_pk: int = row["run_pk"]
+    if PARENT_RUN_TAG in keys:
+        value = values[keys.index(PARENT_RUN_TAG)]
+        if value != await store.tag_value(conn, run_pk, PARENT_RUN_TAG):
+            raise InvalidArgument.for_field(
+                field,
+                f"{PARENT_RUN_TAG} is {value[:100]!r}, but a run's parent is set when it is "
+                "created (CreateRun's parent_run_id or this tag) and cannot change",
+            )
     await store.upsert_tags(conn, run_pk, keys, values)
     if RUN_NAME_TAG in keys:
         await store.set_name(conn, run_pk, values[keys.index(RUN_NAME_TAG)])

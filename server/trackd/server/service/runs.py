@@ -46,6 +46,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             tags=convert.pairs(request.tags),
             user_id=request.user_id,
             parent_run_id=request.parent_run_id,
+            description=request.description,
+            external_url=request.external_url,
+            source=convert.run_source(request.source),
         )
         return pb.CreateRunResponse(run=convert.run(view))
 
@@ -60,6 +63,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             request.status,
             request.end_time if request.HasField("end_time") else None,
             request.run_name if request.HasField("run_name") else None,
+            description=request.description if request.HasField("description") else None,
+            external_url=request.external_url if request.HasField("external_url") else None,
+            source=convert.run_source(request.source) if request.HasField("source") else None,
         )
         return pb.UpdateRunResponse(run_info=convert.run_info(row))
 
@@ -107,7 +113,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         return pb.LogMetricResponse()
 
     async def LogParam(self, request: pb.LogParamRequest, context: Context) -> pb.LogParamResponse:
-        await self.runs.log_param(request.run_id, request.key, request.value)
+        await self.runs.log_param(request.run_id, request.key, request.value, request.type)
         return pb.LogParamResponse()
 
     async def SetTag(self, request: pb.SetTagRequest, context: Context) -> pb.SetTagResponse:
@@ -124,7 +130,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         await self.runs.log_batch(
             request.run_id,
             convert.metric_columns(request.metrics),
-            convert.pairs(request.params),
+            convert.typed_params(request.params),
             convert.pairs(request.tags),
         )
         return pb.LogBatchResponse()
@@ -165,11 +171,24 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             request.max_results,
             request.page_token,
             request.run_view_type,
+            request.root_runs_only,
         )
         response = pb.SearchRunsResponse(
             runs=[convert.run(v) for v in views], next_page_token=token
         )
         sizes.fit_page(response, "runs", views, "SearchRuns")
+        return response
+
+    async def ListChildRuns(
+        self, request: pb.ListChildRunsRequest, context: Context
+    ) -> pb.ListChildRunsResponse:
+        views, token = await self.search.children(
+            request.run_id, request.max_results, request.page_token, request.run_view_type
+        )
+        response = pb.ListChildRunsResponse(
+            runs=[convert.run(v) for v in views], next_page_token=token
+        )
+        sizes.fit_page(response, "runs", views, "ListChildRuns")
         return response
 
     async def StreamMetrics(

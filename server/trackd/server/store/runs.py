@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import Decimal
 
 import asyncpg
 
@@ -35,33 +36,67 @@ def status_sql(cutoff: str) -> str:
     )
 
 
-def info_columns(cutoff: str) -> str:
+# The description of run `r`: its `mlflow.note.content` tag (MLflow's run description), a
+# lookup in the (run_pk, key) primary key of run_tags.
+DESCRIPTION_TAG = "mlflow.note.content"
+DESCRIPTION = (
+    "coalesce((SELECT dt.value FROM run_tags dt"  # noqa: S608 - constants only
+    f" WHERE dt.run_pk = r.run_pk AND dt.key = '{DESCRIPTION_TAG}'), '')"
+)
+# The run id of run `r`'s parent (NULL for a root run).
+PARENT_RUN_ID = "(SELECT pr.run_id FROM runs pr WHERE pr.run_pk = r.parent_run_pk)"
+# Whether run `r` has an active child (an index probe of runs_parent_start_idx).
+HAS_CHILDREN = (
+    "EXISTS (SELECT 1 FROM runs cr WHERE cr.parent_run_pk = r.run_pk"  # noqa: S608
+    f" AND cr.lifecycle_stage = {ACTIVE})"
+)
+# RunSourceType names by number, for search (`attributes.source_type = 'JOB'`).
+SOURCE_TYPES = ("", "JOB", "NOTEBOOK", "CONTAINER", "PROJECT", "LOCAL")
+SOURCE_TYPE = "(ARRAY[" + ",".join(f"'{t}'" for t in SOURCE_TYPES) + "])[r.source_type + 1]"
+
+
+def duration_sql(now: str) -> str:
+    """SQL for run `r`'s duration in seconds: end minus start once it has an end time, the
+    bigint placeholder `now` minus start while it is RUNNING (as stored: UNRESPONSIVE
+    included), else NULL."""
+    return (
+        "(CASE WHEN r.end_time IS NOT NULL THEN (r.end_time - r.start_time)::float8 / 1000"
+        f" WHEN r.status = {RUNNING} THEN ({now} - r.start_time)::float8 / 1000 END)"
+    )
+
+
+def info_columns(cutoff: str, now: str) -> str:
     """The info columns of run `r` as read (with run_pk): the status derived against the
-    liveness cutoff placeholder `cutoff`, and last_seen_time."""
+    liveness cutoff placeholder `cutoff`, last_seen_time, the hierarchy and descriptive
+    fields, and the duration against the placeholder `now` (both bigint milliseconds)."""
     return f"""
     r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id,
     {status_sql(cutoff)} AS status, r.start_time, r.end_time, r.artifact_uri,
-    r.lifecycle_stage, {LAST_SEEN} AS last_seen_time"""
+    r.lifecycle_stage, {LAST_SEEN} AS last_seen_time, {PARENT_RUN_ID} AS parent_run_id,
+    {HAS_CHILDREN} AS has_children, {DESCRIPTION} AS description, r.external_url,
+    r.source_type, r.source_id, {duration_sql(now)} AS duration, r.deleted_time,
+    cardinality(r.path) AS depth"""
 
 
 INSERT = """
 INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, artifact_uri,
-                  parent_run_pk, heartbeat_ms)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                  parent_run_pk, path, heartbeat_ms, external_url, source_type, source_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING run_pk"""
 # The f-strings below splice in constant SQL only, never user input: `now` and the
 # liveness cutoff are bind parameters.
-GET_INFO = f"SELECT {info_columns('$2::bigint')} FROM runs r WHERE r.run_id = $1"  # noqa: S608
+GET_INFO = f"SELECT {info_columns('$2::bigint', '$3::bigint')} FROM runs r WHERE r.run_id = $1"  # noqa: S608
 # Every write to a run first takes this lock: writers of one run queue here in one order, so
 # concurrent batches cannot deadlock on the rows below it, and a param's check-then-insert
 # is race-free across servers.
 LOCK = """
-SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, e.lifecycle_stage AS experiment_stage
+SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, e.lifecycle_stage AS experiment_stage,
+       r.parent_run_pk
 FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
 WHERE r.run_id = $1
 FOR NO KEY UPDATE OF r"""
 REF = """
-SELECT r.run_pk, r.experiment_id, r.lifecycle_stage FROM runs r WHERE r.run_id = $1"""
+SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, r.path FROM runs r WHERE r.run_id = $1"""
 # Setting a run RUNNING (resuming it) is a sign of life: the run is not UNRESPONSIVE
 # the moment it is resumed.
 UPDATE = f"""
@@ -70,9 +105,12 @@ UPDATE runs r SET
     end_time = COALESCE($3, r.end_time),
     run_name = COALESCE($4, r.run_name),
     heartbeat_ms = CASE WHEN $2::smallint = {RUNNING}
-                        THEN greatest(r.heartbeat_ms, $5::bigint) ELSE r.heartbeat_ms END
+                        THEN greatest(r.heartbeat_ms, $5::bigint) ELSE r.heartbeat_ms END,
+    external_url = COALESCE($7, r.external_url),
+    source_type = COALESCE($8, r.source_type),
+    source_id = COALESCE($9, r.source_id)
 WHERE r.run_pk = $1
-RETURNING {info_columns("$6::bigint")}"""  # noqa: S608
+RETURNING {info_columns("$6::bigint", "$5::bigint")}"""  # noqa: S608
 HEARTBEAT = "UPDATE runs SET heartbeat_ms = greatest(heartbeat_ms, $2) WHERE run_pk = $1"
 SET_NAME = "UPDATE runs SET run_name = $2 WHERE run_pk = $1"
 SET_STAGE = """
@@ -108,19 +146,22 @@ UPDATE runs r SET lifecycle_stage = 1, deleted_time = NULL, deleted_with_experim
 FROM chosen c WHERE r.run_pk = c.run_pk"""
 
 PARAMS_OF = """
-SELECT key, value FROM params WHERE run_pk = $1 AND key = ANY($2::text[])"""
+SELECT key, value, type FROM params WHERE run_pk = $1 AND key = ANY($2::text[])"""
 INSERT_PARAMS = """
-INSERT INTO params (run_pk, key, value)
-SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+INSERT INTO params (run_pk, key, value, type, number)
+SELECT $1, k, v, t, n FROM unnest($2::text[], $3::text[], $4::smallint[], $5::numeric[])
+    AS p(k, v, t, n)
 ON CONFLICT (run_pk, key) DO NOTHING"""
 UPSERT_TAGS = """
 INSERT INTO run_tags (run_pk, key, value)
 SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
 ON CONFLICT (run_pk, key) DO UPDATE SET value = EXCLUDED.value"""
 DELETE_TAG = "DELETE FROM run_tags WHERE run_pk = $1 AND key = $2"
+TAG_VALUE = "SELECT value FROM run_tags WHERE run_pk = $1 AND key = $2"
 
 LOAD_PARAMS = """
-SELECT run_pk, key, value FROM params WHERE run_pk = ANY($1::bigint[]) ORDER BY run_pk, key"""
+SELECT run_pk, key, value, type FROM params WHERE run_pk = ANY($1::bigint[])
+ORDER BY run_pk, key"""
 LOAD_TAGS = """
 SELECT run_pk, key, value FROM run_tags WHERE run_pk = ANY($1::bigint[]) ORDER BY run_pk, key"""
 
@@ -136,9 +177,13 @@ async def insert(
     start_time: int,
     artifact_uri: str,
     parent_run_pk: int | None,
+    path: Sequence[int],
     now: int,
+    external_url: str,
+    source: tuple[int, str],
 ) -> int:
-    """Inserts a run, heard from at `now` (the server's time); returns its internal key."""
+    """Inserts a run, heard from at `now` (the server's time), under its ancestors `path`
+    (root first, ending with the parent); returns its internal key."""
     run_pk: int = await conn.fetchval(
         INSERT,
         run_id,
@@ -149,15 +194,18 @@ async def insert(
         start_time,
         artifact_uri,
         parent_run_pk,
+        list(path),
         now,
+        external_url,
+        *source,
     )
     return run_pk
 
 
-async def get_info(conn: Connection, run_id: str, cutoff: int) -> asyncpg.Record | None:
+async def get_info(conn: Connection, run_id: str, cutoff: int, now: int) -> asyncpg.Record | None:
     """The run's info columns (with run_pk), its status derived against the liveness
-    `cutoff` (ms since the epoch), or None."""
-    return await conn.fetchrow(GET_INFO, run_id, cutoff)
+    `cutoff` and its duration against `now` (ms since the epoch), or None."""
+    return await conn.fetchrow(GET_INFO, run_id, cutoff, now)
 
 
 async def lock(conn: Connection, run_id: str) -> asyncpg.Record | None:
@@ -179,11 +227,25 @@ async def update(
     *,
     now: int,
     cutoff: int,
+    external_url: str | None = None,
+    source: tuple[int, str] | None = None,
 ) -> asyncpg.Record:
     """Changes the given fields (None leaves one as it is; RUNNING also records `now` as a
     sign of life); returns the run's info, its status derived against the liveness
     `cutoff`."""
-    row = await conn.fetchrow(UPDATE, run_pk, status, end_time, run_name, now, cutoff)
+    source_type, source_id = source if source is not None else (None, None)
+    row = await conn.fetchrow(
+        UPDATE,
+        run_pk,
+        status,
+        end_time,
+        run_name,
+        now,
+        cutoff,
+        external_url,
+        source_type,
+        source_id,
+    )
     assert row is not None  # the caller holds the run's lock
     return row
 
@@ -229,16 +291,24 @@ async def restore_many(
     return int(status.split()[-1])
 
 
-async def params_of(conn: Connection, run_pk: int, keys: Sequence[str]) -> dict[str, str]:
-    """The stored values of the given param keys (absent keys are left out)."""
-    return {r["key"]: r["value"] for r in await conn.fetch(PARAMS_OF, run_pk, keys)}
+async def params_of(
+    conn: Connection, run_pk: int, keys: Sequence[str]
+) -> dict[str, tuple[str, int]]:
+    """The stored (value, type) of the given param keys (absent keys are left out)."""
+    return {r["key"]: (r["value"], r["type"]) for r in await conn.fetch(PARAMS_OF, run_pk, keys)}
 
 
 async def insert_params(
-    conn: Connection, run_pk: int, keys: Sequence[str], values: Sequence[str]
+    conn: Connection,
+    run_pk: int,
+    keys: Sequence[str],
+    values: Sequence[str],
+    types: Sequence[int],
+    numbers: Sequence[Decimal | None],
 ) -> None:
-    """Inserts params whose keys are not stored yet."""
-    await conn.execute(INSERT_PARAMS, run_pk, keys, values)
+    """Inserts params whose keys are not stored yet, with their types and the exact
+    numbers of INT and DOUBLE ones (None for the others)."""
+    await conn.execute(INSERT_PARAMS, run_pk, keys, values, types, numbers)
 
 
 async def upsert_tags(
@@ -254,8 +324,15 @@ async def delete_tag(conn: Connection, run_pk: int, key: str) -> bool:
     return status != "DELETE 0"
 
 
+async def tag_value(conn: Connection, run_pk: int, key: str) -> str | None:
+    """The value of one tag of the run, or None."""
+    value: str | None = await conn.fetchval(TAG_VALUE, run_pk, key)
+    return value
+
+
 async def load_params(conn: Connection, run_pks: Sequence[int]) -> list[asyncpg.Record]:
-    """Params of many runs in one query: (run_pk, key, value) ordered by run and key."""
+    """Params of many runs in one query: (run_pk, key, value, type) ordered by run and
+    key."""
     return list(await conn.fetch(LOAD_PARAMS, run_pks))
 
 

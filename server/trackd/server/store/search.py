@@ -10,6 +10,7 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -51,6 +52,8 @@ _NUMERIC_OP = {"=": "=", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 # search_runs binds the liveness cutoff as $3, so that filters and order_by see the status
 # GetRun reports.
 _RUN_CUTOFF = "$3::bigint"
+# And the server's now as $4, which a running run's duration is measured to.
+_RUN_NOW = "$4::bigint"
 _STATUS_SQL = (
     "(ARRAY['RUNNING','SCHEDULED','FINISHED','FAILED','KILLED','UNRESPONSIVE'])"
     f"[{run_store.status_sql(_RUN_CUTOFF)}]"
@@ -126,6 +129,14 @@ RUNS = Target(
         "start_time": Column("r.start_time", "bigint"),
         "end_time": Column("r.end_time", "bigint", nullable=True),
         "last_seen_time": Column(run_store.LAST_SEEN, "bigint"),
+        "description": Column(run_store.DESCRIPTION, "text"),
+        "external_url": Column("r.external_url", "text"),
+        "source_type": Column(run_store.SOURCE_TYPE, "text"),
+        "source_id": Column("r.source_id", "text"),
+        "duration": Column(run_store.duration_sql(_RUN_NOW), "float8", nullable=True),
+        "parent_run_id": Column(run_store.PARENT_RUN_ID, "uuid", nullable=True),
+        "deleted_time": Column("r.deleted_time", "bigint", nullable=True),
+        "depth": Column("cardinality(r.path)", "bigint"),
     },
     tags_table="run_tags",
     params_table="params",
@@ -307,11 +318,10 @@ class _Compiler:
     def numeric(self, expr: str, op: str, value: Any, pg_type: str) -> str:
         v = self.b.add(value, pg_type)
         cond = f"{expr} {_NUMERIC_OP[op]} {v}"
-        if op in (">", ">=") and pg_type == "float8":
-            # PostgreSQL orders NaN above every number; a comparison with NaN is false.
-            cond += f" AND {expr} <> 'NaN'::float8"
-        if op == "=" and pg_type == "float8":
-            cond += f" AND {expr} <> 'NaN'::float8"
+        if op in (">", ">=", "=") and pg_type in ("float8", "numeric"):
+            # PostgreSQL orders NaN above every number and equal to itself; a comparison
+            # with NaN is false.
+            cond += f" AND {expr} <> 'NaN'::{pg_type}"
         return cond
 
     def string(self, expr: str, op: str, value: Any) -> str:
@@ -334,6 +344,13 @@ class _Compiler:
             return self.exists(exists, negated=True)
         if c.op == "IS_NOT_NULL":
             return self.exists(exists)
+        if isinstance(c.value, int | float):
+            # A number compares with the exact value of INT and DOUBLE params (params.number,
+            # NULL for the other types, which so match no numeric comparison).
+            return self.exists(
+                f"{exists} AND p.number IS NOT NULL AND "
+                + self.numeric("p.number", c.op, Decimal(c.value), "numeric")
+            )
         return self.exists(f"{exists} AND {self.value(c.op, c.value)}")
 
     def value(self, op: str, value: Any) -> str:
@@ -508,6 +525,12 @@ def _order_keys(
                 f"LEFT JOIN {table} {alias} ON {alias}.{target.key_column} = {target.pk}"
                 f" AND {alias}.key = {key}"
             )
+            if ident.entity == "param" and target.params_table == "params":
+                # Run params: INT and DOUBLE ones first, by value (NaN after the numbers),
+                # then the others by their string form, in either direction.
+                flag = f"({alias}.number = 'NaN'::numeric)::int"
+                sort.append(_SortKey(flag, "int", False, True))
+                sort.append(_SortKey(f"{alias}.number::float8", "float8", k.descending, True))
             sort.append(_SortKey(f"{alias}.value", "text", k.descending, True))
         else:
             col = target.attributes[ident.key]
@@ -563,16 +586,37 @@ def build_query(
     limit: int,
     columns: str,
     datasets: Sequence[tuple[str, str]] = (),
+    roots: str = "",
 ) -> tuple[str, list[Any], int]:
     """The page query and its arguments, and how many sort-key columns (named sk0...) it
     returns after `columns`. `datasets` ((name, digest) pairs, an empty digest meaning any)
     restricts per-dataset metrics, in comparisons and in ordering, to those datasets, and,
     as in MLflow, when the filter compares no metric, keeps only the rows with a metric on
-    one of them."""
+    one of them.
+
+    `roots` (runs only) is the condition of a root row. Then the filter selects, in a
+    first step, the matching rows and their ancestors (from each row's `path`); a root is
+    kept when it matches or is such an ancestor, and the column `descendant_match` says
+    whether it is an ancestor of a match. Without `roots` that column is false."""
     binds = Binds(scope_args)
     metrics = _MetricScope(target, datasets, binds) if target.metrics else None
     where = [scope_sql]
-    if node is not None:
+    prefix = ""
+    descendant_match = "false"
+    if roots:
+        where.append(roots)
+    if node is not None and roots:
+        matched = _Compiler(target, binds, metrics).node(node)
+        prefix = (
+            f"WITH matched AS MATERIALIZED (SELECT {target.pk}, {target.alias}.path"  # noqa: S608
+            f" FROM {target.table} {target.alias} WHERE {scope_sql} AND {matched}),"
+            " ancestors AS (SELECT DISTINCT unnest(m.path) AS run_pk FROM matched m) "
+        )
+        descendant_match = f"({target.pk} IN (SELECT a.run_pk FROM ancestors a))"  # noqa: S608
+        where.append(
+            f"({target.pk} IN (SELECT m.run_pk FROM matched m) OR {descendant_match})"  # noqa: S608
+        )
+    elif node is not None:
         where.append(_Compiler(target, binds, metrics).node(node))
     if metrics is not None and metrics.restricted:
         if node is None or not _has_metric_comparison(node):
@@ -583,8 +627,13 @@ def build_query(
         where.append(_after(sort, after, binds))
     sort_cols = ", ".join(f"{k.sql} AS sk{i}" for i, k in enumerate(sort))
     order_sql = ", ".join(f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort)
+    if target is RUNS:
+        columns += f", {descendant_match} AS descendant_match"
+    # Fixed fragments only; every value is a placeholder.
+    select = f"SELECT {columns}, {sort_cols} FROM {target.table} {target.alias} "  # noqa: S608
     sql = (
-        f"SELECT {columns}, {sort_cols} FROM {target.table} {target.alias} "  # noqa: S608
+        prefix
+        + select
         + " ".join(joins)
         + " WHERE "
         + " AND ".join(where)
@@ -593,7 +642,14 @@ def build_query(
     return sql, binds.values, len(sort)
 
 
-RUN_COLUMNS = run_store.info_columns(_RUN_CUTOFF)
+RUN_COLUMNS = run_store.info_columns(_RUN_CUTOFF, _RUN_NOW)
+# A root among the runs of the searched lifecycle stages ($2): one without a parent, or
+# whose parent is not among them (a deleted parent's children are roots of the active
+# view, as MLflow's UI shows them).
+_RUN_ROOT = (
+    "(r.parent_run_pk IS NULL OR NOT EXISTS (SELECT 1 FROM runs vp"
+    " WHERE vp.run_pk = r.parent_run_pk AND vp.lifecycle_stage = ANY($2::smallint[])))"
+)
 
 
 async def search_runs(
@@ -605,18 +661,48 @@ async def search_runs(
     after: Sequence[Any] | None,
     limit: int,
     cutoff: int,
+    now: int,
+    *,
+    roots_only: bool = False,
 ) -> tuple[list[asyncpg.Record], int]:
     """A page of runs of the experiments in the lifecycle stages that match `node`, in
     `order`, strictly after the sort position `after`; and the number of sort columns. A
     RUNNING run last seen before the liveness `cutoff` (ms since the epoch) reads, matches
-    and sorts as UNRESPONSIVE."""
+    and sorts as UNRESPONSIVE; a running run's duration runs to `now`. With `roots_only`,
+    root runs that match or have a matching descendant (see build_query)."""
     sql, args, n_sort = build_query(
         RUNS,
-        # $3, the cutoff, is _RUN_CUTOFF: RUN_COLUMNS and the status attribute read it.
+        # $3, the cutoff, is _RUN_CUTOFF: RUN_COLUMNS and the status attribute read it;
+        # $4 is _RUN_NOW.
         "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])",
-        [list(experiment_ids), list(stages), cutoff],
+        [list(experiment_ids), list(stages), cutoff, now],
         node,
         order,
+        after,
+        limit,
+        RUN_COLUMNS,
+        roots=_RUN_ROOT if roots_only else "",
+    )
+    return list(await conn.fetch(sql, *args)), n_sort
+
+
+async def list_children(
+    conn: Connection,
+    parent_run_pk: int,
+    stages: Sequence[int],
+    after: Sequence[Any] | None,
+    limit: int,
+    cutoff: int,
+    now: int,
+) -> tuple[list[asyncpg.Record], int]:
+    """A page of the child runs of a run in the lifecycle stages, newest first (start_time
+    DESC, then run_id), strictly after `after`; and the number of sort columns."""
+    sql, args, n_sort = build_query(
+        RUNS,
+        "r.parent_run_pk = $1::bigint AND r.lifecycle_stage = ANY($2::smallint[])",
+        [parent_run_pk, list(stages), cutoff, now],
+        None,
+        (),
         after,
         limit,
         RUN_COLUMNS,

@@ -94,6 +94,7 @@ POLICY: dict[str, Rule] = {
     "trackd.v1.RunService.LogBatch": Rule(RUN, _E, "run_id"),
     "trackd.v1.RunService.GetMetricHistory": Rule(RUN, _R, "run_id"),
     "trackd.v1.RunService.SearchRuns": Rule(SEARCH, _R),
+    "trackd.v1.RunService.ListChildRuns": Rule(RUN, _R, "run_id"),
     "trackd.v1.RunService.StreamMetrics": Rule(STREAM, _E),
     "trackd.v1.RunService.StreamMetricHistory": Rule(RUN, _R, "run_id"),
     "trackd.v1.RunService.LogInputs": Rule(RUN, _E, "run_id"),

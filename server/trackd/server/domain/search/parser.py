@@ -71,6 +71,9 @@ class Vocabulary:
     attributes: dict[str, Attribute]
     dataset_fields: tuple[str, ...] = ()
     metric_aggregates: bool = True
+    # Whether params carry a type, so that `params.lr < 0.01` compares INT and DOUBLE
+    # params by value.
+    typed_params: bool = False
 
 
 _RUN_PREFIXES: dict[str, Entity] = {
@@ -96,13 +99,23 @@ RUNS = Vocabulary(
         "run_name": Attribute("run_name", "string"),
         "status": Attribute("status", "string"),
         "user_id": Attribute("user_id", "string"),
+        "owner": Attribute("user_id", "string"),
         "artifact_uri": Attribute("artifact_uri", "string"),
         "start_time": Attribute("start_time", "number"),
         "created": Attribute("start_time", "number"),
         "end_time": Attribute("end_time", "number", nullable=True),
         "last_seen_time": Attribute("last_seen_time", "number"),
+        "description": Attribute("description", "string"),
+        "external_url": Attribute("external_url", "string"),
+        "source_type": Attribute("source_type", "string"),
+        "source_id": Attribute("source_id", "string"),
+        "duration": Attribute("duration", "number", nullable=True),
+        "parent_run_id": Attribute("parent_run_id", "string", nullable=True),
+        "deleted_time": Attribute("deleted_time", "number", nullable=True),
+        "depth": Attribute("depth", "number"),
     },
     dataset_fields=("name", "digest", "context"),
+    typed_params=True,
 )
 
 LOGGED_MODELS = Vocabulary(
@@ -465,11 +478,22 @@ class _Parser:
         op = {"<>": "!=", "==": "="}.get(tok.text, tok.text)
         if kind == "number":
             return Compare(ident, op, self.number_value(label + " " + op))
+        value = self.peek()
+        typed = ident.entity == "param" and self.vocab.typed_params
+        if typed and value is not None and value.kind == "number":
+            # A typed (INT or DOUBLE) param compares by value with a number.
+            return Compare(ident, op, self.number_value(label + " " + op))
         if op not in ("=", "!="):
+            hint = (
+                f"; an INT or DOUBLE param compares by value with an unquoted number, "
+                f"as in {label} {op} 0.01"
+                if typed
+                else ""
+            )
             raise _fail(
                 self.field,
                 f"{op} does not apply to {label}, a string; use =, !=, "
-                f"LIKE, ILIKE or IN (column {tok.col})",
+                f"LIKE, ILIKE or IN (column {tok.col}){hint}",
             )
         return Compare(ident, op, self.string_value(label + " " + op))
 

@@ -1,0 +1,64 @@
+-- Runs as the seed APIs describe them: a first-class hierarchy, an external URL and a
+-- source on runs; typed params.
+--
+-- runs.path: the run's ancestors, from its root down to its parent ('{}' for a root run).
+-- A parent is set when a run is created and never changes, so a path never changes
+-- either: the depth is its length, a run's root is its first element, and "R is an
+-- ancestor of D" is `R.run_pk = ANY(D.path)`, with no recursive query at read time.
+-- The description is the `mlflow.note.content` tag (MLflow's run description), read from
+-- run_tags, so it has no column.
+ALTER TABLE runs
+    ADD COLUMN path        bigint[]  NOT NULL DEFAULT '{}',
+    ADD COLUMN external_url text     NOT NULL DEFAULT '',
+    ADD COLUMN source_type smallint  NOT NULL DEFAULT 0,
+    ADD COLUMN source_id   text      NOT NULL DEFAULT '';
+
+-- Old data: a run created with only the `mlflow.parentRunId` tag (as MLflow's client
+-- nests runs) gets that run as its parent when the tag names a run of the same experiment.
+CREATE TEMPORARY TABLE tag_linked ON COMMIT DROP AS
+SELECT c.run_pk, p.run_pk AS parent_run_pk
+FROM runs c
+JOIN run_tags t ON t.run_pk = c.run_pk AND t.key = 'mlflow.parentRunId'
+-- (CASE, since the terms of an AND may be evaluated in any order.)
+JOIN runs p ON p.run_id = (CASE WHEN t.value ~ '^[0-9a-f]{32}$' THEN t.value::uuid END)
+WHERE c.parent_run_pk IS NULL AND p.experiment_id = c.experiment_id AND p.run_pk <> c.run_pk;
+
+UPDATE runs r SET parent_run_pk = l.parent_run_pk FROM tag_linked l WHERE r.run_pk = l.run_pk;
+
+-- Tags can name each other in a circle, which parents set at creation never can: a run
+-- linked by its tag whose chain of parents comes back to itself becomes a root again.
+WITH RECURSIVE up (start, cur, n) AS (
+    SELECT run_pk, parent_run_pk, 1 FROM tag_linked
+    UNION ALL
+    SELECT up.start, r.parent_run_pk, up.n + 1
+    FROM up JOIN runs r ON r.run_pk = up.cur
+    WHERE up.cur <> up.start AND up.n < 10000
+)
+UPDATE runs r SET parent_run_pk = NULL
+FROM (SELECT DISTINCT start FROM up WHERE cur = start) circle
+WHERE r.run_pk = circle.start;
+
+-- Every nested run's path, walked down from the roots.
+WITH RECURSIVE tree (run_pk, path) AS (
+    SELECT run_pk, '{}'::bigint[] FROM runs WHERE parent_run_pk IS NULL
+    UNION ALL
+    SELECT c.run_pk, t.path || t.run_pk
+    FROM runs c JOIN tree t ON c.parent_run_pk = t.run_pk
+)
+UPDATE runs r SET path = tree.path FROM tree
+WHERE r.run_pk = tree.run_pk AND cardinality(tree.path) > 0;
+
+-- Children of a parent in start order (ListChildRuns, has_children) replace the index of
+-- parents alone.
+DROP INDEX runs_parent_idx;
+CREATE INDEX runs_parent_start_idx ON runs (parent_run_pk, start_time DESC, run_id)
+    WHERE parent_run_pk IS NOT NULL;
+
+-- params.type: the trackd.v1.ParamType number (0, untyped, for every param logged before).
+-- params.number: the exact value of an INT or DOUBLE param (numeric keeps every int64 and
+-- every double exactly, NaN and the infinities included), which numeric comparisons in
+-- search read; NULL for the other types.
+ALTER TABLE params
+    ADD COLUMN type   smallint NOT NULL DEFAULT 0,
+    ADD COLUMN number numeric;
+CREATE INDEX params_key_number_idx ON params (key, number) WHERE number IS NOT NULL;
