@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -101,6 +104,12 @@ def test_batch_params_keep_a_type_they_name_and_type_the_rest() -> None:
         inputs.params({"k": None})
     with pytest.raises(ValueError, match=r"params\[0\].type"):
         inputs.params([Param("k", "v", "COMPLEX")])
+    # A type given must fit the text, as the server requires.
+    for bad in (Param("k", "4.0", "INT"), Param("k", "1/3", "DOUBLE"), Param("k", "yes", "BOOL")):
+        with pytest.raises(InvalidArgumentError) as caught:
+            inputs.params([bad])
+        assert list(caught.value.violations) == ["params[0].value"]
+    assert inputs.params([Param("k", "TRUE", "BOOL")])[0].type == P.PARAM_TYPE_BOOL
 
 
 def test_typed_params_decode_by_type() -> None:
@@ -466,3 +475,43 @@ async def test_typed_params_round_trip_and_compare_by_value(server: Running) -> 
         assert [r.info.run_name for r in await client.search_runs(eid, "params.tag = '0.001'")] == [
             "context"
         ]
+
+
+FLUENT_SCRIPT = """
+import trackd.client as trackd
+
+trackd.set_experiment("hierarchy-fluent")
+with trackd.start_run(
+    run_name="job", source=("container", "pod-9"), external_url="https://k8s.example/pod-9"
+) as outer:
+    trackd.log_params({"lr": 0.01, "amp": False, "name": "resnet"})
+    with trackd.start_run(run_name="fold", nested=True, description="fold 0") as inner:
+        trackd.log_param("fold", 0)
+print(outer.run_id, inner.run_id)
+"""
+
+
+async def test_fluent_runs_take_source_and_url_and_log_typed_params(server: Running) -> None:
+    env = {**os.environ, "TRACKD_TRACKING_URI": _target(server)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FLUENT_SCRIPT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    outer_id, inner_id = out.decode().split()
+    async with AsyncClient(_target(server)) as client:
+        outer = await client.get_run(outer_id)
+        inner = await client.get_run(inner_id)
+        children = await client.list_child_runs(outer_id)
+    assert outer.info.source == RunSource("CONTAINER", "pod-9")
+    assert outer.info.external_url == "https://k8s.example/pod-9"
+    assert outer.data.params == {"lr": "0.01", "amp": "False", "name": "resnet"}
+    assert outer.data.typed_params == {"lr": 0.01, "amp": False, "name": "resnet"}
+    assert (inner.info.parent_run_id, inner.info.description) == (outer_id, "fold 0")
+    assert inner.data.typed_params == {"fold": 0}
+    assert [r.info.run_id for r in children] == [inner_id]

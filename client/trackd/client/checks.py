@@ -207,6 +207,29 @@ def param_type(value: object, text: str) -> run_pb2.ParamType.ValueType:
     return run_pb2.PARAM_TYPE_UNSPECIFIED
 
 
+def param_literal(text: str, kind: int, field: str = "value") -> str:
+    """Returns a param's text if it is a literal of its ParamType number `kind` (the
+    server's rule for a param given a type): an INT a decimal within int64, a DOUBLE a
+    decimal or exponent literal, nan or an infinity, a BOOL true or false in any letter
+    case; any text for STRING or untyped.
+
+    Raises:
+        InvalidArgumentError: the text is not a literal of its type.
+    """
+    if kind == run_pb2.PARAM_TYPE_INT:
+        if not _INT_LITERAL.fullmatch(text) or not INT64_MIN <= int(text) <= INT64_MAX:
+            raise invalid(field, f"{_shorten(text)!r} is not an INT literal within int64")
+    elif kind == run_pb2.PARAM_TYPE_DOUBLE:
+        if not _DOUBLE_LITERAL.fullmatch(text):
+            raise invalid(
+                field,
+                f"{_shorten(text)!r} is not a DOUBLE literal (such as 0.001, 1e-05, nan, inf)",
+            )
+    elif kind == run_pb2.PARAM_TYPE_BOOL and text.lower() not in ("true", "false"):
+        raise invalid(field, f"{_shorten(text)!r} is not a BOOL literal (true or false)")
+    return text
+
+
 def _is_numpy_bool(value: object) -> bool:
     # numpy.bool_ is neither a bool nor a number; checked by name, numpy not imported.
     cls = type(value)
@@ -284,6 +307,7 @@ __all__ = [
     "check_key",
     "invalid",
     "metric_value",
+    "param_literal",
     "param_type",
     "param_value",
     "step_value",

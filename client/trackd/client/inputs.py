@@ -99,11 +99,18 @@ def _experiment_tag_value(value: object, field: str) -> str:
 
 def param(key: object, value: object, field: str, kind: object = None) -> run_pb2.Param:
     """A checked Param message, typed from the value's Python type (checks.param_type)
-    unless `kind` (a ParamType word, enum or number; None or "" for none) says the type;
-    fields are named `field.key` and `field.value`."""
+    unless `kind` (a ParamType word, enum or number; None or "" for none) says the type,
+    which the text must then be a literal of; fields are named `field.key` and
+    `field.value`.
+
+    Raises:
+        TypeError: a key or value of the wrong type. ValueError: an unknown type.
+        InvalidArgumentError: a bad key, or a value too long or not of its type.
+    """
     text, typed = checks.typed_param_value(value, f"{field}.value")
     if kind is not None and kind != "":
         typed = param_type_number(kind, f"{field}.type")
+        checks.param_literal(text, typed, f"{field}.value")
     return run_pb2.Param(key=checks.check_key(key, f"{field}.key"), value=text, type=typed)
 
 
