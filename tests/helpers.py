@@ -33,6 +33,17 @@ async def new_run(runs, experiment_id: str = "0", **fields):  # type: ignore[no-
     return resp.run
 
 
+def settled(run):  # type: ignore[no-untyped-def]
+    """A copy of a Run (or RunInfo) without the duration of a RUNNING run, which grows with
+    the server's clock between two reads; for comparing reads that should be the same."""
+    copy = type(run)()
+    copy.CopyFrom(run)
+    info = copy.info if hasattr(copy, "info") else copy
+    if info.status == 1:
+        info.ClearField("duration")
+    return copy
+
+
 def error_info(err: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     """The ErrorInfo detail of a failed call (fails the test if there is none)."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]

@@ -36,6 +36,7 @@ from helpers import (
     violations,
 )
 from s3server import s3_endpoint, s3_environment
+from trackd.client.transfer import retryable
 from trackd.server import app
 from trackd.server.domain.artifacts import ACK_BYTES, object_key
 from trackd.v1 import artifact_pb2 as fpb
@@ -167,27 +168,22 @@ def check_invalid(err: grpc.aio.AioRpcError, field: str, fragment: str = "") -> 
 async def run_upload(stub, msgs: list) -> tuple[list, grpc.aio.AioRpcError | None]:  # type: ignore[no-untyped-def,type-arg]
     """The responses of an upload call and its error (None when it ended OK).
 
-    Like trackd's client, it waits for the answer to a `start` message before it sends
-    more: a write racing the server's refusal of the start fails inside the gRPC core,
-    which then reports INTERNAL ("Internal error from Core") instead of trackd's status."""
-    out = []
-    call = stub.UploadArtifact()
-    try:
-        rest = list(msgs)
-        if rest and rest[0].WhichOneof("message") == "start":
-            await call.write(rest.pop(0))
-            first = await call.read()
-            if first == grpc.aio.EOF:
-                return out, None
-            out.append(first)
-        for msg in rest:
-            await call.write(msg)
-        await call.done_writing()
-        while (resp := await call.read()) != grpc.aio.EOF:
-            out.append(resp)
-    except grpc.aio.AioRpcError as err:
-        return out, err
-    return out, None
+    When trackd ends an upload early (a refused start, a chunk over the size limit) while
+    the client is still writing, the client's gRPC core may fail that write and report
+    INTERNAL "Internal error from Core" instead of the status trackd sent (it carries no
+    error details). trackd's client retries such an upload (transfer.retryable); so does
+    this helper, a few times, so that a test sees trackd's answer."""
+    for attempt in range(5):
+        out: list = []  # type: ignore[type-arg]
+        try:
+            async for resp in stub.UploadArtifact(iter(msgs)):
+                out.append(resp)
+        except grpc.aio.AioRpcError as err:
+            if attempt < 4 and err.code() == grpc.StatusCode.INTERNAL and retryable(err):
+                continue
+            return out, err
+        return out, None
+    raise AssertionError("unreachable")
 
 
 async def upload_fails(stub, msgs: list) -> tuple[list, grpc.aio.AioRpcError]:  # type: ignore[no-untyped-def,type-arg]

@@ -12,7 +12,7 @@ from collections.abc import Awaitable
 import grpc
 import pytest
 
-from helpers import error_info, new_experiment, new_run, violations
+from helpers import error_info, new_experiment, new_run, settled, violations
 from trackd.v1 import common_pb2 as cpb
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import run_pb2
@@ -60,7 +60,8 @@ async def not_found(call: Awaitable[object]) -> grpc.aio.AioRpcError:
 
 
 async def get_run(runs, run_id: str) -> run_pb2.Run:  # type: ignore[no-untyped-def]
-    return (await runs.GetRun(rpb.GetRunRequest(run_id=run_id))).run
+    """The run as read, without a RUNNING run's growing duration (see helpers.settled)."""
+    return settled((await runs.GetRun(rpb.GetRunRequest(run_id=run_id))).run)  # type: ignore[no-any-return]
 
 
 async def stage(runs, run_id: str) -> int:  # type: ignore[no-untyped-def]
@@ -109,7 +110,7 @@ async def test_create_run_defaults(experiments, runs) -> None:
     assert PARENT_TAG not in tags_of(run)
     assert list(run.data.params) == [] and list(run.data.metrics) == []
 
-    assert await get_run(runs, info.run_id) == run
+    assert await get_run(runs, info.run_id) == settled(run)
 
 
 async def test_created_runs_get_distinct_ids_and_artifact_uris(experiments, runs) -> None:
@@ -290,7 +291,9 @@ async def test_update_run_end_time_only_leaves_status_and_name(runs) -> None:
     assert resp.run_info.end_time == 99_999
     assert resp.run_info.status == RUNNING
     assert resp.run_info.run_name == "keep-me"
-    assert (await get_run(runs, run.info.run_id)).info == resp.run_info
+    assert (await get_run(runs, run.info.run_id)).info == settled(resp.run_info)
+    # With an end time, the duration is end minus start, even while RUNNING.
+    assert resp.run_info.duration == (99_999 - run.info.start_time) / 1000
 
 
 async def test_update_run_with_nothing_set_changes_nothing(runs) -> None:
@@ -300,7 +303,7 @@ async def test_update_run_with_nothing_set_changes_nothing(runs) -> None:
     )
     before = await get_run(runs, run.info.run_id)
     resp = await runs.UpdateRun(rpb.UpdateRunRequest(run_id=run.info.run_id))
-    assert resp.run_info == before.info
+    assert settled(resp.run_info) == before.info
     assert await get_run(runs, run.info.run_id) == before
 
 
@@ -360,7 +363,7 @@ async def test_update_run_with_bad_field_is_invalid_argument(
 ) -> None:
     run = await new_run(runs, run_name="unchanged")
     await invalid(runs.UpdateRun(rpb.UpdateRunRequest(run_id=run.info.run_id, **fields)), field)
-    assert await get_run(runs, run.info.run_id) == run
+    assert await get_run(runs, run.info.run_id) == settled(run)
 
 
 # -- DeleteRun / RestoreRun --------------------------------------------------------------------
@@ -373,7 +376,7 @@ async def test_delete_and_restore_run_move_its_lifecycle_stage(runs) -> None:
     assert deleted.info.lifecycle_stage == DELETED
     assert deleted.info.status == run.info.status
     await runs.RestoreRun(rpb.RestoreRunRequest(run_id=run.info.run_id))
-    assert await get_run(runs, run.info.run_id) == run
+    assert await get_run(runs, run.info.run_id) == settled(run)
 
 
 async def test_deleting_a_deleted_run_is_failed_precondition(runs) -> None:
