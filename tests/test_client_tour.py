@@ -35,6 +35,7 @@ from trackd.client import (
     NotFoundError,
     Param,
     Run,
+    RunSource,
     RunTag,
     ViewType,
 )
@@ -275,6 +276,28 @@ def tour(target: str) -> dict[str, object]:
         parent = client.get_parent_run(child.info.run_id)
         assert parent is not None and parent.info.run_id == rid
         assert client.get_parent_run(rid) is None
+        assert (child.info.parent_run_id, child.info.depth) == (rid, 1)
+        assert child.info.description == "a child"
+        sibling = client.create_run(
+            eid,
+            start_time=1,
+            parent_run_id=rid,
+            external_url="https://ci.example/jobs/7",
+            source=("job", "train-7"),
+        )
+        assert sibling.info.source == RunSource("JOB", "train-7")
+        children = client.list_child_runs(rid, max_results=1)
+        assert [r.info.run_id for r in children] == [child.info.run_id] and children.token
+        assert [r.info.run_id for r in client.iter_child_runs(rid)] == [
+            child.info.run_id,
+            sibling.info.run_id,
+        ]
+        assert client.get_run(rid).info.has_children
+        roots = client.search_runs(eid, "params.lr < 0.01", root_runs_only=True)
+        assert [r.info.run_id for r in roots] == [rid]
+        assert client.get_run(rid).data.typed_params["lr"] == 0.001
+        client.update_run(sibling.info.run_id, description="later", source="")
+        assert client.get_run(sibling.info.run_id).info.source is None
         client.delete_run(child.info.run_id)
         client.restore_run(child.info.run_id)
         scratch = client.create_experiment("tour-scratch")

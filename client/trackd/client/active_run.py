@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from trackd.client.entities import Dataset, FileInfo, Run, RunInfo, RunStatus
 from trackd.client.errors import TrackdError
-from trackd.client.inputs import MetricLike
+from trackd.client.inputs import MetricLike, RunSourceLike
 from trackd.client.logger import AsyncMetricLogger, MetricLogger
 from trackd.client.system_metrics import (
     DEFAULT_SYSTEM_METRICS_INTERVAL,
@@ -59,6 +59,8 @@ class AsyncActiveRun:
         parent_run_id: str | None = None,
         tags: Mapping[str, object] | None = None,
         description: str | None = None,
+        external_url: str | None = None,
+        source: RunSourceLike | None = None,
         user_id: str | None = None,
         logger_options: dict[str, Any] | None = None,
         logger: AsyncMetricLogger | None = None,
@@ -73,6 +75,8 @@ class AsyncActiveRun:
         self._parent_run_id = parent_run_id
         self._tags = tags
         self._description = description
+        self._external_url = external_url
+        self._source = source
         self._user_id = user_id
         self._logger_options = logger_options or {}
         self._owns_logger = logger is None
@@ -140,6 +144,8 @@ class AsyncActiveRun:
                 user_id=self._user_id,
                 parent_run_id=self._parent_run_id,
                 description=self._description,
+                external_url=self._external_url,
+                source=self._source,
             )
         if self._logger is None:
             self._logger = self.client.logger(**self._logger_options)
@@ -272,11 +278,12 @@ class AsyncActiveRun:
         await self.logger.flush(timeout)
 
     async def log_param(self, key: str, value: object) -> object:
-        """Logs one param of the run; returns the value."""
+        """Logs one param of the run, typed from the value (see AsyncClient.log_param);
+        returns the value."""
         return await self.client.log_param(self.run_id, key, value)
 
     async def log_params(self, params: Mapping[str, object]) -> None:
-        """Logs params of the run in one batch."""
+        """Logs params of the run in one batch, each typed from its value."""
         await self.client.log_batch(self.run_id, params=params)
 
     async def set_tag(self, key: str, value: object) -> None:

@@ -14,7 +14,7 @@ from trackd.client.artifact_calls import ArtifactCalls
 from trackd.client.credentials import TlsArg, open_channel, resolve_tls, resolve_token
 from trackd.client.experiment_calls import ExperimentCalls
 from trackd.client.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
-from trackd.client.inputs import MetricLike, now_ms
+from trackd.client.inputs import MetricLike, RunSourceLike, now_ms
 from trackd.client.live_calls import LiveCalls
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
@@ -187,6 +187,8 @@ class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, Artifa
         parent_run_id: str | None = None,
         tags: Mapping[str, object] | None = None,
         description: str | None = None,
+        external_url: str | None = None,
+        source: RunSourceLike | None = None,
         user_id: str | None = None,
         buffer_points: int = DEFAULT_CAPACITY,
         on_full: OnFull = "block",
@@ -207,7 +209,8 @@ class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, Artifa
             run_id: resume this run (a job restarted after pre-emption): it is set
                 RUNNING again and logging goes on where it stopped.
             parent_run_id: nest the new run in this one.
-            tags, description, user_id: as create_run().
+            tags, description, external_url, source, user_id: as create_run() (ignored
+                when resuming).
             buffer_points: capacity of the run's own logger, in points.
             on_full: "block" or "raise" when the run's logger is full.
             logger: a logger (from `logger()`) to share instead of the run's own; the run
@@ -238,6 +241,8 @@ class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, Artifa
             parent_run_id=parent_run_id,
             tags=tags,
             description=description,
+            external_url=external_url,
+            source=source,
             user_id=user_id,
             logger_options={
                 "capacity": buffer_points,

@@ -32,6 +32,7 @@ from typing import Final
 import grpc
 
 from trackd.client.errors import InvalidArgumentError
+from trackd.v1 import run_pb2
 
 # The server's limits (trackd.server.domain.limits), copied: the client does not import
 # the server.
@@ -176,6 +177,79 @@ def param_value(value: object, field: str = "value") -> str:
     return _text_value(value, field, PARAM_VALUE_MAX, "param")
 
 
+# The literals the server takes for a typed param (Param.type): an INT's decimal, a
+# DOUBLE's decimal or exponent literal, nan or an infinity.
+_INT_LITERAL: Final = re.compile(r"[+-]?[0-9]+")
+_DOUBLE_LITERAL: Final = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)",
+    re.IGNORECASE,
+)
+
+
+def param_type(value: object, text: str) -> run_pb2.ParamType.ValueType:
+    """The ParamType of a param value, from its Python type: a bool (numpy's too) is BOOL,
+    an integer (int, numpy integers: `numbers.Integral`) within int64 is INT, another real
+    number (float, numpy floats) is DOUBLE, a str is STRING; anything else, or a number
+    whose string form `text` is not a literal of its type (a Fraction's "1/3", an int
+    beyond int64), is untyped (PARAM_TYPE_UNSPECIFIED), stored as its string form only."""
+    if isinstance(value, bool) or _is_numpy_bool(value):
+        return run_pb2.PARAM_TYPE_BOOL
+    if isinstance(value, numbers.Integral):
+        if _INT_LITERAL.fullmatch(text) and INT64_MIN <= int(text) <= INT64_MAX:
+            return run_pb2.PARAM_TYPE_INT
+        return run_pb2.PARAM_TYPE_UNSPECIFIED
+    if isinstance(value, numbers.Real):
+        if _DOUBLE_LITERAL.fullmatch(text):
+            return run_pb2.PARAM_TYPE_DOUBLE
+        return run_pb2.PARAM_TYPE_UNSPECIFIED
+    if isinstance(value, str):
+        return run_pb2.PARAM_TYPE_STRING
+    return run_pb2.PARAM_TYPE_UNSPECIFIED
+
+
+def param_literal(text: str, kind: int, field: str = "value") -> str:
+    """Returns a param's text if it is a literal of its ParamType number `kind` (the
+    server's rule for a param given a type): an INT a decimal within int64, a DOUBLE a
+    decimal or exponent literal, nan or an infinity, a BOOL true or false in any letter
+    case; any text for STRING or untyped.
+
+    Raises:
+        InvalidArgumentError: the text is not a literal of its type.
+    """
+    if kind == run_pb2.PARAM_TYPE_INT:
+        if not _INT_LITERAL.fullmatch(text) or not INT64_MIN <= int(text) <= INT64_MAX:
+            raise invalid(field, f"{_shorten(text)!r} is not an INT literal within int64")
+    elif kind == run_pb2.PARAM_TYPE_DOUBLE:
+        if not _DOUBLE_LITERAL.fullmatch(text):
+            raise invalid(
+                field,
+                f"{_shorten(text)!r} is not a DOUBLE literal (such as 0.001, 1e-05, nan, inf)",
+            )
+    elif kind == run_pb2.PARAM_TYPE_BOOL and text.lower() not in ("true", "false"):
+        raise invalid(field, f"{_shorten(text)!r} is not a BOOL literal (true or false)")
+    return text
+
+
+def _is_numpy_bool(value: object) -> bool:
+    # numpy.bool_ is neither a bool nor a number; checked by name, numpy not imported.
+    cls = type(value)
+    return cls.__module__ == "numpy" and cls.__name__ in ("bool_", "bool")
+
+
+def typed_param_value(
+    value: object, field: str = "value"
+) -> tuple[str, run_pb2.ParamType.ValueType]:
+    """A param value's string form (as param_value(): MLflow's `str(value)`, True as
+    "True", 0.001 as "0.001") and its ParamType (as param_type()).
+
+    Raises:
+        TypeError: value is None.
+        InvalidArgumentError: the text breaks a rule of param_value().
+    """
+    text = param_value(value, field)
+    return text, param_type(value, text)
+
+
 def tag_value(value: object, field: str = "value", limit: int = TAG_VALUE_MAX) -> str:
     """Returns a tag value as a str, by the rules of param_value() but with `limit`
     characters at most: 8,000 for a run's (or a logged model's) tag, the default;
@@ -233,8 +307,11 @@ __all__ = [
     "check_key",
     "invalid",
     "metric_value",
+    "param_literal",
+    "param_type",
     "param_value",
     "step_value",
     "tag_value",
     "timestamp_value",
+    "typed_param_value",
 ]

@@ -53,6 +53,26 @@ class LoggedModelStatus(enum.StrEnum):
     UPLOAD_FAILED = "UPLOAD_FAILED"
 
 
+class RunSourceType(enum.StrEnum):
+    """What kind of thing created a run (`RunInfo.source.type`)."""
+
+    JOB = "JOB"
+    NOTEBOOK = "NOTEBOOK"
+    CONTAINER = "CONTAINER"
+    PROJECT = "PROJECT"
+    LOCAL = "LOCAL"
+
+
+class ParamType(enum.StrEnum):
+    """The type a param was logged with, from the Python type of its value (an untyped,
+    MLflow-style param has none: "")."""
+
+    STRING = "STRING"
+    INT = "INT"
+    DOUBLE = "DOUBLE"
+    BOOL = "BOOL"
+
+
 class ViewType(enum.IntEnum):
     """Which lifecycle stages a search returns (the numbers are MLflow's and trackd's)."""
 
@@ -92,6 +112,10 @@ _PROTO_NUMBERS: dict[str, dict[str, int]] = {
         for n in LoggedModelStatus.__members__
     },
     "VIEW_TYPE_": {n: common_pb2.ViewType.Value(f"VIEW_TYPE_{n}") for n in ViewType.__members__},
+    "RUN_SOURCE_TYPE_": {
+        n: run_pb2.RunSourceType.Value(f"RUN_SOURCE_TYPE_{n}") for n in RunSourceType.__members__
+    },
+    "PARAM_TYPE_": {n: run_pb2.ParamType.Value(f"PARAM_TYPE_{n}") for n in ParamType.__members__},
 }
 
 
@@ -114,6 +138,22 @@ def model_status_number(
 def view_type_number(view: object, arg: str = "view_type") -> common_pb2.ViewType.ValueType:
     """ViewType as its protobuf number, from "ALL", ViewType.ALL or the number."""
     return _enum_number(view, ViewType, "VIEW_TYPE_", arg)  # type: ignore[return-value]
+
+
+def run_source_type_number(
+    kind: object, arg: str = "source.type"
+) -> run_pb2.RunSourceType.ValueType:
+    """RunSourceType as its protobuf number, from "job", "JOB", RunSourceType.JOB or the
+    number."""
+    return _enum_number(kind, RunSourceType, "RUN_SOURCE_TYPE_", arg)  # type: ignore[return-value]
+
+
+def param_type_number(kind: object, arg: str = "type") -> run_pb2.ParamType.ValueType:
+    """ParamType as its protobuf number, from "INT", ParamType.INT or the number; "" (an
+    untyped param) is PARAM_TYPE_UNSPECIFIED."""
+    if isinstance(kind, str) and not kind.strip():
+        return run_pb2.PARAM_TYPE_UNSPECIFIED
+    return _enum_number(kind, ParamType, "PARAM_TYPE_", arg)  # type: ignore[return-value]
 
 
 def _word(number: int, enum_type: Any, prefix: str) -> str:
@@ -184,10 +224,55 @@ class Metric:
 
 @dataclass(frozen=True)
 class Param:
-    """A run's param (immutable once logged)."""
+    """A run's param (immutable once logged): `value` is MLflow's string form; `type` a
+    ParamType word ("INT", ...), or "" to have log_batch type it from the value (a str
+    value is then STRING)."""
 
     key: str
     value: str
+    type: str = ""
+
+
+# A param's value decoded by its type: what RunData.typed_params holds.
+ParamValue = str | int | float | bool
+
+
+def typed_param_value(value: str, param_type: int) -> ParamValue:
+    """A param's value decoded by its ParamType number: INT as int, DOUBLE as float (nan
+    and inf included), BOOL as `value.lower() == "true"`, anything else (STRING, untyped)
+    as the string; a value that is not a literal of its type stays the string."""
+    try:
+        if param_type == run_pb2.PARAM_TYPE_INT:
+            return int(value)
+        if param_type == run_pb2.PARAM_TYPE_DOUBLE:
+            return float(value)
+    except ValueError:
+        return value
+    if param_type == run_pb2.PARAM_TYPE_BOOL:
+        return value.lower() == "true"
+    return value
+
+
+@dataclass(frozen=True)
+class RunSource:
+    """What created a run: `type` a RunSourceType word ("JOB", "NOTEBOOK", "CONTAINER",
+    "PROJECT", "LOCAL") and `id` the job's, notebook's, container's... identifier."""
+
+    type: str
+    id: str = ""
+
+    @classmethod
+    def from_proto(cls, s: run_pb2.RunSource) -> RunSource | None:
+        """The source of a RunSource message; None for none (no type and no id)."""
+        kind = _word(s.type, run_pb2.RunSourceType, "RUN_SOURCE_TYPE_")
+        return cls(kind, s.id) if kind or s.id else None
+
+    def to_proto(self) -> run_pb2.RunSource:
+        """The source as a RunSource message (an empty type is UNSPECIFIED)."""
+        return run_pb2.RunSource(
+            type=run_source_type_number(self.type) if self.type else 0,  # type: ignore[arg-type]
+            id=self.id,
+        )
 
 
 @dataclass(frozen=True)
@@ -252,7 +337,14 @@ class RunInfo:
     silent longer than the server's liveness window); `end_time` is None while the run
     has not ended; `last_seen_time` is when the server last heard from the run (a
     heartbeat or a point; its start time if never); times are milliseconds since the Unix
-    epoch."""
+    epoch.
+
+    The run's place and provenance: `parent_run_id` (None for a root run), `depth` (0 for
+    a root, its parent's plus one for a child), `has_children` (it has active child
+    runs), `description` (also the `mlflow.note.content` tag), `external_url` and `source`
+    (a RunSource), each None when unset; `duration` in seconds (end minus start, or now
+    minus start while the run is RUNNING; None when unknown); `deleted_time` is when the
+    run was deleted, None while it is active."""
 
     run_id: str
     run_name: str
@@ -265,6 +357,14 @@ class RunInfo:
     lifecycle_stage: str
     last_seen_time: int = 0
     proto: run_pb2.RunInfo | None = field(default=None, repr=False, compare=False)
+    parent_run_id: str | None = None
+    has_children: bool = False
+    description: str | None = None
+    external_url: str | None = None
+    source: RunSource | None = None
+    duration: float | None = None
+    deleted_time: int | None = None
+    depth: int = 0
 
     @property
     def run_uuid(self) -> str:
@@ -286,6 +386,14 @@ class RunInfo:
             _stage(i.lifecycle_stage),
             i.last_seen_time,
             i,
+            parent_run_id=i.parent_run_id or None,
+            has_children=i.has_children,
+            description=i.description or None,
+            external_url=i.external_url or None,
+            source=RunSource.from_proto(i.source) if i.HasField("source") else None,
+            duration=i.duration if i.HasField("duration") else None,
+            deleted_time=i.deleted_time or None,
+            depth=i.depth,
         )
 
 
@@ -293,7 +401,9 @@ class RunInfo:
 class RunData:
     """A run's data: `metrics` (key -> latest value), `params`, `tags` (key -> value),
     `metric_summaries` (key -> MetricSummary) and `latest_metrics` (key -> Metric, the
-    latest point with its step and timestamp)."""
+    latest point with its step and timestamp). `params` holds MLflow's string forms
+    ("0.001", "True"); `typed_params` the values decoded by the type they were logged with
+    (0.001, True; an untyped param stays a string)."""
 
     metrics: dict[str, float]
     params: dict[str, str]
@@ -301,6 +411,7 @@ class RunData:
     metric_summaries: dict[str, MetricSummary]
     latest_metrics: dict[str, Metric]
     proto: run_pb2.RunData | None = field(default=None, repr=False, compare=False)
+    typed_params: dict[str, ParamValue] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, d: run_pb2.RunData) -> RunData:
@@ -313,6 +424,7 @@ class RunData:
             {s.key: MetricSummary.from_proto(s) for s in d.metric_summaries},
             latest,
             d,
+            {p.key: typed_param_value(p.value, p.type) for p in d.params},
         )
 
 
@@ -412,13 +524,16 @@ class RunOutputs:
 @dataclass(frozen=True)
 class Run:
     """A run: `info` (attributes), `data` (metrics, params, tags, summaries), `inputs`
-    and `outputs`; `proto` is the Run message it was made from."""
+    and `outputs`; `proto` is the Run message it was made from. `descendant_match` is set
+    in `search_runs(..., root_runs_only=True)` results: some descendant of this root run
+    matched the filter."""
 
     info: RunInfo
     data: RunData
     inputs: RunInputs
     outputs: RunOutputs
     proto: run_pb2.Run | None = field(default=None, repr=False, compare=False)
+    descendant_match: bool = False
 
     @classmethod
     def from_proto(cls, r: run_pb2.Run) -> Run:
@@ -429,6 +544,7 @@ class Run:
             RunInputs.from_proto(r.inputs),
             RunOutputs.from_proto(r.outputs),
             r,
+            r.descendant_match,
         )
 
 
@@ -653,16 +769,23 @@ __all__ = [
     "MetricSummary",
     "PagedList",
     "Param",
+    "ParamType",
+    "ParamValue",
     "Run",
     "RunData",
     "RunInfo",
     "RunInputs",
     "RunOutputs",
+    "RunSource",
+    "RunSourceType",
     "RunStatus",
     "RunTag",
     "ViewType",
     "key_values",
     "model_status_number",
+    "param_type_number",
+    "run_source_type_number",
     "run_status_number",
+    "typed_param_value",
     "view_type_number",
 ]

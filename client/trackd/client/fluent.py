@@ -32,6 +32,7 @@ from typing import Any
 from trackd.client.active_run import ActiveRun
 from trackd.client.aio import resolve_target
 from trackd.client.entities import Dataset, Experiment, FileInfo, Run, RunStatus
+from trackd.client.inputs import RunSourceLike
 from trackd.client.sync import Client
 from trackd.client.system_metrics import DEFAULT_SYSTEM_METRICS_INTERVAL
 from trackd.v1 import dataset_pb2
@@ -122,6 +123,9 @@ def start_run(
     tags: Mapping[str, object] | None = None,
     description: str | None = None,
     log_system_metrics: bool | None = None,
+    *,
+    external_url: str | None = None,
+    source: RunSourceLike | None = None,
 ) -> ActiveRun:
     """Starts (or, with `run_id`, resumes) a run and makes it the active one; use as
     `with start_run():` to end it at the block's end, or call `end_run()`.
@@ -137,6 +141,8 @@ def start_run(
             `system/...` series while the run lasts (see Client.start_run); None means
             as enable_system_metrics_logging() or $TRACKD_ENABLE_SYSTEM_METRICS_LOGGING
             say.
+        external_url, source: as Client.create_run() (a link to the run elsewhere; what
+            created it, such as ("job", "train-42")).
 
     Raises:
         RuntimeError: a run is active and `nested` is False.
@@ -158,6 +164,8 @@ def start_run(
             parent_run_id=parent_run_id,
             tags=tags,
             description=description,
+            external_url=external_url,
+            source=source,
             log_system_metrics=_system_metrics_on()
             if log_system_metrics is None
             else log_system_metrics,

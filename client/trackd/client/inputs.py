@@ -16,7 +16,10 @@ from trackd.client.entities import (
     LoggedModelInput,
     LoggedModelOutput,
     Metric,
+    RunSource,
     key_values,
+    param_type_number,
+    run_source_type_number,
 )
 from trackd.v1 import dataset_pb2, experiment_pb2, logged_model_pb2, metric_pb2, run_pb2
 
@@ -28,6 +31,8 @@ MetricLike = Metric | metric_pb2.Metric | tuple[Any, ...]
 DATASET_CONTEXT_TAG = "mlflow.data.context"
 # MLflow's tag for a run's description.
 DESCRIPTION_TAG = "mlflow.note.content"
+# MLflow's tag naming a nested run's parent.
+PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 
 
 def now_ms() -> int:
@@ -92,9 +97,37 @@ def _experiment_tag_value(value: object, field: str) -> str:
     return checks.tag_value(value, field, checks.EXPERIMENT_TAG_VALUE_MAX)
 
 
+def param(key: object, value: object, field: str, kind: object = None) -> run_pb2.Param:
+    """A checked Param message, typed from the value's Python type (checks.param_type)
+    unless `kind` (a ParamType word, enum or number; None or "" for none) says the type,
+    which the text must then be a literal of; fields are named `field.key` and
+    `field.value`.
+
+    Raises:
+        TypeError: a key or value of the wrong type. ValueError: an unknown type.
+        InvalidArgumentError: a bad key, or a value too long or not of its type.
+    """
+    text, typed = checks.typed_param_value(value, f"{field}.value")
+    if kind is not None and kind != "":
+        typed = param_type_number(kind, f"{field}.type")
+        checks.param_literal(text, typed, f"{field}.value")
+    return run_pb2.Param(key=checks.check_key(key, f"{field}.key"), value=text, type=typed)
+
+
 def params(items: Pairs, arg: str = "params") -> list[run_pb2.Param]:
-    """Checked Param messages from a dict or a sequence of Param/(key, value)."""
-    return _pairs(items, arg, run_pb2.Param, checks.param_value)
+    """Checked, typed Param messages from a dict or a sequence of Param (entity or
+    message: a type it names is kept) or (key, value) pairs; a value's type is its Python
+    type's (bool BOOL, int INT, float DOUBLE, str STRING, else untyped), its text
+    MLflow's `str(value)`."""
+    if items is None or isinstance(items, Mapping | str | bytes):
+        kinds: list[object] = []
+    else:
+        items = list(items)
+        kinds = [getattr(item, "type", None) for item in items]
+    return [
+        param(k, v, f"{arg}[{i}]", kinds[i] if kinds else None)
+        for i, (k, v) in enumerate(key_values(items, arg))
+    ]
 
 
 def run_tags(items: Pairs, arg: str = "tags") -> list[run_pb2.RunTag]:
@@ -158,6 +191,38 @@ def model_output(
     if not isinstance(m, str):
         raise TypeError(f"models items must be model ids or LoggedModelOutput, not {type(m)}")
     return dataset_pb2.ModelOutput(model_id=m)
+
+
+# What a run's source may be given as: a RunSource (entity or message), or a pair
+# (type, id) whose type is a word ("job", "JOB"), a RunSourceType or its number.
+RunSourceLike = RunSource | run_pb2.RunSource | tuple[Any, Any]
+
+
+def run_source(source: RunSourceLike | str, arg: str = "source") -> run_pb2.RunSource:
+    """A RunSource message from a RunSource, a (type, id) pair, or "" (none: the message
+    that clears a run's source).
+
+    Raises:
+        TypeError: none of these, or an id that is not a str. ValueError: an unknown type.
+    """
+    if isinstance(source, run_pb2.RunSource):
+        return source
+    if isinstance(source, str):
+        if source:
+            raise TypeError(f"{arg} must be a RunSource or a (type, id) pair, not a string")
+        return run_pb2.RunSource()
+    if isinstance(source, RunSource):
+        kind, ident = source.type, source.id
+    elif isinstance(source, tuple) and len(source) == 2:
+        kind, ident = source
+    else:
+        raise TypeError(
+            f"{arg} must be a RunSource or a (type, id) pair, not {type(source).__name__}"
+        )
+    if not isinstance(ident, str):
+        raise TypeError(f"{arg} id must be a str, not {type(ident).__name__}")
+    number = 0 if kind in (None, "") else run_source_type_number(kind, f"{arg}.type")
+    return run_pb2.RunSource(type=number, id=ident)  # type: ignore[arg-type]
 
 
 def order_by(items: Iterable[object] | None, arg: str = "order_by") -> list[str]:

@@ -26,7 +26,13 @@ from trackd.client.entities import (
     view_type_number,
 )
 from trackd.client.errors import from_rpc_error
-from trackd.client.inputs import DATASET_CONTEXT_TAG, DESCRIPTION_TAG, MetricLike, now_ms
+from trackd.client.inputs import (
+    DATASET_CONTEXT_TAG,
+    PARENT_RUN_ID_TAG,
+    MetricLike,
+    RunSourceLike,
+    now_ms,
+)
 from trackd.v1 import dataset_pb2, run_pb2, run_service_pb2
 
 
@@ -44,6 +50,8 @@ class RunCalls(Calls):
         user_id: str | None = None,
         parent_run_id: str | None = None,
         description: str | None = None,
+        external_url: str | None = None,
+        source: RunSourceLike | None = None,
     ) -> Run:
         """Creates a RUNNING run (MlflowClient's argument order); returns it.
 
@@ -53,25 +61,32 @@ class RunCalls(Calls):
             tags: a dict or a sequence of RunTag.
             run_name: a name; the server makes one up if None.
             user_id: who runs it.
-            parent_run_id: the run this one is nested in (`mlflow.parentRunId`).
-            description: the run's note (`mlflow.note.content`).
+            parent_run_id: the run this one is nested in, of the same experiment (also
+                the `mlflow.parentRunId` tag); it cannot change later.
+            description: the run's description (also the `mlflow.note.content` tag).
+            external_url: a link to the run elsewhere (an http or https URL).
+            source: what created the run: a RunSource, or a pair (type, id) such as
+                ("job", "train-42"), the type a word or a RunSourceType.
 
         Raises:
-            NotFoundError: no such experiment or parent. InvalidArgumentError: a bad tag.
+            NotFoundError: no such experiment or parent. InvalidArgumentError: a bad tag,
+                URL or source, or a parent of another experiment. ValueError: an unknown
+                source type.
         """
-        all_tags = inputs.run_tags(tags)
-        if description is not None:
-            all_tags += inputs.run_tags({DESCRIPTION_TAG: description}, "description")
         req = run_service_pb2.CreateRunRequest(
             experiment_id=experiment_id,
             run_name=run_name or "",
             start_time=0
             if start_time is None
             else checks.timestamp_value(start_time, "start_time"),
-            tags=all_tags,
+            tags=inputs.run_tags(tags),
             user_id=user_id or "",
             parent_run_id=parent_run_id or "",
+            description=description or "",
+            external_url=external_url or "",
         )
+        if source is not None:
+            req.source.CopyFrom(inputs.run_source(source))
         return Run.from_proto((await self.runs.CreateRun(req, timeout=self.timeout)).run)
 
     @rpc
@@ -85,8 +100,9 @@ class RunCalls(Calls):
         return Run.from_proto((await self.runs.GetRun(req, timeout=self.timeout)).run)
 
     async def get_parent_run(self, run_id: str) -> Run | None:
-        """The run this one is nested in (its `mlflow.parentRunId` tag), or None."""
-        parent = (await self.get_run(run_id)).data.tags.get("mlflow.parentRunId")
+        """The run this one is nested in (its parent_run_id), or None for a root run."""
+        run = await self.get_run(run_id)
+        parent = run.info.parent_run_id or run.data.tags.get(PARENT_RUN_ID_TAG)
         return await self.get_run(parent) if parent else None
 
     @rpc
@@ -97,9 +113,27 @@ class RunCalls(Calls):
         name: str | None = None,
         *,
         end_time: int | None = None,
+        description: str | None = None,
+        external_url: str | None = None,
+        source: RunSourceLike | str | None = None,
     ) -> RunInfo:
-        """Changes a run's status ("FINISHED", ...), name or end time (None leaves each
-        as it is); returns the run's info."""
+        """Changes a run's status ("FINISHED", ...), name, end time, description, external
+        URL or source; None leaves each as it is, "" clears the description, the URL or
+        the source. Returns the run's info.
+
+        Args:
+            run_id: the run.
+            status: a RunStatus word, the enum or its number.
+            name: a new name (also the `mlflow.runName` tag).
+            end_time: milliseconds since the Unix epoch.
+            description: a new description (also the `mlflow.note.content` tag).
+            external_url: a new link (an http or https URL).
+            source: a RunSource or a (type, id) pair as create_run(); "" clears it.
+
+        Raises:
+            NotFoundError: no such run. InvalidArgumentError: a bad field.
+            FailedPreconditionError: the run is deleted.
+        """
         req = run_service_pb2.UpdateRunRequest(
             run_id=run_id,
             status=run_pb2.RUN_STATUS_UNSPECIFIED if status is None else run_status_number(status),
@@ -108,6 +142,12 @@ class RunCalls(Calls):
             req.end_time = checks.timestamp_value(end_time, "end_time")
         if name is not None:
             req.run_name = name
+        if description is not None:
+            req.description = description
+        if external_url is not None:
+            req.external_url = external_url
+        if source is not None:
+            req.source.CopyFrom(inputs.run_source(source))
         return RunInfo.from_proto((await self.runs.UpdateRun(req, timeout=self.timeout)).run_info)
 
     async def set_terminated(
@@ -197,13 +237,18 @@ class RunCalls(Calls):
     async def log_param(
         self, run_id: str, key: str, value: object, synchronous: bool | None = None
     ) -> object:
-        """Logs one immutable param (numbers and bools as str(value)); returns `value`.
+        """Logs one immutable param; returns `value`. It is stored as MLflow's str(value)
+        ("0.001", "True") with the type of the value: bool BOOL, int (numpy's too) INT,
+        float DOUBLE, str STRING, anything else untyped. INT and DOUBLE params compare by
+        value in search_runs (`params.lr < 0.01`).
 
         Raises:
-            TypeError: value is None. FailedPreconditionError: the key has another value.
+            TypeError: value is None. FailedPreconditionError: the key has another value
+                (or the same text with another type: 1 then "1").
         """
+        text, kind = checks.typed_param_value(value)
         req = run_service_pb2.LogParamRequest(
-            run_id=run_id, key=checks.check_key(key), value=checks.param_value(value)
+            run_id=run_id, key=checks.check_key(key), value=text, type=kind
         )
         await self.runs.LogParam(req, timeout=self.timeout)
         return value
@@ -247,7 +292,8 @@ class RunCalls(Calls):
         Args:
             run_id: the run.
             metrics: Metric objects, or tuples (key, value[, step[, timestamp]]).
-            params: a dict, or a sequence of Param or (key, value).
+            params: a dict, or a sequence of Param or (key, value); each typed from its
+                value as log_param() types it.
             tags: a dict, or a sequence of RunTag or (key, value).
 
         Raises:
@@ -347,10 +393,17 @@ class RunCalls(Calls):
         max_results: int = 1000,
         order_by: Iterable[str] | None = None,
         page_token: str | None = None,
+        *,
+        root_runs_only: bool = False,
     ) -> PagedList[Run]:
         """One page of runs of the experiments matching `filter_string` (MLflow's language
-        plus OR, NOT, parentheses, IS NULL and `metrics.loss.min`), in `order_by` (default
-        newest first); `.token` fetches the next page. `iter_runs` walks every page.
+        plus OR, NOT, parentheses, IS NULL, `metrics.loss.min` and numeric comparisons of
+        typed params such as `params.lr < 0.01`), in `order_by` (default newest first);
+        `.token` fetches the next page. `iter_runs` walks every page.
+
+        With `root_runs_only`, only root runs (without a parent) are returned: those that
+        match or have a descendant that matches; `run.descendant_match` says whether one
+        did.
 
         Raises:
             InvalidArgumentError: a bad filter (the message points at the column), order
@@ -363,6 +416,7 @@ class RunCalls(Calls):
             max_results=max_results,
             order_by=inputs.order_by(order_by),
             page_token=page_token or "",
+            root_runs_only=root_runs_only,
         )
         resp = await self.runs.SearchRuns(req, timeout=self.timeout)
         return PagedList(map(Run.from_proto, resp.runs), resp.next_page_token)
@@ -374,6 +428,8 @@ class RunCalls(Calls):
         run_view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
         order_by: Iterable[str] | None = None,
         page_size: int = 1000,
+        *,
+        root_runs_only: bool = False,
     ) -> AsyncIterator[Run]:
         """Every run matching the search, fetching page after page."""
         eids = inputs.ids(experiment_ids, "experiment_ids")
@@ -381,8 +437,54 @@ class RunCalls(Calls):
 
         async def fetch(token: str) -> tuple[Iterable[Run], str]:
             page = await self.search_runs(
-                eids, filter_string, run_view_type, page_size, order, token
+                eids,
+                filter_string,
+                run_view_type,
+                page_size,
+                order,
+                token,
+                root_runs_only=root_runs_only,
             )
+            return page, page.token or ""
+
+        return all_pages(fetch)
+
+    @rpc
+    async def list_child_runs(
+        self,
+        run_id: str,
+        max_results: int = 1000,
+        page_token: str | None = None,
+        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+    ) -> PagedList[Run]:
+        """One page of a run's child runs (one level down), newest first (start time
+        descending, then run id), with the data search_runs returns; `.token` fetches the
+        next page. `iter_child_runs` walks every page. A deleted run's children are
+        listed too; `view_type` says which children (active only by default).
+
+        Raises:
+            NotFoundError: no such run. InvalidArgumentError: a bad max_results, view type
+                or token.
+        """
+        req = run_service_pb2.ListChildRunsRequest(
+            run_id=run_id,
+            max_results=max_results,
+            page_token=page_token or "",
+            run_view_type=view_type_number(view_type, "view_type"),
+        )
+        resp = await self.runs.ListChildRuns(req, timeout=self.timeout)
+        return PagedList(map(Run.from_proto, resp.runs), resp.next_page_token)
+
+    def iter_child_runs(
+        self,
+        run_id: str,
+        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        page_size: int = 1000,
+    ) -> AsyncIterator[Run]:
+        """Every child run of a run, newest first, fetching page after page."""
+
+        async def fetch(token: str) -> tuple[Iterable[Run], str]:
+            page = await self.list_child_runs(run_id, page_size, token, view_type)
             return page, page.token or ""
 
         return all_pages(fetch)

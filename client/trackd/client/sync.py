@@ -14,6 +14,7 @@ from trackd.client.active_run import ActiveRun
 from trackd.client.aio import AsyncClient
 from trackd.client.credentials import TlsArg
 from trackd.client.heartbeat import DEFAULT_HEARTBEAT_INTERVAL
+from trackd.client.inputs import RunSourceLike
 from trackd.client.logger import (
     DEFAULT_CAPACITY,
     DEFAULT_CHUNK_POINTS,
@@ -172,6 +173,8 @@ class Client:
         parent_run_id: str | None = None,
         tags: Mapping[str, object] | None = None,
         description: str | None = None,
+        external_url: str | None = None,
+        source: RunSourceLike | None = None,
         user_id: str | None = None,
         buffer_points: int = DEFAULT_CAPACITY,
         on_full: OnFull = "block",
@@ -192,6 +195,8 @@ class Client:
             parent_run_id=parent_run_id,
             tags=tags,
             description=description,
+            external_url=external_url,
+            source=source,
             user_id=user_id,
             buffer_points=buffer_points,
             on_full=on_full,
@@ -240,6 +245,8 @@ class Client:
     get_metric_columns = _blocking(AsyncClient.get_metric_columns)
     search_runs = _blocking(AsyncClient.search_runs)
     iter_runs = _blocking_iter(AsyncClient.iter_runs)
+    list_child_runs = _blocking(AsyncClient.list_child_runs)
+    iter_child_runs = _blocking_iter(AsyncClient.iter_child_runs)
 
     heartbeat = _blocking(AsyncClient.heartbeat)
     get_metric_envelope = _blocking(AsyncClient.get_metric_envelope)
