@@ -365,10 +365,10 @@ async def test_list_child_runs_newest_first_by_page_and_by_view(server: Running)
         await client.delete_run(made[1].info.run_id)
         active = [r.info.run_id async for r in client.iter_child_runs(root)]
         assert made[1].info.run_id not in active and len(active) == 4
-        deleted = await client.list_child_runs(root, view_type=ViewType.DELETED_ONLY)
+        deleted = await client.list_child_runs(root, run_view_type=ViewType.DELETED_ONLY)
         assert [r.info.run_id for r in deleted] == [made[1].info.run_id]
         assert deleted[0].info.deleted_time is not None and deleted[0].info.deleted_time > 0
-        every = await client.list_child_runs(root, view_type="ALL")
+        every = await client.list_child_runs(root, run_view_type="ALL")
         assert [r.info.run_id for r in every] == want
 
         # has_children counts active children only.

@@ -455,12 +455,12 @@ class RunCalls(Calls):
         run_id: str,
         max_results: int = 1000,
         page_token: str | None = None,
-        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        run_view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
     ) -> PagedList[Run]:
         """One page of a run's child runs (one level down), newest first (start time
         descending, then run id), with the data search_runs returns; `.token` fetches the
         next page. `iter_child_runs` walks every page. A deleted run's children are
-        listed too; `view_type` says which children (active only by default).
+        listed too; `run_view_type` says which children (active only by default).
 
         Raises:
             NotFoundError: no such run. InvalidArgumentError: a bad max_results, view type
@@ -470,7 +470,7 @@ class RunCalls(Calls):
             run_id=run_id,
             max_results=max_results,
             page_token=page_token or "",
-            run_view_type=view_type_number(view_type, "view_type"),
+            run_view_type=view_type_number(run_view_type, "run_view_type"),
         )
         resp = await self.runs.ListChildRuns(req, timeout=self.timeout)
         return PagedList(map(Run.from_proto, resp.runs), resp.next_page_token)
@@ -478,13 +478,13 @@ class RunCalls(Calls):
     def iter_child_runs(
         self,
         run_id: str,
-        view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
+        run_view_type: ViewType | str | int = ViewType.ACTIVE_ONLY,
         page_size: int = 1000,
     ) -> AsyncIterator[Run]:
         """Every child run of a run, newest first, fetching page after page."""
 
         async def fetch(token: str) -> tuple[Iterable[Run], str]:
-            page = await self.list_child_runs(run_id, page_size, token, view_type)
+            page = await self.list_child_runs(run_id, page_size, token, run_view_type)
             return page, page.token or ""
 
         return all_pages(fetch)
