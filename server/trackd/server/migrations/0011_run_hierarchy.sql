@@ -24,15 +24,31 @@ JOIN runs p ON p.run_id = (CASE WHEN t.value ~ '^[0-9a-f]{32}$' THEN t.value::uu
 WHERE c.parent_run_pk IS NULL AND p.experiment_id = c.experiment_id AND p.run_pk <> c.run_pk;
 
 UPDATE runs r SET parent_run_pk = l.parent_run_pk FROM tag_linked l WHERE r.run_pk = l.run_pk;
+-- Fresh statistics of the links just made, so that the walks below probe the index of
+-- parents level by level instead of scanning runs at each level of a deep chain.
+ANALYZE runs;
 
 -- Tags can name each other in a circle, which parents set at creation never can: a run
 -- linked by its tag whose chain of parents comes back to itself becomes a root again.
-WITH RECURSIVE up (start, cur, n) AS (
-    SELECT run_pk, parent_run_pk, 1 FROM tag_linked
+-- Only runs that no root reaches walking down can be in a circle or below one, so only
+-- those are walked up; each walk stops at the first run it has seen before, so a chain
+-- that runs into a circle of other runs ends there (counting steps instead would walk round
+-- that circle up to the bound for every run below it), and a circle of any length is found.
+CREATE TEMPORARY TABLE rooted ON COMMIT DROP AS
+WITH RECURSIVE down (run_pk) AS (
+    SELECT run_pk FROM runs WHERE parent_run_pk IS NULL
     UNION ALL
-    SELECT up.start, r.parent_run_pk, up.n + 1
+    SELECT c.run_pk FROM runs c JOIN down d ON c.parent_run_pk = d.run_pk
+)
+SELECT run_pk FROM down;
+
+WITH RECURSIVE up (start, cur, seen) AS (
+    SELECT l.run_pk, l.parent_run_pk, ARRAY[l.run_pk] FROM tag_linked l
+    WHERE NOT EXISTS (SELECT 1 FROM rooted d WHERE d.run_pk = l.run_pk)
+    UNION ALL
+    SELECT up.start, r.parent_run_pk, up.seen || r.run_pk
     FROM up JOIN runs r ON r.run_pk = up.cur
-    WHERE up.cur <> up.start AND up.n < 10000
+    WHERE up.cur <> ALL (up.seen)
 )
 UPDATE runs r SET parent_run_pk = NULL
 FROM (SELECT DISTINCT start FROM up WHERE cur = start) circle
