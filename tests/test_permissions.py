@@ -423,6 +423,18 @@ async def test_user_id_comes_from_the_principal(authed: tuple[grpc.aio.Channel, 
         metadata=as_("editor"),
     )
     assert resp.run.info.user_id == "editor"
+    # The owner a run search filters on is that principal (`owner` is user_id's alias).
+    search = unary(ch, "/trackd.v1.RunService/SearchRuns", run_service_pb2.SearchRunsResponse)
+    for who in ("editor", "nobody"):
+        found = await search(
+            run_service_pb2.SearchRunsRequest(
+                experiment_ids=[ids["experiment_id"]], filter=f"attributes.owner = '{who}'"
+            ),
+            metadata=as_("reader"),
+        )
+        owned = [r.info.run_id for r in found.runs]
+        assert (resp.run.info.run_id in owned) == (who == "editor")
+        assert all(r.info.user_id == who for r in found.runs)
     with pytest.raises(grpc.aio.AioRpcError) as exc:
         await create(
             run_service_pb2.CreateRunRequest(experiment_id=ids["experiment_id"], user_id="ana"),
