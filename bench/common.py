@@ -79,17 +79,26 @@ class ServerProcess:
 
 @contextlib.asynccontextmanager
 async def server_process(
-    database_url: str, *extra: str, module: str = "trackd.server"
+    database_url: str, *extra: str, module: str = "trackd.server", tree: str | None = None
 ) -> AsyncIterator[ServerProcess]:
     """Runs `python -m trackd.server serve` (or another `module` with trackd's command
     line) on 127.0.0.1 and a free port, its log going to a file (reading it here would take
-    CPU from the benchmark's clients); SIGTERM (then SIGKILL) to its pid at the end."""
+    CPU from the benchmark's clients); SIGTERM (then SIGKILL) to its pid at the end.
+
+    `tree`: the root of another trackd source tree (a git worktree of another commit, say)
+    whose server/ and client/ folders come first on the server's PYTHONPATH, so that the
+    server runs that tree's code with this environment's packages."""
     env = {
         **os.environ,
         "TRACKD_DATABASE_URL": database_url,
         "TRACKD_LISTEN": "127.0.0.1:0",
         "TRACKD_LOG_LEVEL": "INFO",
     }
+    if tree is not None:
+        paths = [os.path.join(tree, "server"), os.path.join(tree, "client")]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     with tempfile.NamedTemporaryFile(prefix="trackd-bench-", suffix=".log") as logfile:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

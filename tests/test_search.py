@@ -1302,3 +1302,87 @@ async def test_search_experiments_bad_filter(experiments, filter_: str, fragment
     err = await fails(experiments.SearchExperiments(epb.SearchExperimentsRequest(filter=filter_)))
     found = assert_invalid(err, "filter")
     assert fragment in found["filter"]
+
+
+# -- the description and root runs (issue 14) ----------------------------------------------
+
+DESCRIPTIONS = {"d_none": "", "d_abc": "abc", "d_Abd": "Abd", "d_pct": "50% off"}
+
+
+@pytest.mark.parametrize(
+    ("filter_", "expected"),
+    [
+        ("attributes.description = ''", {"d_none"}),
+        ("attributes.description != ''", {"d_abc", "d_Abd", "d_pct"}),
+        ("attributes.description = 'abc'", {"d_abc"}),
+        ("attributes.description != 'abc'", {"d_none", "d_Abd", "d_pct"}),
+        ("attributes.description LIKE 'a%'", {"d_abc"}),
+        ("attributes.description ILIKE 'a%'", {"d_abc", "d_Abd"}),
+        ("attributes.description LIKE '%b%'", {"d_abc", "d_Abd"}),
+        ("attributes.description LIKE '%'", set(DESCRIPTIONS)),
+        ("attributes.description LIKE '%%'", set(DESCRIPTIONS)),
+        ("attributes.description LIKE '_%'", {"d_abc", "d_Abd", "d_pct"}),
+        ("attributes.description LIKE '50\\%%'", {"d_pct"}),
+        ("attributes.description LIKE '%\\%%'", {"d_pct"}),
+        ("attributes.description IN ('abc', '')", {"d_none", "d_abc"}),
+        ("attributes.description NOT IN ('abc')", {"d_none", "d_Abd", "d_pct"}),
+        ("attributes.description NOT IN ('', 'Abd')", {"d_abc", "d_pct"}),
+        ("NOT attributes.description LIKE 'a%'", {"d_none", "d_Abd", "d_pct"}),
+        ("NOT attributes.description = ''", {"d_abc", "d_Abd", "d_pct"}),
+        ("attributes.description = '' OR attributes.description = 'abc'", {"d_none", "d_abc"}),
+    ],
+)
+async def test_description_filter(experiments, runs, filter_: str, expected: set[str]) -> None:
+    """A comparison on the description compares '' for a run without one, whichever way
+    the query looks the description up."""
+    eid = await new_experiment(experiments)
+    for name, description in DESCRIPTIONS.items():
+        await new_run(runs, eid, run_name=name, description=description)
+    resp = await search(runs, [eid], filter_)
+    assert {r.info.run_name for r in resp.runs} == expected
+
+
+async def test_root_runs_only(experiments, runs) -> None:
+    """root_runs_only: the roots that match or have a matching descendant (a child's
+    deleted parent makes it a root of the active view), with descendant_match, and
+    has_children read with every run."""
+    eid = await new_experiment(experiments)
+    made: dict[str, str] = {}
+
+    async def make(name: str, parent: str = "", k: str = "") -> None:
+        run = await new_run(
+            runs, eid, run_name=name, parent_run_id=made.get(parent, ""), start_time=T0
+        )
+        made[name] = run.info.run_id
+        if k:
+            await runs.SetTag(rpb.SetTagRequest(run_id=run.info.run_id, key="k", value=k))
+
+    await make("a", k="x")
+    await make("a1", "a", k="y")
+    await make("a11", "a1", k="z")
+    await make("b", k="y")
+    await make("c")
+    await make("c1", "c", k="w")
+    await runs.DeleteRun(rpb.DeleteRunRequest(run_id=made["c"]))
+
+    async def roots(filter_: str) -> dict[str, bool]:
+        resp = await runs.SearchRuns(
+            rpb.SearchRunsRequest(experiment_ids=[eid], filter=filter_, root_runs_only=True)
+        )
+        return {r.info.run_name: r.descendant_match for r in resp.runs}
+
+    assert await roots("tags.k = 'z'") == {"a": True}
+    assert await roots("tags.k = 'y'") == {"a": True, "b": False}
+    assert await roots("tags.k = 'x'") == {"a": False}
+    assert await roots("tags.k IN ('x', 'z')") == {"a": True}
+    assert await roots("tags.k = 'w'") == {"c1": False}
+    assert await roots("tags.k = 'none'") == {}
+    assert await roots("") == {"a": False, "b": False, "c1": False}
+    resp = await search(runs, [eid])
+    assert {r.info.run_name: r.info.has_children for r in resp.runs} == {
+        "a": True,
+        "a1": True,
+        "a11": False,
+        "b": False,
+        "c1": False,
+    }

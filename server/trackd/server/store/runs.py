@@ -45,10 +45,13 @@ DESCRIPTION = (
 )
 # The run id of run `r`'s parent (NULL for a root run).
 PARENT_RUN_ID = "(SELECT pr.run_id FROM runs pr WHERE pr.run_pk = r.parent_run_pk)"
-# Whether run `r` has an active child (an index probe of runs_parent_start_idx).
+# Whether run `r` has an active child (an index probe of runs_parent_start_idx). OFFSET 0
+# keeps PostgreSQL from planning it as a hashed subplan, which reads every active run of
+# the database once per query: it chose that for searches estimated to pass a few hundred
+# rows to the sort, costing 12-20 ms per search over 100k runs for a page of 100.
 HAS_CHILDREN = (
     "EXISTS (SELECT 1 FROM runs cr WHERE cr.parent_run_pk = r.run_pk"  # noqa: S608
-    f" AND cr.lifecycle_stage = {ACTIVE})"
+    f" AND cr.lifecycle_stage = {ACTIVE} OFFSET 0)"
 )
 # RunSourceType names by number, for search (`attributes.source_type = 'JOB'`).
 SOURCE_TYPES = ("", "JOB", "NOTEBOOK", "CONTAINER", "PROJECT", "LOCAL")
