@@ -109,7 +109,8 @@ WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1
 ORDER BY o.latest_value DESC NULLS LAST, r.start_time DESC, r.run_id
 LIMIT 100"""
 # Every run of the data is active, so a match's root is the first of its ancestors (or
-# itself), and the root has a matching descendant when some match has ancestors.
+# itself), and the root has a matching descendant when some match has ancestors (a root's
+# path is NULL).
 RAW_ROOTS = """
 WITH matched AS MATERIALIZED (
     SELECT r.run_pk, r.path FROM runs r
@@ -118,7 +119,7 @@ WITH matched AS MATERIALIZED (
     WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1),
 roots AS (
     SELECT coalesce(m.path[1], m.run_pk) AS run_pk,
-           bool_or(cardinality(m.path) > 0) AS descendant_match
+           bool_or(m.path IS NOT NULL) AS descendant_match
     FROM matched m GROUP BY 1)
 SELECT r.run_pk, r.run_id, r.run_name, x.descendant_match
 FROM roots x JOIN runs r ON r.run_pk = x.run_pk

@@ -1,17 +1,21 @@
 -- Runs as the seed APIs describe them: a first-class hierarchy, an external URL and a
 -- source on runs; typed params.
 --
--- runs.path: the run's ancestors, from its root down to its parent ('{}' for a root run).
+-- runs.path: the run's ancestors, from its root down to its parent (NULL for a root run).
 -- A parent is set when a run is created and never changes, so a path never changes
 -- either: the depth is its length, a run's root is its first element, and "R is an
 -- ancestor of D" is `R.run_pk = ANY(D.path)`, with no recursive query at read time.
 -- The description is the `mlflow.note.content` tag (MLflow's run description), read from
 -- run_tags, so it has no column.
+--
+-- Every new column is NULL where it has nothing to say (a root's path, no URL, no source,
+-- an untyped param): a NULL takes no room in the row, so the tables a search scans stay as
+-- narrow as they were for runs and params that do not use them.
 ALTER TABLE runs
-    ADD COLUMN path        bigint[]  NOT NULL DEFAULT '{}',
-    ADD COLUMN external_url text     NOT NULL DEFAULT '',
-    ADD COLUMN source_type smallint  NOT NULL DEFAULT 0,
-    ADD COLUMN source_id   text      NOT NULL DEFAULT '';
+    ADD COLUMN path         bigint[],
+    ADD COLUMN external_url text,
+    ADD COLUMN source_type  smallint,
+    ADD COLUMN source_id    text;
 
 -- Old data: a run created with only the `mlflow.parentRunId` tag (as MLflow's client
 -- nests runs) gets that run as its parent when the tag names a run of the same experiment.
@@ -70,12 +74,13 @@ DROP INDEX runs_parent_idx;
 CREATE INDEX runs_parent_start_idx ON runs (parent_run_pk, start_time DESC, run_id)
     WHERE parent_run_pk IS NOT NULL;
 
--- params.type: the trackd.v1.ParamType number (0, untyped, for every param logged before).
+-- params.type: the trackd.v1.ParamType number; NULL for an untyped param (0), as every
+-- param logged before is.
 -- params.number: the exact value of an INT or DOUBLE param (numeric keeps every int64 and
 -- every double exactly, NaN and the infinities included), which numeric comparisons in
 -- search read; NULL for the other types.
 ALTER TABLE params
-    ADD COLUMN type   smallint NOT NULL DEFAULT 0,
+    ADD COLUMN type   smallint,
     ADD COLUMN number numeric;
 CREATE INDEX params_key_number_idx ON params (key, number) WHERE number IS NOT NULL;
 

@@ -55,7 +55,13 @@ HAS_CHILDREN = (
 )
 # RunSourceType names by number, for search (`attributes.source_type = 'JOB'`).
 SOURCE_TYPES = ("", "JOB", "NOTEBOOK", "CONTAINER", "PROJECT", "LOCAL")
-SOURCE_TYPE = "(ARRAY[" + ",".join(f"'{t}'" for t in SOURCE_TYPES) + "])[r.source_type + 1]"
+SOURCE_TYPE = (
+    "(ARRAY[" + ",".join(f"'{t}'" for t in SOURCE_TYPES) + "])[coalesce(r.source_type, 0) + 1]"
+)
+# The columns migration 0011 leaves NULL where they are empty, as read.
+EXTERNAL_URL = "coalesce(r.external_url, '')"
+SOURCE_ID = "coalesce(r.source_id, '')"
+DEPTH = "coalesce(cardinality(r.path), 0)"
 
 
 def duration_sql(now: str) -> str:
@@ -76,9 +82,10 @@ def info_columns(cutoff: str, now: str) -> str:
     r.run_pk, r.run_id, r.run_name, r.experiment_id, r.user_id,
     {status_sql(cutoff)} AS status, r.start_time, r.end_time, r.artifact_uri,
     r.lifecycle_stage, {LAST_SEEN} AS last_seen_time, {PARENT_RUN_ID} AS parent_run_id,
-    {HAS_CHILDREN} AS has_children, {DESCRIPTION} AS description, r.external_url,
-    r.source_type, r.source_id, {duration_sql(now)} AS duration, r.deleted_time,
-    cardinality(r.path) AS depth"""
+    {HAS_CHILDREN} AS has_children, {DESCRIPTION} AS description,
+    {EXTERNAL_URL} AS external_url, coalesce(r.source_type, 0) AS source_type,
+    {SOURCE_ID} AS source_id, {duration_sql(now)} AS duration, r.deleted_time,
+    {DEPTH} AS depth"""
 
 
 INSERT = """
@@ -99,7 +106,8 @@ FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
 WHERE r.run_id = $1
 FOR NO KEY UPDATE OF r"""
 REF = """
-SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, r.path FROM runs r WHERE r.run_id = $1"""
+SELECT r.run_pk, r.experiment_id, r.lifecycle_stage, coalesce(r.path, '{}') AS path
+FROM runs r WHERE r.run_id = $1"""
 # Setting a run RUNNING (resuming it) is a sign of life: the run is not UNRESPONSIVE
 # the moment it is resumed.
 UPDATE = f"""
@@ -109,9 +117,9 @@ UPDATE runs r SET
     run_name = COALESCE($4, r.run_name),
     heartbeat_ms = CASE WHEN $2::smallint = {RUNNING}
                         THEN greatest(r.heartbeat_ms, $5::bigint) ELSE r.heartbeat_ms END,
-    external_url = COALESCE($7, r.external_url),
-    source_type = COALESCE($8, r.source_type),
-    source_id = COALESCE($9, r.source_id)
+    external_url = CASE WHEN $7::text IS NULL THEN r.external_url ELSE nullif($7, '') END,
+    source_type = CASE WHEN $8::smallint IS NULL THEN r.source_type ELSE nullif($8, 0) END,
+    source_id = CASE WHEN $9::text IS NULL THEN r.source_id ELSE nullif($9, '') END
 WHERE r.run_pk = $1
 RETURNING {info_columns("$6::bigint", "$5::bigint")}"""  # noqa: S608
 HEARTBEAT = "UPDATE runs SET heartbeat_ms = greatest(heartbeat_ms, $2) WHERE run_pk = $1"
@@ -149,10 +157,11 @@ UPDATE runs r SET lifecycle_stage = 1, deleted_time = NULL, deleted_with_experim
 FROM chosen c WHERE r.run_pk = c.run_pk"""
 
 PARAMS_OF = """
-SELECT key, value, type FROM params WHERE run_pk = $1 AND key = ANY($2::text[])"""
+SELECT key, value, coalesce(type, 0) AS type FROM params
+WHERE run_pk = $1 AND key = ANY($2::text[])"""
 INSERT_PARAMS = """
 INSERT INTO params (run_pk, key, value, type, number)
-SELECT $1, k, v, t, n FROM unnest($2::text[], $3::text[], $4::smallint[], $5::numeric[])
+SELECT $1, k, v, nullif(t, 0), n FROM unnest($2::text[], $3::text[], $4::smallint[], $5::numeric[])
     AS p(k, v, t, n)
 ON CONFLICT (run_pk, key) DO NOTHING"""
 UPSERT_TAGS = """
@@ -163,7 +172,8 @@ DELETE_TAG = "DELETE FROM run_tags WHERE run_pk = $1 AND key = $2"
 TAG_VALUE = "SELECT value FROM run_tags WHERE run_pk = $1 AND key = $2"
 
 LOAD_PARAMS = """
-SELECT run_pk, key, value, type FROM params WHERE run_pk = ANY($1::bigint[])
+SELECT run_pk, key, value, coalesce(type, 0) AS type FROM params
+WHERE run_pk = ANY($1::bigint[])
 ORDER BY run_pk, key"""
 LOAD_TAGS = """
 SELECT run_pk, key, value FROM run_tags WHERE run_pk = ANY($1::bigint[]) ORDER BY run_pk, key"""
@@ -197,10 +207,11 @@ async def insert(
         start_time,
         artifact_uri,
         parent_run_pk,
-        list(path),
+        list(path) or None,
         now,
-        external_url,
-        *source,
+        external_url or None,
+        source[0] or None,
+        source[1] or None,
     )
     return run_pk
 
