@@ -311,7 +311,9 @@ async def measure(
 
 async def _baseline_connection(database_url: str) -> asyncpg.Connection:
     # The baseline connection gets the session settings trackd's pool uses.
-    return await asyncpg.connect(database_url, server_settings={"parallel_setup_cost": "10000"})
+    return await asyncpg.connect(
+        database_url, server_settings={"parallel_setup_cost": "10000", "jit": "off"}
+    )
 
 
 async def _load_all(conn: asyncpg.Connection, big: int) -> tuple[list[int], list[int]]:
@@ -411,3 +413,32 @@ def _p50_p99(summary: str) -> tuple[float, float]:
     """The p50 and p99 (ms) out of a summary_ms string."""
     parts = summary.replace(",", "").split()
     return float(parts[parts.index("p50") + 1]), float(parts[parts.index("p99") + 1])
+
+
+async def million(database_url: str, n_searches: int = 50) -> dict[str, dict[str, str]]:
+    """Issue 15's search benchmark: 1M runs over 100 experiments (10k each, with 10 params,
+    10 metrics and 10 tags each) beside the 1k-run experiment; the existing query over 1k
+    runs (1 experiment), 100k runs (10 experiments) and 1M runs (all 100). Named only
+    (`make bench BENCH_ARGS=search-1m`): loading takes minutes."""
+    conn = await _baseline_connection(database_url)
+    results: dict[str, dict[str, str]] = {}
+    try:
+        tree = os.environ.get("TRACKD_BENCH_SERVER_TREE") or None
+        async with server_process(database_url, tree=tree) as server:
+            t0 = time.perf_counter()
+            small = await load(conn, "small", 1, 1_000)
+            large = await load(conn, "million", 100, 1_000_000)
+            await conn.execute("VACUUM ANALYZE")
+            print(f"  loaded 1,001,000 runs in {time.perf_counter() - t0:.1f}s")
+            for label, eids, n in (
+                ("1k runs (1 experiment of 1M+1k)", small, n_searches),
+                ("100k runs (10 experiments of 1M)", large[:10], n_searches),
+                ("1M runs (100 experiments)", large, n_searches),
+            ):
+                results[f"search-1m, {label}"] = await measure(
+                    server.target, conn, eids, n, metric_and_param
+                )
+                print(f"  {label}: {results[f'search-1m, {label}']}")
+    finally:
+        await conn.close()
+    return results
