@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import platform
 
-from bench import artifacts, auth, common, envelopes, ingest, logcall, search, watch
+from bench import artifacts, auth, codecs, common, envelopes, ingest, logcall, search, watch
 
 SCENARIOS = {
     "ingest": ingest.run,
@@ -18,6 +18,7 @@ SCENARIOS = {
     "artifacts": artifacts.run,
     "envelopes": envelopes.run,
     "watch": watch.run,
+    "codecs": codecs.run,
 }
 # Run only when named: it needs another source tree to compare with.
 NAMED_ONLY = {"search-compare"}
