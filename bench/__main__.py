@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import platform
 
-from bench import artifacts, auth, common, envelopes, ingest, logcall, search, watch
+from bench import artifacts, auth, codecs, common, envelopes, ingest, logcall, search, watch
 
 SCENARIOS = {
     "ingest": ingest.run,
@@ -19,6 +19,7 @@ SCENARIOS = {
     "artifacts": artifacts.run,
     "envelopes": envelopes.run,
     "watch": watch.run,
+    "codecs": codecs.run,
 }
 # Run only when named: search-compare needs another source tree to compare with, and
 # search-1m takes minutes to load.
