@@ -38,7 +38,8 @@ LOAD_RUNS = """
 INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, end_time,
                   artifact_uri)
 SELECT md5($1 || i)::uuid, ($2::bigint[])[1 + i % array_length($2::bigint[], 1)],
-       'run-' || i, 'bench', 3, 1700000000000 + i, 1700000000000 + i + (i * 7919) % 3600000, ''
+       'run-' || i, 'bench', 3, 1700000000000 + i,
+       1700000000000 + i + (i::bigint * 7919) % 3600000, ''
 FROM generate_series(1, $3) AS i"""
 # Nesting, within an experiment (E experiments, run i's position there q = i / E): a run
 # with q % 10 = 1 is a child of the run before it in its experiment (i - E, a root); one
