@@ -164,82 +164,64 @@ class Search:
 Scenario = Callable[[random.Random, list[int]], Search]
 
 
+def _search(
+    eids: list[int], filter_: str, order: str, raw_sql: str, raw_args: list[Any], **request: Any
+) -> Search:
+    """A search of 100 runs of the experiments, and its baseline."""
+    return Search(
+        run_service_pb2.SearchRunsRequest(
+            experiment_ids=[str(e) for e in eids],
+            filter=filter_,
+            order_by=[order],
+            max_results=100,
+            **request,
+        ),
+        raw_sql,
+        raw_args,
+    )
+
+
 def metric_and_param(rng: random.Random, eids: list[int]) -> Search:
     """`metrics.m0 < X AND params.p1 = 'Y'` ordered by metrics.m2 DESC."""
     threshold = round(rng.uniform(0.2, 0.8), 3)
     pval = str(rng.randrange(10))
-    return Search(
-        run_service_pb2.SearchRunsRequest(
-            experiment_ids=[str(e) for e in eids],
-            filter=f"metrics.m0 < {threshold} AND params.p1 = '{pval}'",
-            order_by=["metrics.m2 DESC"],
-            max_results=100,
-        ),
-        RAW_QUERY,
-        [threshold, pval],
-    )
+    where = f"metrics.m0 < {threshold} AND params.p1 = '{pval}'"
+    return _search(eids, where, "metrics.m2 DESC", RAW_QUERY, [threshold, pval])
 
 
 def typed_param(rng: random.Random, eids: list[int]) -> Search:
     """`params.p1 < N` on INT params, ordered by metrics.m2 DESC."""
     n = rng.randrange(2, 9)
-    return Search(
-        run_service_pb2.SearchRunsRequest(
-            experiment_ids=[str(e) for e in eids],
-            filter=f"params.p1 < {n}",
-            order_by=["metrics.m2 DESC"],
-            max_results=100,
-        ),
-        RAW_TYPED,
-        [n],
-    )
+    return _search(eids, f"params.p1 < {n}", "metrics.m2 DESC", RAW_TYPED, [n])
 
 
 def root_runs(rng: random.Random, eids: list[int]) -> Search:
     """root_runs_only, `metrics.m0 < X AND params.p3 = 'Y'`, newest first."""
     threshold = round(rng.uniform(0.2, 0.8), 3)
     pval = str(rng.randrange(10))
-    return Search(
-        run_service_pb2.SearchRunsRequest(
-            experiment_ids=[str(e) for e in eids],
-            filter=f"metrics.m0 < {threshold} AND params.p3 = '{pval}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=100,
-            root_runs_only=True,
-        ),
+    where = f"metrics.m0 < {threshold} AND params.p3 = '{pval}'"
+    return _search(
+        eids,
+        where,
+        "attributes.start_time DESC",
         RAW_ROOTS,
         [threshold, pval],
+        root_runs_only=True,
     )
 
 
 def duration(rng: random.Random, eids: list[int]) -> Search:
     """`attributes.duration > N` (seconds), newest first."""
     n = rng.randrange(600, 3000)
-    return Search(
-        run_service_pb2.SearchRunsRequest(
-            experiment_ids=[str(e) for e in eids],
-            filter=f"attributes.duration > {n}",
-            order_by=["attributes.start_time DESC"],
-            max_results=100,
-        ),
-        RAW_DURATION,
-        [n * 1000],
-    )
+    where = f"attributes.duration > {n}"
+    return _search(eids, where, "attributes.start_time DESC", RAW_DURATION, [n * 1000])
 
 
 def description(rng: random.Random, eids: list[int]) -> Search:
     """`attributes.description LIKE 'c%'`, newest first."""
     c = chr(97 + rng.randrange(26))
-    return Search(
-        run_service_pb2.SearchRunsRequest(
-            experiment_ids=[str(e) for e in eids],
-            filter=f"attributes.description LIKE '{c}%'",
-            order_by=["attributes.start_time DESC"],
-            max_results=100,
-        ),
-        RAW_DESCRIPTION,
-        [c, chr(ord(c) + 1)],
-    )
+    where = f"attributes.description LIKE '{c}%'"
+    return _search(eids, where, "attributes.start_time DESC", RAW_DESCRIPTION, [c, chr(ord(c) + 1)])
 
 
 async def has_column(conn: asyncpg.Connection, table: str, column: str) -> bool:

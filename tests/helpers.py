@@ -3,6 +3,10 @@ details off a failed call."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import uuid
 
 import grpc
@@ -14,6 +18,24 @@ from trackd.v1 import run_service_pb2 as rpb
 
 # Counts the fault and property suites add to; printed at the end of the run.
 STATS: dict[str, int] = {"faults injected": 0, "generated inputs tried": 0}
+
+
+async def run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """Runs `script` in a fresh Python process (with `args`, and `env` on top of this
+    process' environment), waits up to 60 s, checks it exited 0 (failing with its stderr)
+    and returns what it printed."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
 
 
 def unique(prefix: str = "exp") -> str:

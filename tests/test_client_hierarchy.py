@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import fractions
 import math
-import os
-import subprocess
-import sys
 from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers import run_python
 from trackd.client import (
     AsyncClient,
     Client,
@@ -492,18 +490,8 @@ print(outer.run_id, inner.run_id)
 
 
 async def test_fluent_runs_take_source_and_url_and_log_typed_params(server: Running) -> None:
-    env = {**os.environ, "TRACKD_TRACKING_URI": _target(server)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        FLUENT_SCRIPT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    outer_id, inner_id = out.decode().split()
+    out = await run_python(FLUENT_SCRIPT, env={"TRACKD_TRACKING_URI": _target(server)})
+    outer_id, inner_id = out.split()
     async with AsyncClient(_target(server)) as client:
         outer = await client.get_run(outer_id)
         inner = await client.get_run(inner_id)

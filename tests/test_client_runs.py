@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from helpers import run_python
 from trackd.client import (
     AsyncClient,
     BufferFullError,
@@ -237,18 +237,8 @@ FLUENT_SCRIPT = textwrap.dedent(
 
 
 async def test_fluent_api_with_env_uri_nesting_and_end_at_exit(server: Running) -> None:
-    env = {**os.environ, "TRACKD_TRACKING_URI": f"grpc://{_target(server)}"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        FLUENT_SCRIPT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+    out = await run_python(FLUENT_SCRIPT, env={"TRACKD_TRACKING_URI": f"grpc://{_target(server)}"})
+    lines = out.splitlines()
     assert lines[0] == _target(server)
     assert lines[1] == "refused: True"
     assert lines[2] == "FINISHED"

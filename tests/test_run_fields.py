@@ -128,6 +128,8 @@ async def test_description_is_mlflows_note_tag(runs, experiments) -> None:
         ({"external_url": "/relative/path"}, "external_url", "http or https"),
         ({"external_url": "https://"}, "external_url", "http or https"),
         ({"external_url": "https://a.example/b c"}, "external_url", "white space"),
+        # urlsplit refuses it (an unclosed IPv6 host): a violation, never INTERNAL.
+        ({"external_url": "https://[::1/x"}, "external_url", "http or https"),
         ({"external_url": "https://x.example/" + "a" * 1983}, "external_url", "limit is 2000"),
         ({"source": run_pb2.RunSource(type=9, id="x")}, "source.type", "not a RunSourceType"),  # type: ignore[arg-type]
         ({"source": run_pb2.RunSource(type=JOB, id="j" * 501)}, "source.id", "limit is 500"),

@@ -368,10 +368,12 @@ async def test_root_only_search_flags_descendant_matches_three_levels_deep(
         ("b1", False),
         ("c", False),
     ]
-    # Deleting the deep match unflags its root; intermediate runs are not roots.
+    # Intermediate runs are not roots: a match among them returns the root, flagged.
+    names = f"attributes.run_id IN ('{a1.info.run_id}', '{a11.info.run_id}')"
+    assert shown(await roots(runs, eid, names)) == [("a", True)]
+    # Deleting the deep match unflags its root.
     await runs.DeleteRun(rpb.DeleteRunRequest(run_id=a111.info.run_id))
     assert shown(await roots(runs, eid, "tags.hit = 'deep'")) == []
-    assert a1.info.run_id and a11.info.run_id
 
 
 async def test_hierarchy_attributes_filter_and_order(runs, experiments) -> None:

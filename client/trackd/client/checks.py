@@ -194,14 +194,12 @@ def param_type(value: object, text: str) -> run_pb2.ParamType.ValueType:
     beyond int64), is untyped (PARAM_TYPE_UNSPECIFIED), stored as its string form only."""
     if isinstance(value, bool) or _is_numpy_bool(value):
         return run_pb2.PARAM_TYPE_BOOL
-    if isinstance(value, numbers.Integral):
-        if _INT_LITERAL.fullmatch(text) and INT64_MIN <= int(text) <= INT64_MAX:
-            return run_pb2.PARAM_TYPE_INT
-        return run_pb2.PARAM_TYPE_UNSPECIFIED
-    if isinstance(value, numbers.Real):
-        if _DOUBLE_LITERAL.fullmatch(text):
-            return run_pb2.PARAM_TYPE_DOUBLE
-        return run_pb2.PARAM_TYPE_UNSPECIFIED
+    for kind, numeric in (
+        (run_pb2.PARAM_TYPE_INT, numbers.Integral),
+        (run_pb2.PARAM_TYPE_DOUBLE, numbers.Real),
+    ):
+        if isinstance(value, numeric):
+            return kind if _is_literal(text, kind) else run_pb2.PARAM_TYPE_UNSPECIFIED
     if isinstance(value, str):
         return run_pb2.PARAM_TYPE_STRING
     return run_pb2.PARAM_TYPE_UNSPECIFIED
@@ -216,18 +214,29 @@ def param_literal(text: str, kind: int, field: str = "value") -> str:
     Raises:
         InvalidArgumentError: the text is not a literal of its type.
     """
-    if kind == run_pb2.PARAM_TYPE_INT:
-        if not _INT_LITERAL.fullmatch(text) or not INT64_MIN <= int(text) <= INT64_MAX:
-            raise invalid(field, f"{_shorten(text)!r} is not an INT literal within int64")
-    elif kind == run_pb2.PARAM_TYPE_DOUBLE:
-        if not _DOUBLE_LITERAL.fullmatch(text):
-            raise invalid(
-                field,
-                f"{_shorten(text)!r} is not a DOUBLE literal (such as 0.001, 1e-05, nan, inf)",
-            )
-    elif kind == run_pb2.PARAM_TYPE_BOOL and text.lower() not in ("true", "false"):
-        raise invalid(field, f"{_shorten(text)!r} is not a BOOL literal (true or false)")
+    if not _is_literal(text, kind):
+        raise invalid(field, f"{_shorten(text)!r} is not {_LITERAL_OF[kind]}")
     return text
+
+
+# What a literal of each type is, for a message.
+_LITERAL_OF: Final[dict[int, str]] = {
+    run_pb2.PARAM_TYPE_INT: "an INT literal within int64",
+    run_pb2.PARAM_TYPE_DOUBLE: "a DOUBLE literal (such as 0.001, 1e-05, nan, inf)",
+    run_pb2.PARAM_TYPE_BOOL: "a BOOL literal (true or false)",
+}
+
+
+def _is_literal(text: str, kind: int) -> bool:
+    """Whether `text` is a literal of the ParamType number `kind` (any text is a STRING's
+    or an untyped param's)."""
+    if kind == run_pb2.PARAM_TYPE_INT:
+        return bool(_INT_LITERAL.fullmatch(text)) and INT64_MIN <= int(text) <= INT64_MAX
+    if kind == run_pb2.PARAM_TYPE_DOUBLE:
+        return bool(_DOUBLE_LITERAL.fullmatch(text))
+    if kind == run_pb2.PARAM_TYPE_BOOL:
+        return text.lower() in ("true", "false")
+    return True
 
 
 def _is_numpy_bool(value: object) -> bool:

@@ -29,10 +29,6 @@ MetricLike = Metric | metric_pb2.Metric | tuple[Any, ...]
 
 # The input tag that says what a dataset was used for (MLflow's name).
 DATASET_CONTEXT_TAG = "mlflow.data.context"
-# MLflow's tag for a run's description.
-DESCRIPTION_TAG = "mlflow.note.content"
-# MLflow's tag naming a nested run's parent.
-PARENT_RUN_ID_TAG = "mlflow.parentRunId"
 
 
 def now_ms() -> int:

@@ -28,7 +28,6 @@ from trackd.client.entities import (
 from trackd.client.errors import from_rpc_error
 from trackd.client.inputs import (
     DATASET_CONTEXT_TAG,
-    PARENT_RUN_ID_TAG,
     MetricLike,
     RunSourceLike,
     now_ms,
@@ -100,9 +99,9 @@ class RunCalls(Calls):
         return Run.from_proto((await self.runs.GetRun(req, timeout=self.timeout)).run)
 
     async def get_parent_run(self, run_id: str) -> Run | None:
-        """The run this one is nested in (its parent_run_id), or None for a root run."""
-        run = await self.get_run(run_id)
-        parent = run.info.parent_run_id or run.data.tags.get(PARENT_RUN_ID_TAG)
+        """The run this one is nested in (its parent_run_id: the server's, which also
+        follows MLflow's `mlflow.parentRunId` tag), or None for a root run."""
+        parent = (await self.get_run(run_id)).info.parent_run_id
         return await self.get_run(parent) if parent else None
 
     @rpc

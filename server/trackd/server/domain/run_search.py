@@ -55,16 +55,9 @@ class RunSearch:
             raise InvalidArgument.for_field(
                 "order_by", f"has {len(order_by)} clauses; the limit is {ORDER_BY_MAX}"
             )
-        if view_type not in VIEW_STAGES:
-            raise InvalidArgument.for_field("run_view_type", f"{view_type} is not a ViewType")
+        stages, size = _page_of(view_type, max_results)
         node = parser.parse_filter(filter_, parser.RUNS)
         order = parser.parse_order_by(list(order_by), parser.RUNS)
-        size = validation.page_size(
-            max_results,
-            default=limits.SEARCH_MAX_RESULTS_DEFAULT,
-            maximum=limits.SEARCH_MAX_RESULTS_MAX,
-        )
-        stages = VIEW_STAGES[view_type]
         fingerprint = paging.query_fingerprint(
             "runs", eids, filter_, list(order_by), stages, root_runs_only
         )
@@ -100,14 +93,7 @@ class RunSearch:
         InvalidArgument for a bad id, size, view type or token, NotFound for an unknown
         run."""
         validation.run_id(run_id)
-        if view_type not in VIEW_STAGES:
-            raise InvalidArgument.for_field("run_view_type", f"{view_type} is not a ViewType")
-        size = validation.page_size(
-            max_results,
-            default=limits.SEARCH_MAX_RESULTS_DEFAULT,
-            maximum=limits.SEARCH_MAX_RESULTS_MAX,
-        )
-        stages = VIEW_STAGES[view_type]
+        stages, size = _page_of(view_type, max_results)
         fingerprint = paging.query_fingerprint("children", run_id, stages)
 
         async def fetch(
@@ -128,6 +114,19 @@ class RunSearch:
 
         load = functools.partial(load_views, brief=True)
         return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
+
+
+def _page_of(view_type: int, max_results: int) -> tuple[Sequence[int], int]:
+    """The lifecycle stages of a run_view_type and the page size of max_results;
+    InvalidArgument for either out of range."""
+    if view_type not in VIEW_STAGES:
+        raise InvalidArgument.for_field("run_view_type", f"{view_type} is not a ViewType")
+    size = validation.page_size(
+        max_results,
+        default=limits.SEARCH_MAX_RESULTS_DEFAULT,
+        maximum=limits.SEARCH_MAX_RESULTS_MAX,
+    )
+    return VIEW_STAGES[view_type], size
 
 
 __all__ = ["RunSearch"]

@@ -91,21 +91,10 @@ def item(field: str, i: int, name: str) -> str:
 def params(
     v: Violations, field: str, items: Sequence[tuple[str, str]]
 ) -> tuple[list[str], list[str]]:
-    """Checks params (key rules, value <= 6000 characters, no key with two values) and
-    returns their distinct keys and values."""
-    merged: dict[str, str] = {}
-    for i, (key, value) in enumerate(items):
-        ok = v.key(item(field, i, "key"), key)
-        ok = v.text(item(field, i, "value"), value, max_len=limits.PARAM_VALUE_MAX) and ok
-        if not ok:
-            continue
-        if key in merged and merged[key] != value:
-            v.add(
-                item(field, i, "value"),
-                f"param {key!r} appears twice in the batch, with {merged[key]!r} and {value!r}",
-            )
-        merged[key] = value
-    return list(merged), list(merged.values())
+    """Checks untyped params (a logged model's: the rules of typed_params, every param
+    untyped) and returns their distinct keys and values."""
+    checked = typed_params(v, field, [(key, value, PARAM_UNSPECIFIED) for key, value in items])
+    return checked.keys, checked.values
 
 
 # trackd.v1.ParamType numbers and names.
@@ -288,22 +277,15 @@ def fresh_params(
     owner: str,
     metadata: dict[str, str],
 ) -> tuple[list[str], list[str]]:
-    """The params not stored yet among keys/values. Params are immutable: a stored key with
-    another value raises FailedPrecondition naming `owner` ("run 0a1b...")."""
-    fresh_keys: list[str] = []
-    fresh_values: list[str] = []
-    for key, value in zip(keys, values, strict=True):
-        old = stored.get(key)
-        if old is None:
-            fresh_keys.append(key)
-            fresh_values.append(value)
-        elif old != value:
-            raise FailedPrecondition(
-                f"param {key!r} of {owner} is {old!r}; params are immutable, so it "
-                f"cannot become {value!r}",
-                metadata={**metadata, "key": key},
-            )
-    return fresh_keys, fresh_values
+    """The untyped params not stored yet among keys/values (fresh_typed_params with every
+    param untyped)."""
+    fresh = fresh_typed_params(
+        {key: (value, PARAM_UNSPECIFIED) for key, value in stored.items()},
+        TypedParams(list(keys), list(values), [PARAM_UNSPECIFIED] * len(keys), [None] * len(keys)),
+        owner,
+        metadata,
+    )
+    return fresh.keys, fresh.values
 
 
 def experiment_ids(values: Sequence[str], *, maximum: int) -> list[int]:

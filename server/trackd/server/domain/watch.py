@@ -69,6 +69,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import logging
 import time
 import zlib
@@ -368,17 +369,14 @@ class Watches:
         started = time.monotonic()
 
         for_ms = int(self.retention * 1000)
-
-        async def extend(conn: Connection) -> tuple[int, int] | None:
-            return await store.extend_interest(conn, experiment, for_ms)
-
-        async def work(conn: Connection) -> tuple[int, int]:
-            return await store.register_interest(conn, experiment, for_ms)
-
+        extend = functools.partial(store.extend_interest, experiment_id=experiment, for_ms=for_ms)
+        register = functools.partial(
+            store.register_interest, experiment_id=experiment, for_ms=for_ms
+        )
         try:
             # Live interest goes on without stopping writers; only a new stretch locks.
             found = await self.db.transact(extend)
-            since, left_ms = found if found is not None else await self.db.transact(work)
+            since, left_ms = found if found is not None else await self.db.transact(register)
         except asyncpg.LockNotAvailableError:
             raise Unavailable("could not register the watch in time; retry") from None
         # The database's clock read `left_ms` after `started`: the deadline errs early.

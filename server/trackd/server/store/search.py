@@ -117,6 +117,9 @@ class Target:
     tiebreak: tuple[tuple[Column, bool], ...]
     default_order: tuple[tuple[Column, bool], ...]
     datasets: bool = False
+    # Whether the params table has the type's exact number (runs' params, migration 0011),
+    # which numeric comparisons and ordering read.
+    typed_params: bool = False
 
 
 RUNS = Target(
@@ -148,6 +151,7 @@ RUNS = Target(
     tiebreak=((Column("r.start_time", "bigint"), True), (Column("r.run_id", "uuid"), False)),
     default_order=(),
     datasets=True,
+    typed_params=True,
 )
 
 EXPERIMENTS = Target(
@@ -336,19 +340,24 @@ class _Compiler:
         sql_op = {"=": "=", "!=": "<>", "LIKE": "LIKE", "ILIKE": "ILIKE"}[op]
         return f"{expr} {sql_op} {self.b.add(value, 'text')}"
 
+    def keyed(self, table: str, key: str) -> str:
+        """The subquery of the rows `p` of a params or tags table of the target's row under
+        `key` (bound here), for EXISTS."""
+        return (
+            f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; the key is a placeholder
+            f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {self.b.add(key, 'text')}"
+        )
+
     def keyed_string(self, c: Compare) -> str:
         table = self.t.params_table if c.ident.entity == "param" else self.t.tags_table
         assert table is not None
-        key = self.b.add(c.ident.key, "text")
-        exists = (
-            f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; `key` is a placeholder
-            f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {key}"
-        )
+        exists = self.keyed(table, c.ident.key)
         if c.op == "IS_NULL":
             return self.exists(exists, negated=True)
         if c.op == "IS_NOT_NULL":
             return self.exists(exists)
         if isinstance(c.value, int | float):
+            assert self.t.typed_params  # the parser takes a number for typed params only
             # A number compares with the exact value of INT and DOUBLE params (params.number,
             # NULL for the other types, which so match no numeric comparison).
             return self.exists(
@@ -419,12 +428,7 @@ class _Compiler:
         comparison, some tag of the key must pass it (EXISTS, which PostgreSQL turns into a
         join on the tags' key and value index); when '' passes, no tag of the key may fail
         it (NOT EXISTS)."""
-        table = self.t.tags_table
-        key = self.b.add(tag, "text")
-        exists = (
-            f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; `key` is a placeholder
-            f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {key}"
-        )
+        exists = self.keyed(self.t.tags_table, tag)
         if _matches_empty(op, value):
             return self.exists(f"{exists} AND NOT ({self.string('p.value', op, value)})", True)
         return self.exists(f"{exists} AND {self.value(op, value)}")
@@ -561,7 +565,7 @@ def _order_keys(
                 f"LEFT JOIN {table} {alias} ON {alias}.{target.key_column} = {target.pk}"
                 f" AND {alias}.key = {key}"
             )
-            if ident.entity == "param" and target.params_table == "params":
+            if ident.entity == "param" and target.typed_params:
                 # Run params: INT and DOUBLE ones first, by value (NaN after the numbers),
                 # then the others by their string form, in either direction.
                 flag = f"({alias}.number = 'NaN'::numeric)::int"
