@@ -207,9 +207,7 @@ async def test_duplicates_of_compacted_points_are_skipped_and_late_points_land_i
     assert bits(await stored(plain_runs, rid, "m")) == bits(points)
     # Late points inside the compacted range: new timestamps or values at old steps.
     late = [(5, T0 + 51, 1.5), (100, T0 + 1000, 2.5), (3000, T0 + 1, -math.inf)]
-    await plain_runs.LogBatch(
-        rpb.LogBatchRequest(run_id=rid, metrics=[metric(*p) for p in late])
-    )
+    await plain_runs.LogBatch(rpb.LogBatchRequest(run_id=rid, metrics=[metric(*p) for p in late]))
     want = sorted(points + late, key=lambda p: (p[0], p[1], math.isnan(p[2]), p[2]))
     assert bits(await stored(plain_runs, rid, "m")) == bits(want)
     assert bits(await _paged(plain_runs, rid, "m", 333)) == bits(want)

@@ -94,7 +94,7 @@ async def test_sigkill_mid_compaction_loses_and_duplicates_nothing(database_url:
             await server.proc.wait()
             STATS["faults injected"] += 1
             kills += 1
-        total_now, compacted_now, _ = await _state(database_url)
+        total_now, _, _ = await _state(database_url)
         assert total_now == total
         stored_now = await stored_points(database_url, run_ids)
         for rid in run_ids:
