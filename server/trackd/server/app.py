@@ -261,6 +261,8 @@ async def start(config: Config, database_url: str) -> Running:
         on_commit=metrics.committed,
         on_grown=compactor.note if compactor is not None else None,
     )
+    if compactor is not None:
+        compactor.busy = writers.busy
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
     watches = Watches(db, database_url, retention=config.watch_retention)

@@ -108,27 +108,43 @@ def merged(
     keep: Any = None,
     order: str = "step",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The points of rows (columns, in order) and blocks together, sorted by (step, ts,
-    value) or, with order="ts", by (ts, step, value); only those after `after` (in step
-    order), and only those for which keep(steps, stamps, values) is true."""
-    parts = [_columns(*rows)]
-    parts.extend(decode(b) for b in blocks)
+    """The points of rows (columns, in order) and blocks (in order) together, sorted by
+    (step, ts, value) or, with order="ts", by (ts, step, value); only those after `after`
+    (in step order), and only those for which keep(steps, stamps, values) is true."""
+    decoded = [decode(b) for b in blocks]
+    if after is not None and decoded:
+        # Only the first block can hold points at or before `after` (it may straddle it);
+        # the rows were read after it.
+        first = decoded[0]
+        mask = after_mask(*first, after)
+        decoded[0] = (first[0][mask], first[1][mask], first[2][mask])
+    row_cols = _columns(*rows)
+    # Blocks are disjoint and in step order: with rows that all come after them (the common
+    # case: the recent points), the concatenation is already in step order.
+    in_order = order == "step" and (
+        not rows[0] or not blocks or _key_after((rows[0][0], rows[1][0], rows[2][0]), blocks[-1])
+    )
+    parts = [*decoded, row_cols]
     steps = np.concatenate([p[0] for p in parts])
     stamps = np.concatenate([p[1] for p in parts])
     values = np.concatenate([p[2] for p in parts])
-    mask = None
-    if after is not None:
-        mask = after_mask(steps, stamps, values, after)
     if keep is not None:
-        k = keep(steps, stamps, values)
-        mask = k if mask is None else mask & k
-    if mask is not None:
+        mask = keep(steps, stamps, values)
         steps, stamps, values = steps[mask], stamps[mask], values[mask]
-    if len(parts) > 1:
+    if not in_order:
         x, y = (steps, stamps) if order == "step" else (stamps, steps)
         idx = np.lexsort((values, y, x))
         steps, stamps, values = steps[idx], stamps[idx], values[idx]
     return steps, stamps, values
+
+
+def _key_after(key: Key, block: Any) -> bool:
+    """Whether a point comes after every point of a block."""
+    last = (block["last_step"], block["last_ts"])
+    if key[:2] != last:
+        return key[:2] > last
+    v, w = key[2], block["last_value"]
+    return (v == v and w == w and v > w) or (v != v and w == w)
 
 
 def lists(

@@ -9,6 +9,10 @@ exactly those rows and counts them as compacted. A reader's snapshot sees the po
 rows or in blocks, never both; a crash at any moment leaves the transaction committed or
 not at all.
 
+While the writers are busy, compaction takes at most BUSY_SHARE of the time, so that a
+burst of ingest keeps its speed and leaves its points as rows for a while; compaction
+catches up once the burst is over.
+
 What to compact comes from two places: the writers name the series whose rows passed the
 threshold in a commit (`note`), and a sweep of every series (at start, then every
 `sweep_every` seconds) finds what no writer named: points stored before this server
@@ -37,8 +41,13 @@ KEEP_ROWS = BLOCK_POINTS
 # Rows that make a series worth compacting: four blocks beyond the rows it keeps, so that
 # a busy series is compacted in fewer, larger transactions.
 MIN_ROWS = KEEP_ROWS + 4 * BLOCK_POINTS
-# Blocks one transaction writes at most (a series with more rows takes several rounds).
-BLOCKS_PER_ROUND = 64
+# Blocks one transaction writes at most (a series with more rows takes several rounds):
+# a round holds its series' lock, which that series' writers wait for, for some 50 ms.
+BLOCKS_PER_ROUND = 16
+# While the writers are busy, the share of the time compaction may take (it shares the
+# server's event loop and PostgreSQL with them): ingest keeps at least about 90% of its
+# speed, and compaction catches up on what a burst left as rows once the burst is over.
+BUSY_SHARE = 0.1
 
 
 class CompactionConflict(Exception):
@@ -99,8 +108,11 @@ class Compactor:
         sweep_every: float = 3600.0,
         delay: float = 0.5,
         on_compacted: Callable[[int], None] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self.db = db
+        # Whether the writers are busy now (compaction then takes at most BUSY_SHARE).
+        self.busy = busy
         self.sweep_every = sweep_every
         self.delay = delay
         self.on_compacted = on_compacted
@@ -158,11 +170,15 @@ class Compactor:
             self.pending.discard(sid)
             work = functools.partial(_compact, series_id=sid)
             while True:
+                started = time.monotonic()
                 moved = await self.db.transact(work)
                 if not moved:
                     break
                 total += moved
                 if self.on_compacted is not None:
                     self.on_compacted(moved)
-                await asyncio.sleep(0)
+                pause = 0.0
+                if self.busy is not None and self.busy():
+                    pause = (time.monotonic() - started) * (1 / BUSY_SHARE - 1)
+                await asyncio.sleep(pause)
         return total

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -116,6 +117,8 @@ class Writers:
         self.on_commit = on_commit
         # Told, after each commit, the series whose rows reached compaction's threshold.
         self.on_grown = on_grown
+        # When the last group committed (time.monotonic()).
+        self.last_commit = 0.0
         self.max_queued_points = max_queued_points
         self.max_group_points = max_group_points
         self.queues: list[asyncio.Queue[Item]] = [asyncio.Queue() for _ in range(writers)]
@@ -161,6 +164,10 @@ class Writers:
         key = shard if isinstance(shard, int) else zlib.crc32(shard.encode())
         self.queues[key % len(self.queues)].put_nowait(item)
         return item.future
+
+    def busy(self, within: float = 0.25) -> bool:
+        """Whether points are queued or a group committed in the last `within` seconds."""
+        return self.queued_points > 0 or time.monotonic() - self.last_commit < within
 
     async def write(self, item: Item, shard: str | int) -> Result:
         """Queues an item and waits for its commit. If the caller is cancelled (its deadline
@@ -252,6 +259,7 @@ class Writers:
             )
         for pair, sid in created.items():
             self.series_ids.put(pair, sid)
+        self.last_commit = time.monotonic()
         if grown and self.on_grown is not None:
             self.on_grown(grown)
         for item, result in zip(live, results, strict=True):
