@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from bench.common import server_process
-from bench.ingest import _stream, streaming
+from bench.ingest import _stream, read_history, streaming
 from trackd.v1 import run_service_pb2 as rpb
 from trackd.v1 import run_service_pb2_grpc
 
@@ -73,31 +73,8 @@ def _chunks(run_id: str, cols: Columns) -> list[rpb.StreamMetricsRequest]:
     return msgs
 
 
-async def _read(stub: run_service_pb2_grpc.RunServiceStub, run_id: str) -> tuple[float, float, int]:
-    """Seconds to read the series by GetMetricHistory pages of 25,000 and by the stream."""
-    t0 = time.perf_counter()
-    token, n = "", 0
-    while True:
-        resp = await stub.GetMetricHistory(
-            rpb.GetMetricHistoryRequest(run_id=run_id, metric_key="loss", page_token=token)
-        )
-        n += len(resp.metrics)
-        token = resp.next_page_token
-        if not token:
-            break
-    paged = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    digest = 0
-    async for c in stub.StreamMetricHistory(
-        rpb.StreamMetricHistoryRequest(run_id=run_id, metric_key="loss")
-    ):
-        digest += len(c.values)
-    assert digest == n
-    return paged, time.perf_counter() - t0, n
-
-
 async def _best_read(stub: run_service_pb2_grpc.RunServiceStub, run_id: str) -> tuple[float, float]:
-    reads = [await _read(stub, run_id) for _ in range(3)]
+    reads = [await read_history(stub, run_id, "loss") for _ in range(3)]
     assert all(r[2] == POINTS for r in reads)
     return min(r[0] for r in reads), min(r[1] for r in reads)
 
