@@ -35,8 +35,8 @@ SELECT CASE
 END $$;
 
 -- A double as numeric, exactly as its text reads back (its shortest round-trip form with
--- trackd's session setting extra_float_digits = 1), ±Infinity and NaN included; numeric
--- arithmetic on it neither overflows nor underflows.
+-- extra_float_digits = 1, which trackd_fold_group sets), ±Infinity and NaN included;
+-- numeric arithmetic on it neither overflows nor underflows.
 CREATE FUNCTION trackd_numeric(x float8) RETURNS numeric
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT x::text::numeric $$;
 
@@ -110,7 +110,7 @@ CREATE FUNCTION trackd_fold_group(
     p_npoints integer[], p_cols bytea[],
     p_streams text[], p_seqs bigint[], p_now bigint
 ) RETURNS void
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET extra_float_digits = 1 AS $$
 BEGIN
     UPDATE metric_series s SET
         count = s.count + u.count,
