@@ -3,10 +3,19 @@ commits, with bounded memory and backpressure.
 
 Every metric write (LogMetric, metrics-only LogBatch, StreamMetrics chunks) becomes an
 `Item` on the queue of one of a few writer tasks. A writer takes every item queued (up to a
-group size), writes them in one transaction and resolves each item's future after the
-commit: one COPY (or one INSERT) for all their points, one read and one write of the
-touched series' summaries, one commit. While a group commits, the next one gathers, so the
-busier trackd is, the larger its groups and the fewer its commits.
+group size), writes them as one group and resolves each item's future after the commit.
+While a group commits, the next one gathers, so the busier trackd is, the larger its groups
+and the fewer its commits.
+
+A group is written by the database functions of migration 0014, to which the server hands
+what depends only on the new points (each series' batch summary, summaries.partial; the
+tier blocks, tiers.batch_rows; the watch events' columns):
+- below store.COPY_THRESHOLD points, one statement (trackd_write_group, no BEGIN or
+  COMMIT): lock, insert, fold. It declines, writing nothing, a group with a resent chunk,
+  a deleted run or experiment or a point stored already;
+- otherwise (or when it declined) a transaction: trackd_lock_group, then the points (COPY,
+  or an INSERT that skips exact duplicates), then trackd_fold_group over the points
+  inserted, with resent chunks and items of deleted runs sorted out in between.
 
 Lock order, the same for every writer of series: stream rows (by id), then series rows (by
 id). Unary LogBatch calls with params lock their run row first and then series the same
