@@ -17,7 +17,7 @@ import uuid
 
 import grpc
 
-from bench.common import ServerProcess, server_process
+from bench.common import ServerProcess, cpu_seconds, server_process
 from bench.ingest import _chunks, _stream, log_metric_latency
 from trackd.client.credentials import bearer_interceptors
 from trackd.v1 import run_service_pb2 as rpb
@@ -66,14 +66,6 @@ async def _ingest(stub: run_service_pb2_grpc.RunServiceStub) -> float:
     return STREAMS * POINTS / (loop.time() - t0)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (steadier than wall time on a shared
-    machine: it does not count waiting for a core)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def _measure(server: ServerProcess, token: str | None) -> tuple[float, float, float, float]:
     """(LogMetric p50 in ms, server CPU us per LogMetric, ingest points/s, server CPU us
     per ingested point) through one channel."""
@@ -81,11 +73,11 @@ async def _measure(server: ServerProcess, token: str | None) -> tuple[float, flo
     pid = server.proc.pid
     async with grpc.aio.insecure_channel(server.target, interceptors=interceptors) as ch:
         stub = run_service_pb2_grpc.RunServiceStub(ch)
-        cpu0 = _cpu_seconds(pid)
+        cpu0 = cpu_seconds(pid)
         lat = await log_metric_latency(stub, CALLS)
-        cpu1 = _cpu_seconds(pid)
+        cpu1 = cpu_seconds(pid)
         rate = await _ingest(stub)
-        cpu2 = _cpu_seconds(pid)
+        cpu2 = cpu_seconds(pid)
     return (
         statistics.median(lat) * 1000,
         (cpu1 - cpu0) / CALLS * 1e6,

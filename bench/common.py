@@ -57,6 +57,27 @@ async def fresh_database(pg_url: str) -> AsyncIterator[str]:
         await admin.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (steadier than wall time on a shared
+    machine: it does not count waiting for a core)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backend_cpu_seconds(conn: asyncpg.Connection) -> float | None:
+    """CPU time so far of the PostgreSQL backends serving trackd on `conn`'s database, or
+    None when PostgreSQL runs elsewhere (its processes not visible here)."""
+    pids = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity"
+        " WHERE datname = current_database() AND application_name = 'trackd'"
+    )
+    try:
+        return sum(cpu_seconds(r["pid"]) for r in pids)
+    except OSError:
+        return None
+
+
 @dataclass
 class ServerProcess:
     """A trackd server started as its own process, stopped by its pid."""

@@ -10,13 +10,14 @@ of the same (series_id, step, ts, value) rows into trackd's own metric_points ta
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 
 import asyncpg
 import grpc
 
-from bench.common import server_process, summary_ms
+from bench.common import backend_cpu_seconds, cpu_seconds, server_process, summary_ms
 from trackd.v1 import metric_pb2, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
 
@@ -127,9 +128,9 @@ async def log_metric_concurrent(
     callers: int,
     seconds: float,
     stubs: list[run_service_pb2_grpc.RunServiceStub] | None = None,
-) -> float:
+) -> tuple[float, int]:
     """Calls/s of `callers` concurrent LogMetric loops for `seconds` (spread over `stubs`,
-    each its own connection, when given)."""
+    each its own connection, when given), and how many calls were made."""
     pool = stubs or [stub]
     run_ids = [await _new_run(stub) for _ in range(8)]
     done = 0
@@ -150,7 +151,7 @@ async def log_metric_concurrent(
 
     t0 = time.perf_counter()
     await asyncio.gather(*(caller(c) for c in range(callers)))
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), done
 
 
 async def read_history(
@@ -189,10 +190,13 @@ async def history(stub: run_service_pb2_grpc.RunServiceStub, points: int) -> tup
 
 
 async def run(database_url: str) -> dict[str, dict[str, str]]:
+    """The scenario; the server runs from this tree, or from the source tree
+    TRACKD_BENCH_SERVER_TREE (to compare two commits with the same measurements)."""
+    tree = os.environ.get("TRACKD_BENCH_SERVER_TREE") or None
     conn = await asyncpg.connect(database_url)
     out: dict[str, dict[str, str]] = {}
     try:
-        async with server_process(database_url) as server:
+        async with server_process(database_url, tree=tree) as server:
             async with grpc.aio.insecure_channel(
                 server.target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
             ) as ch:
@@ -212,12 +216,24 @@ async def run(database_url: str) -> dict[str, dict[str, str]]:
                 }
                 batch = await log_batch(stub, 100)
                 out["LogBatch, 1000 points a call, 1 client"] = {"points/s": f"{batch:,.0f}"}
+                pid = server.proc.pid
+                cpu0, pg0 = cpu_seconds(pid), await backend_cpu_seconds(conn)
                 lat = await log_metric_latency(stub, 1020)
-                conc = await log_metric_concurrent(stub, 64, 5.0)
+                cpu1, pg1 = cpu_seconds(pid), await backend_cpu_seconds(conn)
+                conc, calls = await log_metric_concurrent(stub, 64, 5.0)
+                cpu2, pg2 = cpu_seconds(pid), await backend_cpu_seconds(conn)
                 out["LogMetric"] = {
                     "1 client": summary_ms(lat),
                     "64 concurrent callers": f"{conc:,.0f} calls/s",
+                    # CPU per call: steadier than wall time when other work shares the cores.
+                    "server CPU per call, 1 client / 64 callers": (
+                        f"{(cpu1 - cpu0) / 1020 * 1e6:.0f} / {(cpu2 - cpu1) / calls * 1e6:.0f} us"
+                    ),
                 }
+                if pg0 is not None and pg1 is not None and pg2 is not None:
+                    out["LogMetric"]["PostgreSQL CPU per call, 1 client / 64 callers"] = (
+                        f"{(pg1 - pg0) / 1020 * 1e6:.0f} / {(pg2 - pg1) / calls * 1e6:.0f} us"
+                    )
                 for n in (100_000, 1_000_000):
                     paged, streamed = await history(stub, n)
                     out[f"history of {n:,} points"] = {
@@ -227,20 +243,20 @@ async def run(database_url: str) -> dict[str, dict[str, str]]:
                 out["server"] = {"peak RSS": f"{server.rss_mb():.0f} MB"}
         # The per-call access log line costs CPU at thousands of calls a second: the same
         # LogMetric load against a server with it switched off.
-        async with server_process(database_url, "--access-log", "off") as quiet:
+        async with server_process(database_url, "--access-log", "off", tree=tree) as quiet:
             async with grpc.aio.insecure_channel(quiet.target) as ch:
                 stub = run_service_pb2_grpc.RunServiceStub(ch)
                 await log_metric_latency(stub, 120)
-                conc = await log_metric_concurrent(stub, 64, 5.0)
+                conc, _ = await log_metric_concurrent(stub, 64, 5.0)
                 out["LogMetric"]["64 concurrent callers, --access-log off"] = f"{conc:,.0f} calls/s"
         # Unary calls beyond one Python process: two workers sharing the port; the callers
         # use 8 connections, which the kernel spreads over the workers.
-        async with server_process(database_url, "--workers", "2") as pair:
+        async with server_process(database_url, "--workers", "2", tree=tree) as pair:
             channels = [grpc.aio.insecure_channel(pair.target) for _ in range(8)]
             try:
                 stubs = [run_service_pb2_grpc.RunServiceStub(ch) for ch in channels]
                 await log_metric_latency(stubs[0], 120)
-                conc = await log_metric_concurrent(stubs[0], 64, 5.0, stubs)
+                conc, _ = await log_metric_concurrent(stubs[0], 64, 5.0, stubs)
                 out["LogMetric"]["64 concurrent callers, --workers 2"] = f"{conc:,.0f} calls/s"
             finally:
                 for ch in channels:

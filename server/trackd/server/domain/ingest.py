@@ -3,10 +3,19 @@ commits, with bounded memory and backpressure.
 
 Every metric write (LogMetric, metrics-only LogBatch, StreamMetrics chunks) becomes an
 `Item` on the queue of one of a few writer tasks. A writer takes every item queued (up to a
-group size), writes them in one transaction and resolves each item's future after the
-commit: one COPY (or one INSERT) for all their points, one read and one write of the
-touched series' summaries, one commit. While a group commits, the next one gathers, so the
-busier trackd is, the larger its groups and the fewer its commits.
+group size), writes them as one group and resolves each item's future after the commit.
+While a group commits, the next one gathers, so the busier trackd is, the larger its groups
+and the fewer its commits.
+
+A group is written by the database functions of migration 0014, to which the server hands
+what depends only on the new points (each series' batch summary, summaries.partial; the
+tier blocks, tiers.batch_rows; the watch events' columns):
+- below store.COPY_THRESHOLD points, one statement (trackd_write_group, no BEGIN or
+  COMMIT): lock, insert, fold. It declines, writing nothing, a group with a resent chunk,
+  a deleted run or experiment or a point stored already;
+- otherwise (or when it declined) a transaction: trackd_lock_group, then the points (COPY,
+  or an INSERT that skips exact duplicates), then trackd_fold_group over the points
+  inserted, with resent chunks and items of deleted runs sorted out in between.
 
 Lock order, the same for every writer of series: stream rows (by id), then series rows (by
 id). Unary LogBatch calls with params lock their run row first and then series the same
@@ -35,9 +44,8 @@ from trackd.server.errors import (
 )
 from trackd.server.store import blocks as block_store
 from trackd.server.store import events as event_store
-from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
-from trackd.server.store import runs as run_store
+from trackd.server.store import tiers as tier_store
 from trackd.server.store.pool import CONNECTION_ERRORS, Connection, Database
 
 log = logging.getLogger(__name__)
@@ -115,8 +123,10 @@ class Writers:
     ) -> None:
         self.db = db
         self.on_commit = on_commit
-        # Told, after each commit, the series whose rows reached compaction's threshold.
+        # Told, after a commit, the series to which this server wrote compaction's
+        # threshold of points since it last told (compaction checks them under lock).
         self.on_grown = on_grown
+        self.grown = LruCache(100_000)
         # When the last group committed (time.monotonic()).
         self.last_commit = 0.0
         self.max_queued_points = max_queued_points
@@ -125,9 +135,8 @@ class Writers:
         self.tasks: list[asyncio.Task[None]] = []
         self.queued_points = 0
         self.space = asyncio.Condition()
-        # Ids never change once assigned: run_id -> run_pk, (run_pk, key) -> series_id.
+        # Ids never change once assigned: run_id -> run_pk.
         self.run_pks = LruCache(200_000)
-        self.series_ids = LruCache(1_000_000)
         self.closing = False
 
     def start(self) -> None:
@@ -164,10 +173,6 @@ class Writers:
         key = shard if isinstance(shard, int) else zlib.crc32(shard.encode())
         self.queues[key % len(self.queues)].put_nowait(item)
         return item.future
-
-    def busy(self, within: float = 0.25) -> bool:
-        """Whether points are queued or a group committed in the last `within` seconds."""
-        return self.queued_points > 0 or time.monotonic() - self.last_commit < within
 
     async def write(self, item: Item, shard: str | int) -> Result:
         """Queues an item and waits for its commit. If the caller is cancelled (its deadline
@@ -231,18 +236,17 @@ class Writers:
                     queue.task_done()
 
     async def _commit(self, group: list[Item]) -> None:
-        created: dict[tuple[int, str], int] = {}
-        grown: list[int] = []
         live = [it for it in group if not it.cancelled]
         for it in group:
             if it.cancelled:
                 it.future.cancel()
         if not live:
             return
-        work = functools.partial(self._write_group_in, live, created, grown)
+        written: dict[int, int] = {}
         for attempt in range(CONNECTION_RETRIES):
             try:
-                results = await self.db.transact(work)
+                written.clear()
+                results = await self._write(live, written)
                 break
             except CONNECTION_ERRORS:
                 # A group write is idempotent (stream marks, and points that skip exact
@@ -253,202 +257,253 @@ class Writers:
                 log.warning("writer lost its connection; retrying the group")
                 await asyncio.sleep(0.05 * 2**attempt)
         if self.on_commit is not None:
-            written = zip(live, results, strict=True)
+            done = zip(live, results, strict=True)
             self.on_commit(
-                sum(it.points for it, r in written if r.error is None and not r.duplicate)
+                sum(it.points for it, r in done if r.error is None and not r.duplicate)
             )
-        for pair, sid in created.items():
-            self.series_ids.put(pair, sid)
         self.last_commit = time.monotonic()
-        if grown and self.on_grown is not None:
-            self.on_grown(grown)
+        self._note_grown(written)
         for item, result in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
 
-    async def _write_group_in(
-        self,
-        group: list[Item],
-        created: dict[tuple[int, str], int],
-        grown: list[int],
-        conn: Connection,
-    ) -> list[Result]:
-        created.clear()
-        grown.clear()
-        return await self._write_group(conn, group, created, grown)
+    def busy(self, within: float = 0.25) -> bool:
+        """Whether points are queued or a group committed in the last `within` seconds."""
+        return self.queued_points > 0 or time.monotonic() - self.last_commit < within
 
-    async def _write_group(
-        self,
-        conn: Connection,
-        group: list[Item],
-        created: dict[tuple[int, str], int],
-        grown: list[int],
-    ) -> list[Result]:
-        results = [Result() for _ in group]
-        live = list(range(len(group)))
-        # 1. Streams: a chunk at or below its stream's committed sequence is a resend.
-        streams = [it.stream for it in group if it.stream is not None]
-        marks: dict[str, int] = {}
-        if streams:
-            marks = await store.lock_streams(conn, [s for s, _ in streams])
-            keep = []
-            for i in live:
-                stream = group[i].stream
-                if stream is None:
-                    keep.append(i)
-                    continue
-                sid, seq = stream
-                if seq <= marks[sid]:
-                    results[i].duplicate = True
-                else:
-                    marks[sid] = seq
-                    keep.append(i)
-            live = keep
-        # 2. Series ids, creating the missing series.
-        ids = await self._series_ids(conn, [sp for i in live for sp in group[i].series], created)
-        # 3. Lock the series; reject items whose run or experiment is deleted.
-        rows = {r["series_id"]: r for r in await store.lock_series(conn, set(ids.values()))}
-        keep = []
-        for i in live:
-            bad = next(
-                (
-                    sp
-                    for sp in group[i].series
-                    if rows[ids[(sp.run_pk, sp.key)]]["run_stage"] != run_store.ACTIVE
-                    or rows[ids[(sp.run_pk, sp.key)]]["experiment_stage"] != experiment_store.ACTIVE
-                ),
-                None,
-            )
-            if bad is None:
-                keep.append(i)
-            else:
-                results[i].error = FailedPrecondition(
-                    f"run {bad.run_id} is deleted, or belongs to a deleted experiment; "
-                    "restore it before writing to it",
-                    metadata={"run_id": bad.run_id},
-                )
-        live = keep
-        # 4. Points and summaries.
-        by_series: dict[int, tuple[list[int], list[int], list[float]]] = {}
-        for i in live:
-            for sp in group[i].series:
-                cols = by_series.setdefault(ids[(sp.run_pk, sp.key)], ([], [], []))
-                cols[0].extend(sp.steps)
-                cols[1].extend(sp.timestamps)
-                cols[2].extend(sp.values)
-        await write_points(conn, by_series, rows)
-        grown.extend(
-            sid
-            for sid, cols in by_series.items()
-            if rows[sid]["count"] + len(cols[0]) - (rows[sid]["compacted_count"] or 0)
-            >= compaction.MIN_ROWS
-        )
-        if streams:
-            await store.advance_streams(conn, marks, now_ms())
-        return results
+    def _note_grown(self, written: dict[int, int]) -> None:
+        if self.on_grown is None:
+            return
+        grown = []
+        for sid, n in written.items():
+            total = (self.grown.get(sid) or 0) + n
+            if total >= compaction.MIN_ROWS - compaction.KEEP_ROWS:
+                grown.append(sid)
+                total = 0
+            self.grown.put(sid, total)
+        if grown:
+            self.on_grown(grown)
 
-    async def _series_ids(
-        self,
-        conn: Connection,
-        series: Sequence[SeriesPoints],
-        created: dict[tuple[int, str], int],
-    ) -> dict[tuple[int, str], int]:
-        ids: dict[tuple[int, str], int] = {}
-        missing = []
-        for sp in series:
-            pair = (sp.run_pk, sp.key)
-            sid = self.series_ids.get(pair)
-            if sid is None:
-                missing.append(pair)
-            else:
-                ids[pair] = sid
-        if missing:
-            fresh = await store.ensure_series(conn, sorted(set(missing)))
-            ids.update(fresh)
-            created.update(fresh)
-        return ids
+    async def _write(self, group: list[Item], written: dict[int, int]) -> list[Result]:
+        """Writes a group: below store.COPY_THRESHOLD points in one statement
+        (trackd_write_group) when every chunk is new, every run active and every point new;
+        otherwise, or if that statement declines, in a transaction that sorts those out."""
+        if sum(it.points for it in group) < store.COPY_THRESHOLD:
+            results = await self.db.statement(functools.partial(_write_simple, group, written))
+            if results is not None:
+                return results
+        return await self.db.transact(functools.partial(_write_group, group, written))
 
 
-async def write_points(
-    conn: Connection,
+def _stream_order(group: Sequence[Item]) -> list[bool]:
+    """Whether each item is a resend of a chunk before it in the group (the same stream and
+    a sequence not above one seen before it)."""
+    seen: dict[str, int] = {}
+    resent = []
+    for it in group:
+        if it.stream is None:
+            resent.append(False)
+            continue
+        sid, seq = it.stream
+        resent.append(seq <= seen.get(sid, 0))
+        if not resent[-1]:
+            seen[sid] = seq
+    return resent
+
+
+def _columns(
+    series: Sequence[SeriesPoints], index: dict[tuple[int, str], int]
+) -> dict[int, tuple[list[int], list[int], list[float]]]:
+    """The points of `series` by their position in `index` (adding the series missing),
+    column-wise."""
+    by_series: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    for sp in series:
+        i = index.setdefault((sp.run_pk, sp.key), len(index) + 1)
+        cols = by_series.setdefault(i, ([], [], []))
+        cols[0].extend(sp.steps)
+        cols[1].extend(sp.timestamps)
+        cols[2].extend(sp.values)
+    return by_series
+
+
+def _fold(
     by_series: dict[int, tuple[list[int], list[int], list[float]]],
-    locked: dict[int, Any],
+    recorded: Callable[[int], bool],
+) -> store.Fold:
+    """The fold of the inserted points of series 1..n (by_series: every position, in
+    order): each one's summary, the tier blocks and the watch-event columns of the series
+    `recorded` accepts."""
+    partials, counts, columns = [], [], []
+    for i, (steps, stamps, values) in by_series.items():
+        partials.append(summaries.partial(steps, stamps, values))
+        counts.append(len(steps))
+        columns.append(event_store.pack(steps, stamps, values) if recorded(i) else None)
+    return store.Fold(
+        partials, tier_store.upsert_args(tiers.batch_rows(by_series)), counts, columns
+    )
+
+
+async def _write_simple(
+    group: list[Item], written: dict[int, int], conn: Connection
+) -> list[Result] | None:
+    """Writes a group in one statement, or returns None having written nothing; counts
+    the points written per series id in `written`."""
+    results = [Result(duplicate=resent) for resent in _stream_order(group)]
+    streams: dict[str, tuple[int, int]] = {}
+    index: dict[tuple[int, str], int] = {}
+    series: list[SeriesPoints] = []
+    for it, r in zip(group, results, strict=True):
+        if r.duplicate:
+            continue
+        if it.stream is not None:
+            sid, seq = it.stream
+            first, _ = streams.get(sid, (seq, seq))
+            streams[sid] = (first, seq)
+        series.extend(it.series)
+    by_series = _columns(series, index)
+    positions: list[int] = []
+    steps: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    for i, (st, ts, vs) in by_series.items():
+        positions.extend([i] * len(st))
+        steps.extend(st)
+        stamps.extend(ts)
+        values.extend(vs)
+    # Every series' event columns go along; the function records those of watched series.
+    fold = _fold(by_series, lambda i: True)
+    ids = await store.write_group(
+        conn, streams, list(index), (positions, steps, stamps, values), fold, now_ms()
+    )
+    if ids is None:
+        return None
+    for i, cols in by_series.items():
+        written[ids[i - 1]] = len(cols[0])
+    return results
+
+
+async def _write_group(
+    group: list[Item], written: dict[int, int], conn: Connection
+) -> list[Result]:
+    """Writes a group in a transaction: resent chunks are duplicates, items of a deleted
+    run or experiment are rejected, points stored already (as rows or in compacted blocks)
+    are skipped. Counts the points written per series id in `written`."""
+    results = [Result(duplicate=resent) for resent in _stream_order(group)]
+    streams = sorted({it.stream[0] for it in group if it.stream is not None})
+    index: dict[tuple[int, str], int] = {}
+    for it in group:
+        for sp in it.series:
+            index.setdefault((sp.run_pk, sp.key), len(index) + 1)
+    locked = await store.lock_group(conn, streams, list(index))
+    # 1. Streams: a chunk at or below its stream's committed sequence is a resend.
+    marks = dict(zip(streams, locked.marks, strict=True))
+    for it, r in zip(group, results, strict=True):
+        if it.stream is not None and not r.duplicate:
+            sid, seq = it.stream
+            if seq <= marks[sid]:
+                r.duplicate = True
+            else:
+                marks[sid] = seq
+    # 2. Items with a series of a run or experiment that is not active are rejected.
+    live: list[SeriesPoints] = []
+    for it, r in zip(group, results, strict=True):
+        if r.duplicate:
+            continue
+        bad = next(
+            (sp for sp in it.series if not locked.active[index[(sp.run_pk, sp.key)] - 1]), None
+        )
+        if bad is None:
+            live.extend(it.series)
+        else:
+            r.error = FailedPrecondition(
+                f"run {bad.run_id} is deleted, or belongs to a deleted experiment; "
+                "restore it before writing to it",
+                metadata={"run_id": bad.run_id},
+            )
+    # 3. Points and their fold.
+    await _insert_and_fold(conn, _columns(live, index), locked, marks, written)
+    return results
+
+
+async def _insert_and_fold(
+    conn: Connection,
+    by_position: dict[int, tuple[list[int], list[int], list[float]]],
+    locked: store.Locked,
+    marks: dict[str, int],
+    written: dict[int, int] | None = None,
 ) -> int:
-    """Inserts points (series_id -> steps, timestamps, values) and folds the inserted ones
-    into the locked series rows' summaries; returns how many were inserted."""
-    if not by_series:
-        return 0
-    await _drop_compacted(conn, by_series, locked)
+    """Inserts points of locked series (by position in `locked`, from 1), skipping those
+    stored already, and folds the inserted ones; returns how many were inserted (and counts
+    them per series id in `written`)."""
+    await _drop_compacted(conn, by_position, locked)
     sids: list[int] = []
     steps: list[int] = []
     stamps: list[int] = []
     values: list[float] = []
-    for sid, (st, ts, vs) in by_series.items():
-        sids.extend([sid] * len(st))
+    for i, (st, ts, vs) in by_position.items():
+        sids.extend([locked.series_ids[i - 1]] * len(st))
         steps.extend(st)
         stamps.extend(ts)
         values.extend(vs)
-    inserted = await store.insert_points(conn, sids, steps, stamps, values)
-    if inserted is not None:
+    by_id: dict[int, tuple[list[int], list[int], list[float]]] = {}
+    inserted = await store.insert_points(conn, sids, steps, stamps, values) if sids else None
+    if inserted is None:
+        by_id = {locked.series_ids[i - 1]: cols for i, cols in by_position.items()}
+        count = len(sids)
+    else:
         # Some points were exact duplicates: fold only the ones inserted.
-        by_series = {}
         for r in inserted:
-            cols = by_series.setdefault(r["series_id"], ([], [], []))
+            cols = by_id.setdefault(r["series_id"], ([], [], []))
             cols[0].append(r["step"])
             cols[1].append(r["ts"])
             cols[2].append(r["value"])
         count = len(inserted)
-    else:
-        count = len(sids)
-    # Summaries and tiers in one statement (one round trip).
-    folded = [summaries.fold(dict(locked[sid]), *cols) for sid, cols in by_series.items()]
-    now = now_ms()
-    await store.update_summaries_and_tiers(conn, folded, now, tiers.batch_rows(by_series))
-    # The watch log: one event per series of a watched experiment, in this transaction
-    # (WatchRun replays it).
-    await event_store.record_points(conn, by_series, locked, now)
+    # The fold's own positions: the series with inserted points, 1..n.
+    ids = list(by_id)
+    watched = dict(zip(locked.series_ids, locked.watched, strict=True))
+    fold = _fold(
+        {k: cols for k, cols in enumerate(by_id.values(), 1)},
+        lambda k: watched[ids[k - 1]],
+    )
+    await store.fold_group(conn, ids, [watched[sid] for sid in ids], fold, marks, now_ms())
+    if written is not None:
+        for sid, cols in by_id.items():
+            written[sid] = len(cols[0])
     return count
 
 
 async def _drop_compacted(
     conn: Connection,
-    by_series: dict[int, tuple[list[int], list[int], list[float]]],
-    locked: dict[int, Any],
+    by_position: dict[int, tuple[list[int], list[int], list[float]]],
+    locked: store.Locked,
 ) -> None:
-    """Removes from `by_series` the points that repeat a point already compacted into a
+    """Removes from `by_position` the points that repeat a point already compacted into a
     block (the primary key of metric_points skips a point that repeats a row). Only a late
     point, at or below its series' greatest compacted step, can: its series' blocks in the
     steps of such points are read, under the series lock that compaction also takes."""
-    for sid, (steps, stamps, values) in list(by_series.items()):
-        top = locked[sid]["compacted_step"]
-        if top is None:
-            continue
-        late = [s for s in steps if s <= top]
+    for i, (steps, stamps, values) in list(by_position.items()):
+        top = locked.compacted[i - 1]
+        late = [s for s in steps if s <= top] if top is not None else []
         if not late:
             continue
-        found = await block_store.overlapping(conn, sid, [(min(late), max(late))])
+        found = await block_store.overlapping(
+            conn, locked.series_ids[i - 1], [(min(late), max(late))]
+        )
         keep = blocks.drop_compacted(steps, stamps, values, found)
-        if len(keep) == len(steps):
-            continue
-        if keep:
-            by_series[sid] = (
-                [steps[i] for i in keep],
-                [stamps[i] for i in keep],
-                [values[i] for i in keep],
+        if not keep:
+            del by_position[i]
+        elif len(keep) < len(steps):
+            by_position[i] = (
+                [steps[k] for k in keep],
+                [stamps[k] for k in keep],
+                [values[k] for k in keep],
             )
-        else:
-            del by_series[sid]
 
 
 async def write_run_series(conn: Connection, series: Sequence[SeriesPoints]) -> int:
     """Writes points of one transaction that already holds its run's lock (LogBatch with
     params or tags): creates series, locks them, inserts and folds."""
-    ids = await store.ensure_series(conn, sorted({(sp.run_pk, sp.key) for sp in series}))
-    rows = {r["series_id"]: r for r in await store.lock_series(conn, set(ids.values()))}
-    by_series: dict[int, tuple[list[int], list[int], list[float]]] = {}
-    for sp in series:
-        cols = by_series.setdefault(ids[(sp.run_pk, sp.key)], ([], [], []))
-        cols[0].extend(sp.steps)
-        cols[1].extend(sp.timestamps)
-        cols[2].extend(sp.values)
-    return await write_points(conn, by_series, rows)
+    index: dict[tuple[int, str], int] = {}
+    by_position = _columns(series, index)
+    locked = await store.lock_group(conn, [], list(index))
+    return await _insert_and_fold(conn, by_position, locked, {})

@@ -1,16 +1,17 @@
-"""Folding new points into a metric series' summary: counts, extremes, finite mean and sum
-of squared deviations, step range and latest point.
+"""The summary of a batch of new points of a metric series: counts, extremes, finite mean
+and sum of squared deviations, step range and latest point. The database folds it into the
+series' stored summary (trackd_fold_group, migration 0014).
 
-The arithmetic runs in Python, not SQL: PostgreSQL raises on float8 overflow and underflow
-(a square of 1e-200, a sum of two 1e308), which would reject legitimate doubles, while
-Python's floats saturate to +-Inf or 0.
+A batch's own arithmetic runs in Python, not SQL: PostgreSQL raises on float8 overflow and
+underflow (a square of 1e-200, a sum of two 1e308), which would reject legitimate doubles,
+while Python's floats saturate to +-Inf or 0; math.fsum sums exactly. The fold combines
+two summaries in numeric, which cannot overflow, and rounds back to doubles the same way.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 
 def _order_key(step: int, ts: int, value: float) -> tuple[int, int, bool, float]:
@@ -31,56 +32,51 @@ def latest_index(steps: Sequence[int], timestamps: Sequence[int], values: Sequen
     return idx[0]
 
 
-def fold(
-    s: dict[str, Any],
-    steps: Sequence[int],
-    timestamps: Sequence[int],
-    values: Sequence[float],
-) -> dict[str, Any]:
-    """Summary `s` (a series row as a dict) with the given points folded in; the points'
-    mean and squared deviations are combined with the stored ones by Chan et al.'s pairwise
-    update, so the result does not depend on how points were split into batches."""
-    if not values:
-        return s
-    n_old = s["count"] - s["nan_count"] - s["pos_inf_count"] - s["neg_inf_count"]
+# A batch's summary, in the order trackd_fold_group (migration 0014) takes it: count, NaN,
+# +Inf and -Inf counts, finite min and max (None without a number), count, mean and sum of
+# squared deviations of the finite values (mean None without one), first and last step,
+# and the latest point's step, timestamp and value.
+Partial = tuple[
+    int, int, int, int, float | None, float | None, int, float | None, float,
+    int, int, int, int, float,
+]  # fmt: skip
+
+
+def partial(steps: Sequence[int], timestamps: Sequence[int], values: Sequence[float]) -> Partial:
+    """The summary of a batch of points (at least one), which the database folds into the
+    stored one under the series lock (trackd_fold_group): counts, extremes and the step
+    range add up; the batch's mean and squared deviations combine with the stored ones by
+    Chan et al.'s pairwise update, so the result does not depend on how points were split
+    into batches."""
     numbers = [v for v in values if v == v]
     finite = [v for v in numbers if -math.inf < v < math.inf]
     n_pinf = sum(1 for v in numbers if v == math.inf)
-    s["count"] += len(values)
-    s["nan_count"] += len(values) - len(numbers)
-    s["pos_inf_count"] += n_pinf
-    s["neg_inf_count"] += len(numbers) - len(finite) - n_pinf
-    if numbers:
-        low, high = min(numbers), max(numbers)
-        s["min_value"] = low if s["min_value"] is None else min(s["min_value"], low)
-        s["max_value"] = high if s["max_value"] is None else max(s["max_value"], high)
+    mean: float | None = None
+    m2 = 0.0
     if finite:
-        n_new = len(finite)
+        n = len(finite)
         try:
-            mean_new = math.fsum(finite) / n_new
+            mean = math.fsum(finite) / n
         except OverflowError:  # the sum leaves the double range; the mean cannot
-            mean_new = math.fsum(v / n_new for v in finite)
+            mean = math.fsum(v / n for v in finite)
         try:
-            m2_new = math.fsum((v - mean_new) * (v - mean_new) for v in finite)
+            m2 = math.fsum((v - mean) * (v - mean) for v in finite)
         except OverflowError:
-            m2_new = math.inf
-        if n_old == 0:
-            s["finite_mean"], s["finite_m2"] = mean_new, m2_new
-        else:
-            n = n_old + n_new
-            mean_old = s["finite_mean"]
-            delta = mean_new - mean_old  # +-Inf when the means are far apart
-            if math.isfinite(delta):
-                s["finite_mean"] = mean_old + delta * (n_new / n)
-            else:
-                s["finite_mean"] = mean_old * (n_old / n) + mean_new * (n_new / n)
-            s["finite_m2"] = s["finite_m2"] + m2_new + delta * delta * (n_old * n_new / n)
-    first, last = min(steps), max(steps)
-    s["first_step"] = first if s["first_step"] is None else min(s["first_step"], first)
-    s["last_step"] = last if s["last_step"] is None else max(s["last_step"], last)
+            m2 = math.inf
     i = latest_index(steps, timestamps, values)
-    if s["latest_step"] is None or _order_key(steps[i], timestamps[i], values[i]) > _order_key(
-        s["latest_step"], s["latest_ts"], s["latest_value"]
-    ):
-        s["latest_step"], s["latest_ts"], s["latest_value"] = steps[i], timestamps[i], values[i]
-    return s
+    return (
+        len(values),
+        len(values) - len(numbers),
+        n_pinf,
+        len(numbers) - len(finite) - n_pinf,
+        min(numbers) if numbers else None,
+        max(numbers) if numbers else None,
+        len(finite),
+        mean,
+        m2,
+        min(steps),
+        max(steps),
+        steps[i],
+        timestamps[i],
+        values[i],
+    )

@@ -32,7 +32,7 @@ points are recorded only for experiments someone watches, or watched within
 --watch-retention (`watch_interest`: experiment_id, until_ms on the database's clock,
 since_seq). Status, params and tags events are few and always recorded.
 - A writer of points learns which of its series' experiments have live interest in its
-  series lock query (store.metrics.LOCK_SERIES, column `watched`: no query of its own), in
+  series lock query (trackd_lock_group of migration 0014, its `watched`: no query of its own), in
   the transaction that records them, and records only those series. That read holds the
   table's ACCESS SHARE lock until the writer commits.
 - A watch call, before it takes its start position or checks its resume position, registers

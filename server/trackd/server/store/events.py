@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -24,18 +24,6 @@ DATA = 3
 # listeners read the log from their positions); PostgreSQL folds identical notifications
 # of one transaction.
 _NOTIFY = f"SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM ins)"  # noqa: S608
-
-RECORD_POINTS = f"""
-WITH ins AS (
-    INSERT INTO run_events (run_pk, experiment_id, kind, key, points, columns, created_ms)
-    SELECT s.run_pk, r.experiment_id, 1, s.key, u.n, u.c, $4
-    FROM unnest($1::bigint[], $2::integer[], $3::bytea[]) WITH ORDINALITY AS u(sid, n, c, i)
-    JOIN metric_series s ON s.series_id = u.sid
-    JOIN runs r ON r.run_pk = s.run_pk
-    ORDER BY u.i
-    RETURNING experiment_id
-)
-{_NOTIFY}"""  # noqa: S608
 
 RECORD_STATUS = f"""
 WITH ins AS (
@@ -56,11 +44,11 @@ WITH ins AS (
 {_NOTIFY}"""  # noqa: S608
 
 # The database's clock in milliseconds since the epoch: watch_interest's expiries are on it,
-# so that servers with different clocks agree (store.metrics.LOCK_SERIES reads them too).
+# so that servers with different clocks agree (trackd_lock_group, migration 0014, reads them too).
 NOW_MS = "(extract(epoch FROM statement_timestamp()) * 1000)::bigint"
 
 # Whether points are recorded is read by every transaction that writes points, in its
-# series lock query (store.metrics.LOCK_SERIES, column `watched`), before it records them:
+# series lock query (trackd_lock_group, migration 0014, its `watched`), before it records them:
 # that read's ACCESS SHARE lock on watch_interest, held until it commits, is what a
 # registration (REGISTER, after LOCK_INTEREST) waits for.
 
@@ -159,27 +147,6 @@ def unpack(data: bytes, n: int) -> tuple[list[int], list[int], list[float]]:
         for a in (steps, stamps, values):
             a.byteswap()
     return steps.tolist(), stamps.tolist(), values.tolist()
-
-
-async def record_points(
-    conn: Connection,
-    by_series: dict[int, tuple[list[int], list[int], list[float]]],
-    series_rows: Mapping[int, Any],
-    now: int,
-) -> None:
-    """Appends one event per series (series_id -> steps, timestamps, values) with points, of
-    the series whose experiment is watched, or was within the retention: `watched` of its
-    row in `series_rows`, read by the series lock query (store.metrics.LOCK_SERIES) in this
-    transaction. That read of watch_interest takes the ACCESS SHARE lock, held until
-    commit, that a registration waits for; it costs no query of its own."""
-    sids, counts, cols = [], [], []
-    for sid, (steps, stamps, values) in by_series.items():
-        if steps and series_rows[sid]["watched"]:
-            sids.append(sid)
-            counts.append(len(steps))
-            cols.append(pack(steps, stamps, values))
-    if sids:
-        await conn.execute(RECORD_POINTS, sids, counts, cols, now)
 
 
 async def record_status(conn: Connection, run_pk: int, now: int) -> None:

@@ -105,9 +105,15 @@ class Database:
         await self.pool.close()
 
     async def _unit(
-        self, work: Callable[[Connection], Awaitable[T]], *, idempotent: bool, **transaction: Any
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        idempotent: bool,
+        atomic: bool = True,
+        **transaction: Any,
     ) -> T:
-        """Runs `work` in a transaction on a pooled connection. A connection found dead is
+        """Runs `work` in a transaction on a pooled connection (without one when not
+        `atomic`: each statement its own implicit transaction). A connection found dead is
         discarded and the unit rerun, STALE_RETRIES attempts in all, as long as nothing of
         `work` can have run (or `work` is idempotent); after that, its error is raised.
 
@@ -129,6 +135,9 @@ class Database:
                 continue
             started = False
             try:
+                if not atomic:
+                    started = True
+                    return await work(conn)
                 async with conn.transaction(**transaction):
                     started = True
                     return await work(conn)
@@ -146,9 +155,17 @@ class Database:
         reruns it (a few times, with a short backoff) and then becomes ABORTED. A connection
         lost while `work` ran is discarded and its error raised (UNAVAILABLE for the
         caller), since the commit may or may not have happened."""
+        return await self._retried(work, atomic=True)
+
+    async def statement(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Runs `work`, a single statement, on a pooled connection without BEGIN and COMMIT
+        (the statement is its own transaction: one round trip); retried as `transact`."""
+        return await self._retried(work, atomic=False)
+
+    async def _retried(self, work: Callable[[Connection], Awaitable[T]], *, atomic: bool) -> T:
         for attempt in range(RETRIES):
             try:
-                return await self._unit(work, idempotent=False)
+                return await self._unit(work, idempotent=False, atomic=atomic)
             except RETRYABLE as exc:
                 log.warning("transaction conflict (attempt %s): %s", attempt + 1, exc)
                 await asyncio.sleep(0.005 * 2**attempt)

@@ -17,44 +17,10 @@ TIER_COLUMNS = (
 # The integer columns come first, then the float8 ones.
 _INTS = 14
 
-# Folds a batch's blocks into the stored ones. The blocks come as two texts: every integer
-# column one after the other as one bigint[] literal, then every float8 column as one
-# float8[] literal, $3 blocks each. Far cheaper to write than 18 binary arrays, and exact
-# (a float's shortest round-trip form); OFFSET 0 keeps each text parsed once. Row
-# comparisons order float8 as PostgreSQL does (NaN greatest), which is the order of the
-# points' first and last. Every right-hand side reads the stored row as it was.
-UPSERT = f"""
-INSERT INTO metric_tiers AS t ({", ".join(TIER_COLUMNS)})
-SELECT u.*
-FROM (SELECT $1::text::bigint[] AS i, $2::text::float8[] AS f OFFSET 0) AS a
-CROSS JOIN LATERAL unnest(
-    {", ".join(f"a.i[{k} * $3 + 1:{k + 1} * $3]" for k in range(_INTS))},
-    {", ".join(f"a.f[{k} * $3 + 1:{k + 1} * $3]" for k in range(len(TIER_COLUMNS) - _INTS))}
-) AS u
-ON CONFLICT (series_id, axis, level, block) DO UPDATE SET
-    count = t.count + excluded.count,
-    nan_count = t.nan_count + excluded.nan_count,
-    pos_inf_count = t.pos_inf_count + excluded.pos_inf_count,
-    neg_inf_count = t.neg_inf_count + excluded.neg_inf_count,
-    min_value = least(t.min_value, excluded.min_value),
-    max_value = greatest(t.max_value, excluded.max_value),
-    x_min = least(t.x_min, excluded.x_min),
-    x_max = greatest(t.x_max, excluded.x_max),
-    y_min = least(t.y_min, excluded.y_min),
-    y_max = greatest(t.y_max, excluded.y_max),
-    first_y = CASE WHEN (excluded.x_min, excluded.first_y, excluded.first_value)
-                        < (t.x_min, t.first_y, t.first_value)
-                   THEN excluded.first_y ELSE t.first_y END,
-    first_value = CASE WHEN (excluded.x_min, excluded.first_y, excluded.first_value)
-                            < (t.x_min, t.first_y, t.first_value)
-                       THEN excluded.first_value ELSE t.first_value END,
-    last_y = CASE WHEN (excluded.x_max, excluded.last_y, excluded.last_value)
-                       > (t.x_max, t.last_y, t.last_value)
-                  THEN excluded.last_y ELSE t.last_y END,
-    last_value = CASE WHEN (excluded.x_max, excluded.last_y, excluded.last_value)
-                           > (t.x_max, t.last_y, t.last_value)
-                      THEN excluded.last_value ELSE t.last_value END"""  # noqa: S608
-
+# A batch's blocks go to trackd_fold_group (migration 0014), which folds them into the stored
+# ones, as two texts: every integer column one after the other as one bigint[] literal,
+# then every float8 column as one float8[] literal. Far cheaper to write than 18 binary
+# arrays, and exact (a float's shortest round-trip form).
 RUNS = "SELECT run_id, run_pk, start_time FROM runs WHERE run_id = ANY($1::uuid[])"
 SERIES = """
 SELECT run_pk, key, series_id, count FROM metric_series
@@ -159,7 +125,7 @@ RAW_BUCKETS = {
 
 
 def upsert_args(rows: Sequence[tuple[object, ...]]) -> tuple[str, str, int]:
-    """UPSERT's arguments for blocks (rows in TIER_COLUMNS order, one per key)."""
+    """trackd_fold_group's arguments for blocks (rows in TIER_COLUMNS order, one per key)."""
     cols = list(zip(*rows, strict=True))
     ints = itertools.chain.from_iterable(cols[:_INTS])
     floats = itertools.chain.from_iterable(cols[_INTS:])
