@@ -36,10 +36,13 @@ CREATE TABLE metric_blocks (
     "values"      bytea    NOT NULL,
     PRIMARY KEY (series_id, first_step, first_ts, first_value)
 );
--- The columns are compressed already: TOAST stores them without trying pglz on them.
-ALTER TABLE metric_blocks ALTER COLUMN steps SET STORAGE EXTERNAL,
-                          ALTER COLUMN timestamps SET STORAGE EXTERNAL,
-                          ALTER COLUMN "values" SET STORAGE EXTERNAL;
+-- A typical block (about 7 KB) fits a page: MAIN keeps the columns in the row, moving
+-- them to TOAST only when the row cannot fit (a block of random bits). Measured on 1M
+-- points: 8.1 bytes a point against 9.1 when TOAST holds them (EXTERNAL, EXTENDED), whose
+-- chunks pack pages less tightly than one row a page.
+ALTER TABLE metric_blocks ALTER COLUMN steps SET STORAGE MAIN,
+                          ALTER COLUMN timestamps SET STORAGE MAIN,
+                          ALTER COLUMN "values" SET STORAGE MAIN;
 
 -- Per series: how many of its points are in blocks, and the greatest step of a block
 -- (NULL: none). A writer checks a point against the blocks only when its step is at most
