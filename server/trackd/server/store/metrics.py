@@ -11,15 +11,17 @@ import asyncpg
 from trackd.server.store import events, tiers
 from trackd.server.store.pool import Connection
 
-# Creates the missing series of (run, key) pairs, in (run, key) order so that concurrent
-# creators meet the unique index in one order, and returns the ids of all the pairs.
+# Creates the missing series of (run, key) pairs (with their run's experiment, which the
+# search index leads with), in (run, key) order so that concurrent creators meet the unique
+# index in one order, and returns the ids of all the pairs.
 ENSURE_SERIES = """
 WITH wanted AS (
     SELECT DISTINCT r, k FROM unnest($1::bigint[], $2::text[]) AS w(r, k)
 ),
 created AS (
-    INSERT INTO metric_series (run_pk, key)
-    SELECT r, k FROM wanted ORDER BY r, k
+    INSERT INTO metric_series (run_pk, experiment_id, key)
+    SELECT r, (SELECT x.experiment_id FROM runs x WHERE x.run_pk = r), k
+    FROM wanted ORDER BY r, k
     ON CONFLICT (run_pk, key) DO NOTHING
     RETURNING run_pk, key, series_id
 )
