@@ -144,6 +144,64 @@ JOIN run_tags t ON t.run_pk = r.run_pk AND t.key = 'mlflow.note.content'
 WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1
 ORDER BY r.start_time DESC, r.run_id
 LIMIT 100"""
+# With migration 0013 (params, tags and series carry experiment_id, their search indexes
+# lead with it) the same joins name the experiments in every table, as a query written by
+# hand for that schema would, so that each comparison reads the searched experiments' rows
+# only (the prefix of a value as its index holds it, as in RAW_DESCRIPTION).
+RAW_QUERY_0013 = """
+SELECT r.run_pk, r.run_id, r.run_name, o.latest_value
+FROM runs r
+JOIN metric_series f ON f.run_pk = r.run_pk AND f.experiment_id = ANY($1::bigint[])
+    AND f.key = 'm0' AND f.latest_value < $2
+JOIN params p ON p.run_pk = r.run_pk AND p.experiment_id = ANY($1::bigint[])
+    AND p.key = 'p1' AND left(p.value, 500) = $3
+LEFT JOIN metric_series o ON o.run_pk = r.run_pk AND o.experiment_id = ANY($1::bigint[])
+    AND o.key = 'm2'
+WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1
+ORDER BY o.latest_value DESC NULLS LAST, r.start_time DESC, r.run_id
+LIMIT 100"""
+RAW_TYPED_0013 = """
+SELECT r.run_pk, r.run_id, r.run_name, o.latest_value
+FROM runs r
+JOIN params p ON p.run_pk = r.run_pk AND p.experiment_id = ANY($1::bigint[])
+    AND p.key = 'p1' AND p.number < $2
+LEFT JOIN metric_series o ON o.run_pk = r.run_pk AND o.experiment_id = ANY($1::bigint[])
+    AND o.key = 'm2'
+WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1
+ORDER BY o.latest_value DESC NULLS LAST, r.start_time DESC, r.run_id
+LIMIT 100"""
+RAW_ROOTS_0013 = """
+WITH matched AS MATERIALIZED (
+    SELECT r.run_pk, r.path FROM runs r
+    JOIN metric_series f ON f.run_pk = r.run_pk AND f.experiment_id = ANY($1::bigint[])
+        AND f.key = 'm0' AND f.latest_value < $2
+    JOIN params p ON p.run_pk = r.run_pk AND p.experiment_id = ANY($1::bigint[])
+        AND p.key = 'p3' AND left(p.value, 500) = $3
+    WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1),
+roots AS (
+    SELECT coalesce(m.path[1], m.run_pk) AS run_pk,
+           bool_or(m.path IS NOT NULL) AS descendant_match
+    FROM matched m GROUP BY 1)
+SELECT r.run_pk, r.run_id, r.run_name, x.descendant_match
+FROM roots x JOIN runs r ON r.run_pk = x.run_pk
+ORDER BY r.start_time DESC, r.run_id
+LIMIT 100"""
+RAW_DESCRIPTION_0013 = """
+SELECT r.run_pk, r.run_id, r.run_name
+FROM runs r
+JOIN run_tags t ON t.run_pk = r.run_pk AND t.experiment_id = ANY($1::bigint[])
+    AND t.key = 'mlflow.note.content'
+    AND left(t.value, 500) ~>=~ $2 AND left(t.value, 500) ~<~ $3
+WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = 1
+ORDER BY r.start_time DESC, r.run_id
+LIMIT 100"""
+# Each baseline and its form for migration 0013's schema.
+RAW_0013 = {
+    RAW_QUERY: RAW_QUERY_0013,
+    RAW_TYPED: RAW_TYPED_0013,
+    RAW_ROOTS: RAW_ROOTS_0013,
+    RAW_DESCRIPTION: RAW_DESCRIPTION_0013,
+}
 RAW_DATA = [
     "SELECT run_pk, key, value FROM params WHERE run_pk = ANY($1::bigint[])",
     "SELECT run_pk, key, value FROM run_tags WHERE run_pk = ANY($1::bigint[])",
@@ -262,6 +320,7 @@ async def measure(
     trackd_times: list[float] = []
     raw_times: list[float] = []
     sizes = []
+    scoped = await has_column(conn, "params", "experiment_id")
     async with grpc.aio.insecure_channel(
         target, options=[("grpc.max_receive_message_length", 256 * 1024 * 1024)]
     ) as ch:
@@ -271,7 +330,8 @@ async def measure(
             t0 = time.perf_counter()
             resp = await stub.SearchRuns(search.request)
             t1 = time.perf_counter()
-            rows = await conn.fetch(search.raw_sql, eids, *search.raw_args)
+            raw_sql = RAW_0013.get(search.raw_sql, search.raw_sql) if scoped else search.raw_sql
+            rows = await conn.fetch(raw_sql, eids, *search.raw_args)
             pks = [r["run_pk"] for r in rows]
             for sql in RAW_DATA:
                 await conn.fetch(sql, pks)
