@@ -271,7 +271,11 @@ def _has_metric_comparison(node: Node) -> bool:
 
 class _Compiler:
     def __init__(
-        self, target: Target, binds: Binds, metrics: _MetricScope | None, experiments: str = ""
+        self,
+        target: Target,
+        binds: Binds,
+        metrics: _MetricScope | None,
+        experiments: str = "",
     ) -> None:
         self.t = target
         self.b = binds
@@ -658,16 +662,17 @@ def walkable(target: Target, order: Sequence[OrderKey], roots: str = "") -> bool
 def _walk_source(
     target: Target,
     key: str,
-    experiments: Sequence[int],
+    experiments: str,
+    n_experiments: int,
     descending: bool,
     after: Sequence[Any] | None,
     binds: Binds,
 ) -> str:
     """The series of metric `key` with a number as latest value (neither NaN nor missing),
-    of each experiment in turn, as one UNION ALL of index range scans of
-    (experiment_id, key, latest_value): PostgreSQL merges them in value order (a Merge
-    Append) and reads only as far as the page needs. After a page position on a number,
-    each scan starts at that number."""
+    of each of the `n_experiments` experiments of the SQL array `experiments` in turn, as
+    one UNION ALL of index range scans of (experiment_id, key, latest_value): PostgreSQL
+    merges them in value order (a Merge Append) and reads only as far as the page needs.
+    After a page position on a number, each scan starts at that number."""
     src = target.metrics
     assert src is not None and not src.per_dataset
     k = binds.add(key, "text")
@@ -677,10 +682,15 @@ def _walk_source(
     if after is not None and len(after) > 1 and isinstance(after[1], float):
         cond += f" AND m.latest_value {'<=' if descending else '>='} "
         cond += binds.add(after[1], "float8")
+    # Each scan in the order of the merge (NULLS FIRST in descending order, as the index
+    # reads backwards; no value is NULL here): without it PostgreSQL plans each part for
+    # itself, unordered, and can only sort them all.
+    direction = "DESC NULLS FIRST" if descending else "ASC NULLS LAST"
     parts = [
-        f"SELECT m.run_pk, m.latest_value FROM {src.table} m"  # noqa: S608 - placeholders only
-        f" WHERE m.experiment_id = {binds.add(e, 'bigint')} AND m.key = {k}{cond}"
-        for e in experiments
+        f"(SELECT m.run_pk, m.latest_value FROM {src.table} m"  # noqa: S608 - placeholders only
+        f" WHERE m.experiment_id = ({experiments})[{i}] AND m.key = {k}{cond}"
+        f" ORDER BY m.latest_value {direction})"
+        for i in range(1, n_experiments + 1)
     ]
     return " UNION ALL ".join(parts)
 
@@ -697,7 +707,7 @@ def build_query(
     datasets: Sequence[tuple[str, str]] = (),
     roots: str = "",
     experiments: str = "",
-    walk: Sequence[int] | None = None,
+    walk: int = 0,
     rest: bool = False,
 ) -> tuple[str, list[Any], int]:
     """The page query and its arguments, and how many sort-key columns (named sk0...) it
@@ -716,10 +726,18 @@ def build_query(
 
     A search whose first order key is a metric's latest value (`walkable`) may be split in
     two queries whose pages, one after the other, make the page of the whole: `walk` (the
-    searched experiments' ids) keeps the rows whose value is a number, in the order of the
-    index of latest values, which PostgreSQL can read experiment by experiment, merged, and
-    stop as soon as the page is full, instead of sorting every match; `rest` keeps the
-    others (NaN, or no value), which come after every number in either direction."""
+    number of experiments in `experiments`) keeps the rows whose value is a number, in the
+    order of the index of latest values, which PostgreSQL can read experiment by
+    experiment, merged, and stop as soon as the page is full, instead of sorting every
+    match; `rest` keeps the others (NaN, or no value), which come after every number in
+    either direction.
+
+    In the walk the experiments are named once, by the series walked: the scope (then
+    without experiments) and the filter's lookups (by the run's key) do not name them again.
+    PostgreSQL takes conditions as independent, so naming the experiments again would
+    count their selectivity twice or three times (a tenth of the database's runs estimated
+    as a thousandth), and the walk, whose cost depends on how many runs match, would look
+    far more expensive than it is."""
     binds = Binds(scope_args)
     metrics = _MetricScope(target, datasets, binds) if target.metrics else None
     where = [scope_sql]
@@ -745,14 +763,16 @@ def build_query(
             " UNION SELECT a.run_pk FROM ancestors a)"
         )
     elif node is not None:
-        where.append(_Compiler(target, binds, metrics, experiments).node(node))
+        lookups = "" if walk else experiments
+        where.append(_Compiler(target, binds, metrics, lookups).node(node))
     if metrics is not None and metrics.restricted:
         if node is None or not _has_metric_comparison(node):
             where.append(metrics.any_metric())
     source = ""
-    if walk is not None:
-        assert walkable(target, order, roots) and walk
-        source = _walk_source(target, order[0].ident.key, walk, order[0].descending, after, binds)
+    if walk:
+        assert walkable(target, order, roots) and experiments
+        key = order[0].ident.key
+        source = _walk_source(target, key, experiments, walk, order[0].descending, after, binds)
     sort, joins = _order_keys(target, order, binds, metrics, source)
     if rest:
         assert walkable(target, order, roots)
@@ -813,32 +833,37 @@ async def search_runs(
     and sorts as UNRESPONSIVE; a running run's duration runs to `now`. With `roots_only`,
     root runs that match or have a matching descendant (see build_query)."""
     roots = _RUN_ROOT if roots_only else ""
+    scope = "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])"
     query = functools.partial(
         build_query,
         RUNS,
         # $3, the cutoff, is _RUN_CUTOFF: RUN_COLUMNS and the status attribute read it;
         # $4 is _RUN_NOW.
-        "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])",
-        [list(experiment_ids), list(stages), cutoff, now],
-        node,
-        order,
-        after,
+        scope_args=[list(experiment_ids), list(stages), cutoff, now],
+        node=node,
+        order=order,
+        after=after,
         columns=RUN_COLUMNS,
         roots=roots,
         experiments="$1::bigint[]",
     )
     if not (walkable(RUNS, order, roots) and experiment_ids):
-        sql, args, n_sort = query(limit)
+        sql, args, n_sort = query(scope_sql=scope, limit=limit)
         return list(await conn.fetch(sql, *args)), n_sort
     # Ordered by a metric's latest value: first the runs whose value is a number, walked
     # in index order (unless the page starts past them: a position whose NaN flag, its
     # first sort column, is not 0), then, if the page is not full, the others.
     rows: list[asyncpg.Record] = []
     if after is None or (len(after) > 0 and after[0] == 0):
-        sql, args, n_sort = query(limit, walk=experiment_ids)
+        # The walk's series are the experiments' (see build_query).
+        sql, args, n_sort = query(
+            scope_sql="r.lifecycle_stage = ANY($2::smallint[])",
+            limit=limit,
+            walk=len(experiment_ids),
+        )
         rows = list(await conn.fetch(sql, *args))
     if len(rows) < limit:
-        sql, args, n_sort = query(limit - len(rows), rest=True)
+        sql, args, n_sort = query(scope_sql=scope, limit=limit - len(rows), rest=True)
         rows += await conn.fetch(sql, *args)
     return rows, n_sort
 
