@@ -7,7 +7,18 @@ import asyncio
 import datetime
 import platform
 
-from bench import artifacts, auth, codecs, common, envelopes, ingest, logcall, search, watch
+from bench import (
+    artifacts,
+    auth,
+    codecs,
+    common,
+    envelopes,
+    ingest,
+    logcall,
+    search,
+    storage,
+    watch,
+)
 
 SCENARIOS = {
     "ingest": ingest.run,
@@ -20,6 +31,7 @@ SCENARIOS = {
     "envelopes": envelopes.run,
     "watch": watch.run,
     "codecs": codecs.run,
+    "storage": storage.run,
 }
 # Run only when named: search-compare needs another source tree to compare with, and
 # search-1m takes minutes to load.

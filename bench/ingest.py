@@ -153,29 +153,37 @@ async def log_metric_concurrent(
     return done / (time.perf_counter() - t0)
 
 
-async def history(stub: run_service_pb2_grpc.RunServiceStub, points: int) -> tuple[float, float]:
-    """Seconds to read a series of `points` by unary pages of 25,000 and by the stream."""
-    run_id = await _new_run(stub)
-    await _stream(stub, _chunks(uuid.uuid4().hex, run_id, "h", points))
+async def read_history(
+    stub: run_service_pb2_grpc.RunServiceStub, run_id: str, key: str
+) -> tuple[float, float, int]:
+    """Seconds to read a series by unary pages of 25,000 and by the stream, and its points."""
     t0 = time.perf_counter()
     token, n = "", 0
     while True:
         resp = await stub.GetMetricHistory(
-            rpb.GetMetricHistoryRequest(run_id=run_id, metric_key="h", page_token=token)
+            rpb.GetMetricHistoryRequest(run_id=run_id, metric_key=key, page_token=token)
         )
         n += len(resp.metrics)
         token = resp.next_page_token
         if not token:
             break
     paged = time.perf_counter() - t0
-    assert n == points
     t0 = time.perf_counter()
-    n = 0
+    streamed_n = 0
     async for c in stub.StreamMetricHistory(
-        rpb.StreamMetricHistoryRequest(run_id=run_id, metric_key="h")
+        rpb.StreamMetricHistoryRequest(run_id=run_id, metric_key=key)
     ):
-        n += len(c.values)
+        streamed_n += len(c.values)
     streamed = time.perf_counter() - t0
+    assert streamed_n == n
+    return paged, streamed, n
+
+
+async def history(stub: run_service_pb2_grpc.RunServiceStub, points: int) -> tuple[float, float]:
+    """Seconds to read a series of `points` by unary pages of 25,000 and by the stream."""
+    run_id = await _new_run(stub)
+    await _stream(stub, _chunks(uuid.uuid4().hex, run_id, "h", points))
+    paged, streamed, n = await read_history(stub, run_id, "h")
     assert n == points
     return paged, streamed
 

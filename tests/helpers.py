@@ -9,15 +9,49 @@ import subprocess
 import sys
 import uuid
 
+import asyncpg
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from trackd.server.domain import blocks
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import run_service_pb2 as rpb
 
 # Counts the fault and property suites add to; printed at the end of the run.
 STATS: dict[str, int] = {"faults injected": 0, "generated inputs tried": 0}
+
+_STORED_ROWS = """
+SELECT r.run_id, s.key, p.step, p.ts, p.value
+FROM metric_points p JOIN metric_series s USING (series_id) JOIN runs r USING (run_pk)
+WHERE r.run_id = ANY($1::uuid[])"""
+_STORED_BLOCKS = """
+SELECT r.run_id, s.key, b.*
+FROM metric_blocks b JOIN metric_series s USING (series_id) JOIN runs r USING (run_pk)
+WHERE r.run_id = ANY($1::uuid[])"""
+
+
+async def stored_points(
+    database_url: str, run_ids: list[str]
+) -> dict[tuple[str, str], list[tuple[int, int, float]]]:
+    """Every point stored for the runs, as rows or in compacted blocks, by (run id, key):
+    what durability checks count, whatever the compaction did. One snapshot."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            rows = await conn.fetch(_STORED_ROWS, run_ids)
+            found = await conn.fetch(_STORED_BLOCKS, run_ids)
+    finally:
+        await conn.close()
+    out: dict[tuple[str, str], list[tuple[int, int, float]]] = {}
+    for r in rows:
+        out.setdefault((r["run_id"].hex, r["key"]), []).append((r["step"], r["ts"], r["value"]))
+    for b in found:
+        steps, stamps, values = blocks.decode(b)
+        out.setdefault((b["run_id"].hex, b["key"]), []).extend(
+            zip(steps.tolist(), stamps.tolist(), values.tolist(), strict=True)
+        )
+    return out
 
 
 async def run_python(script: str, *args: str, env: dict[str, str] | None = None) -> str:

@@ -8,28 +8,18 @@ import signal
 import time
 import uuid
 
-import asyncpg
 import grpc
 from procs import running
 
-from helpers import STATS
+from helpers import STATS, stored_points
 from trackd.v1 import run_service_pb2 as rpb
 from trackd.v1 import run_service_pb2_grpc
 
 
 async def _stored(database_url: str, run_ids: list[str]) -> dict[str, set[int]]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT r.run_id, p.step FROM metric_points p JOIN metric_series s USING (series_id)"
-            " JOIN runs r USING (run_pk) WHERE r.run_id = ANY($1::uuid[])",
-            run_ids,
-        )
-    finally:
-        await conn.close()
     out: dict[str, set[int]] = {r: set() for r in run_ids}
-    for row in rows:
-        out[row["run_id"].hex].add(row["step"])
+    for (rid, _), points in (await stored_points(database_url, run_ids)).items():
+        out[rid].update(p[0] for p in points)
     return out
 
 

@@ -5,13 +5,13 @@ logger: after a restart and the loggers' own retries, every point is present exa
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import socket
 
-import asyncpg
 from procs import running
 
-from helpers import STATS
+from helpers import STATS, stored_points
 from trackd.client import AsyncClient
 
 CLIENTS = 8
@@ -25,17 +25,10 @@ def _free_port() -> int:
 
 
 async def _checksums(database_url: str, run_ids: list[str]) -> dict[str, tuple[int, int, float]]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT r.run_id, count(*) AS n, sum(p.step) AS steps, sum(p.value) AS total"
-            " FROM metric_points p JOIN metric_series s USING (series_id)"
-            " JOIN runs r USING (run_pk) WHERE r.run_id = ANY($1::uuid[]) GROUP BY r.run_id",
-            run_ids,
-        )
-    finally:
-        await conn.close()
-    return {r["run_id"].hex: (r["n"], int(r["steps"]), float(r["total"])) for r in rows}
+    out = {}
+    for (rid, _), points in (await stored_points(database_url, run_ids)).items():
+        out[rid] = (len(points), sum(p[0] for p in points), math.fsum(p[2] for p in points))
+    return out
 
 
 async def test_points_held_by_loggers_arrive_exactly_once_across_sigkill(

@@ -19,6 +19,7 @@ from trackd.server.config import Config, is_loopback, listen_problem, setting
 from trackd.server.domain.artifacts import Artifacts
 from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.jwt import JwtVerifier
+from trackd.server.domain.compaction import Compactor
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.envelopes import Envelopes
 from trackd.server.domain.experiments import Experiments
@@ -74,6 +75,7 @@ class Running:
     artifacts: Artifacts | None = None
     sweeper: asyncio.Task[None] | None = None
     watches: Watches | None = None
+    compactor: Compactor | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -91,6 +93,8 @@ class Running:
                 await self.sweeper
         if self.artifacts is not None:
             await self.artifacts.blobs.close()
+        if self.compactor is not None:
+            await self.compactor.stop()
         await self.writers.stop()
         await self.db.close()
 
@@ -241,12 +245,24 @@ async def start(config: Config, database_url: str) -> Running:
         authenticator=authenticator(config, db),
     )
     add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
+    compactor = (
+        Compactor(
+            db,
+            sweep_every=config.compaction_sweep_interval,
+            on_compacted=metrics.compacted.inc,
+        )
+        if config.compaction
+        else None
+    )
     writers = Writers(
         db,
         writers=config.ingest_writers,
         max_queued_points=config.ingest_max_queued_points,
         on_commit=metrics.committed,
+        on_grown=compactor.note if compactor is not None else None,
     )
+    if compactor is not None:
+        compactor.busy = writers.busy
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
     watches = Watches(db, database_url, retention=config.watch_retention)
@@ -313,6 +329,8 @@ async def start(config: Config, database_url: str) -> Running:
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     sweeper = asyncio.create_task(artifacts.sweep_forever(SWEEP_EVERY_S))
+    if compactor is not None:
+        compactor.start()
     return Running(
         server,
         port,
@@ -325,6 +343,7 @@ async def start(config: Config, database_url: str) -> Running:
         artifacts,
         sweeper,
         watches,
+        compactor,
     )
 
 

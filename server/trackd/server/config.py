@@ -47,6 +47,11 @@ class Config:
     ingest_writers: int = 2
     # Metric points queued for the writers before new writes wait (backpressure).
     ingest_max_queued_points: int = 1_000_000
+    # Compact older metric points into blocks in the background (README, "Compact metric
+    # storage"); off keeps every point a row.
+    compaction: bool = True
+    # Seconds between two sweeps of every series for rows to compact (one also at start).
+    compaction_sweep_interval: float = 3600.0
     # Seconds WatchRun positions stay resumable (the watch log keeps events this long).
     watch_retention: float = 3600.0
     # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
@@ -116,6 +121,8 @@ _ENV = {
     "max_message_bytes": "TRACKD_MAX_MESSAGE_BYTES",
     "ingest_writers": "TRACKD_INGEST_WRITERS",
     "ingest_max_queued_points": "TRACKD_INGEST_MAX_QUEUED_POINTS",
+    "compaction": "TRACKD_COMPACTION",
+    "compaction_sweep_interval": "TRACKD_COMPACTION_SWEEP_INTERVAL",
     "watch_retention": "TRACKD_WATCH_RETENTION",
     "metrics_listen": "TRACKD_METRICS_LISTEN",
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
@@ -176,6 +183,7 @@ _MINIMUMS: dict[str, float] = {
     "ingest_writers": 1,
     "ingest_max_queued_points": 1,
     "watch_retention": 1,
+    "compaction_sweep_interval": 0.001,
     "client_rate_limit": 0,
     "client_max_concurrency": 0,
     "stream_idle_timeout": 0.001,

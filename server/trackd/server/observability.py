@@ -48,6 +48,9 @@ class Metrics:
             "trackd_ingest_points", "Metric points committed by the writers.", registry=r
         )
         self.groups = Counter("trackd_ingest_groups", "Group commits by the writers.", registry=r)
+        self.compacted = Counter(
+            "trackd_compacted_points", "Metric points compacted into blocks.", registry=r
+        )
         self.queued = Gauge(
             "trackd_ingest_queued_points", "Points queued for the writers.", registry=r
         )

@@ -17,9 +17,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trackd.server.domain import tiers, validation
+import numpy as np
+
+from trackd.server.domain import blocks, tiers, validation
 from trackd.server.domain.validation import Violations
 from trackd.server.errors import InvalidArgument, run_not_found
+from trackd.server.store import blocks as block_store
 from trackd.server.store import tiers as store
 from trackd.server.store.pool import Connection, Database
 from trackd.v1 import run_service_pb2 as pb
@@ -266,11 +269,7 @@ async def _read_points(conn: Connection, s: Series, axis: int, limit: int) -> bo
     """Answers the series point for point if its range holds at most `limit` points; says
     whether it did."""
     intervals = await _intervals(conn, s, axis)
-    steps, stamps, values = (
-        await store.points(conn, axis, s.series_id, intervals, s.lo, s.hi, limit + 1)
-        if intervals
-        else ([], [], [])
-    )
+    steps, stamps, values = await _points(conn, axis, s.series_id, intervals, s.lo, s.hi, limit + 1)
     if len(steps) > limit:
         return False
     _answer_points(s, steps, stamps, values, axis)
@@ -305,8 +304,71 @@ def _answer_buckets(s: Series, aggs: Sequence[Agg]) -> None:
         s.columns["x_last"] = [x + s.offset for x in s.columns["x_last"]]
 
 
-def _rows_to_aggs(rows: Sequence[Any]) -> dict[int, Agg]:
-    return {r["bucket"]: [r[c] for c in COLUMNS] for r in rows}
+async def _points(
+    conn: Connection,
+    axis: int,
+    series_id: int,
+    intervals: Sequence[tuple[int, int]],
+    lo: int,
+    hi: int,
+    limit: int | None,
+) -> blocks.Columns:
+    """Up to `limit` points (None: all) of a series with a step in one of `intervals` and x
+    in [lo, hi], in (x, y, value) order, from its rows and its compacted blocks."""
+    if not intervals:
+        return [], [], []
+    rows = await store.points(conn, axis, series_id, intervals, lo, hi, limit)
+    found = await block_store.overlapping(conn, series_id, intervals)
+    if not found:
+        return rows
+    in_steps = blocks.in_steps(intervals)
+
+    def keep(steps: np.ndarray, stamps: np.ndarray, values: np.ndarray) -> np.ndarray:
+        xs = steps if axis == tiers.STEP else stamps
+        out: np.ndarray = in_steps(steps, stamps, values) & (xs >= lo) & (xs <= hi)
+        return out
+
+    order = "step" if axis == tiers.STEP else "ts"
+    return blocks.lists(*blocks.merged(rows, found, keep=keep, order=order), limit)
+
+
+async def _raw_buckets(
+    conn: Connection,
+    axis: int,
+    series_id: int,
+    intervals: Sequence[tuple[int, int]],
+    lo: int,
+    hi: int,
+    g: Grid,
+) -> dict[int, Agg]:
+    """The buckets of the grid over the points of a series with a step in one of
+    `intervals` and x in [lo, hi]: aggregated in SQL when every such point is a row, else
+    from the points of its rows and blocks."""
+    if not intervals:
+        return {}
+    if not await block_store.overlapping(conn, series_id, intervals):
+        rows = await store.raw_buckets(conn, axis, series_id, intervals, lo, hi, (g.g, g.base, g.m))
+        return {r["bucket"]: [r[c] for c in COLUMNS] for r in rows}
+    steps, stamps, values = await _points(conn, axis, series_id, intervals, lo, hi, None)
+    return _buckets_of(steps if axis == tiers.STEP else stamps, values, g)
+
+
+def _buckets_of(xs: Sequence[int], values: Sequence[float], g: Grid) -> dict[int, Agg]:
+    """Buckets of points sorted by (x, y, value), as the raw-bucket SQL aggregates them."""
+    nan = math.nan
+    out: dict[int, Agg] = {}
+    for x, v in zip(xs, values, strict=True):
+        finite = v if v - v == 0.0 else nan
+        a = out.get(g.of(x))
+        if a is None:
+            a = out[g.of(x)] = [x, x, v, v, finite, finite, 0, 0, 0, 0]
+        a[1], a[3] = x, v
+        a[4], a[5] = _fmin(a[4], finite), _fmax(a[5], finite)
+        a[6] += 1
+        a[7] += v != v
+        a[8] += v == math.inf
+        a[9] += v == -math.inf
+    return out
 
 
 def _merge(a: Agg, b: Agg) -> Agg:
@@ -347,10 +409,7 @@ async def _read_raw(conn: Connection, s: Series, axis: int, buckets: int) -> Non
         return
     g = grid(s.lo, s.hi, buckets, 0)
     intervals = await _intervals(conn, s, axis)
-    rows = await store.raw_buckets(
-        conn, axis, s.series_id, intervals, s.lo, s.hi, (g.g, g.base, g.m)
-    )
-    aggs = _rows_to_aggs(rows)
+    aggs = await _raw_buckets(conn, axis, s.series_id, intervals, s.lo, s.hi, g)
     _answer_buckets(s, [aggs[b] for b in sorted(aggs)])
 
 
@@ -443,11 +502,9 @@ async def _edges(
     for i, a, b, y_min, y_max in raws:
         s = series[i]
         intervals = [(a, b)] if axis == tiers.STEP else [(y_min, y_max)]
-        g = grids[i]
-        for r in await store.raw_buckets(
-            conn, axis, s.series_id, intervals, a, b, (g.g, g.base, g.m)
-        ):
-            add(i, [r[c] for c in COLUMNS])
+        found = await _raw_buckets(conn, axis, s.series_id, intervals, a, b, grids[i])
+        for agg in found.values():
+            add(i, agg)
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -25,13 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trackd.server.clock import now_ms
-from trackd.server.domain import summaries, tiers
+from trackd.server.domain import blocks, compaction, summaries, tiers
 from trackd.server.errors import (
     FailedPrecondition,
     TrackdError,
     Unavailable,
     run_not_found,
 )
+from trackd.server.store import blocks as block_store
 from trackd.server.store import events as event_store
 from trackd.server.store import experiments as experiment_store
 from trackd.server.store import metrics as store
@@ -109,9 +111,14 @@ class Writers:
         max_queued_points: int = 1_000_000,
         max_group_points: int = 100_000,
         on_commit: Callable[[int], None] | None = None,
+        on_grown: Callable[[list[int]], None] | None = None,
     ) -> None:
         self.db = db
         self.on_commit = on_commit
+        # Told, after each commit, the series whose rows reached compaction's threshold.
+        self.on_grown = on_grown
+        # When the last group committed (time.monotonic()).
+        self.last_commit = 0.0
         self.max_queued_points = max_queued_points
         self.max_group_points = max_group_points
         self.queues: list[asyncio.Queue[Item]] = [asyncio.Queue() for _ in range(writers)]
@@ -157,6 +164,10 @@ class Writers:
         key = shard if isinstance(shard, int) else zlib.crc32(shard.encode())
         self.queues[key % len(self.queues)].put_nowait(item)
         return item.future
+
+    def busy(self, within: float = 0.25) -> bool:
+        """Whether points are queued or a group committed in the last `within` seconds."""
+        return self.queued_points > 0 or time.monotonic() - self.last_commit < within
 
     async def write(self, item: Item, shard: str | int) -> Result:
         """Queues an item and waits for its commit. If the caller is cancelled (its deadline
@@ -221,13 +232,14 @@ class Writers:
 
     async def _commit(self, group: list[Item]) -> None:
         created: dict[tuple[int, str], int] = {}
+        grown: list[int] = []
         live = [it for it in group if not it.cancelled]
         for it in group:
             if it.cancelled:
                 it.future.cancel()
         if not live:
             return
-        work = functools.partial(self._write_group_in, live, created)
+        work = functools.partial(self._write_group_in, live, created, grown)
         for attempt in range(CONNECTION_RETRIES):
             try:
                 results = await self.db.transact(work)
@@ -247,18 +259,30 @@ class Writers:
             )
         for pair, sid in created.items():
             self.series_ids.put(pair, sid)
+        self.last_commit = time.monotonic()
+        if grown and self.on_grown is not None:
+            self.on_grown(grown)
         for item, result in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
 
     async def _write_group_in(
-        self, group: list[Item], created: dict[tuple[int, str], int], conn: Connection
+        self,
+        group: list[Item],
+        created: dict[tuple[int, str], int],
+        grown: list[int],
+        conn: Connection,
     ) -> list[Result]:
         created.clear()
-        return await self._write_group(conn, group, created)
+        grown.clear()
+        return await self._write_group(conn, group, created, grown)
 
     async def _write_group(
-        self, conn: Connection, group: list[Item], created: dict[tuple[int, str], int]
+        self,
+        conn: Connection,
+        group: list[Item],
+        created: dict[tuple[int, str], int],
+        grown: list[int],
     ) -> list[Result]:
         results = [Result() for _ in group]
         live = list(range(len(group)))
@@ -313,6 +337,12 @@ class Writers:
                 cols[1].extend(sp.timestamps)
                 cols[2].extend(sp.values)
         await write_points(conn, by_series, rows)
+        grown.extend(
+            sid
+            for sid, cols in by_series.items()
+            if rows[sid]["count"] + len(cols[0]) - (rows[sid]["compacted_count"] or 0)
+            >= compaction.MIN_ROWS
+        )
         if streams:
             await store.advance_streams(conn, marks, now_ms())
         return results
@@ -348,6 +378,7 @@ async def write_points(
     into the locked series rows' summaries; returns how many were inserted."""
     if not by_series:
         return 0
+    await _drop_compacted(conn, by_series, locked)
     sids: list[int] = []
     steps: list[int] = []
     stamps: list[int] = []
@@ -377,6 +408,36 @@ async def write_points(
     # (WatchRun replays it).
     await event_store.record_points(conn, by_series, locked, now)
     return count
+
+
+async def _drop_compacted(
+    conn: Connection,
+    by_series: dict[int, tuple[list[int], list[int], list[float]]],
+    locked: dict[int, Any],
+) -> None:
+    """Removes from `by_series` the points that repeat a point already compacted into a
+    block (the primary key of metric_points skips a point that repeats a row). Only a late
+    point, at or below its series' greatest compacted step, can: its series' blocks in the
+    steps of such points are read, under the series lock that compaction also takes."""
+    for sid, (steps, stamps, values) in list(by_series.items()):
+        top = locked[sid]["compacted_step"]
+        if top is None:
+            continue
+        late = [s for s in steps if s <= top]
+        if not late:
+            continue
+        found = await block_store.overlapping(conn, sid, [(min(late), max(late))])
+        keep = blocks.drop_compacted(steps, stamps, values, found)
+        if len(keep) == len(steps):
+            continue
+        if keep:
+            by_series[sid] = (
+                [steps[i] for i in keep],
+                [stamps[i] for i in keep],
+                [values[i] for i in keep],
+            )
+        else:
+            del by_series[sid]
 
 
 async def write_run_series(conn: Connection, series: Sequence[SeriesPoints]) -> int:

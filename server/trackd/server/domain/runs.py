@@ -14,7 +14,16 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from trackd.server.clock import now_ms
-from trackd.server.domain import datasets, ingest, limits, logged_models, names, paging, validation
+from trackd.server.domain import (
+    blocks,
+    datasets,
+    ingest,
+    limits,
+    logged_models,
+    names,
+    paging,
+    validation,
+)
 from trackd.server.domain.auth import policy
 from trackd.server.domain.liveness import Liveness
 from trackd.server.domain.validation import Violations
@@ -575,7 +584,7 @@ class Runs:
             sid = await metric_store.series_id(conn, ref["run_pk"], key)
             if sid is None:
                 return [], [], []
-            return await metric_store.history_chunk(conn, sid, after, size + 1)
+            return await blocks.history(conn, sid, after, size + 1)
 
         steps, stamps, values = await self.db.read(work)
         if len(steps) <= size:
@@ -627,7 +636,7 @@ class Runs:
 async def _history_chunk(
     conn: Connection, *, sid: int, after: tuple[int, int, float] | None, size: int
 ) -> tuple[list[int], list[int], list[float]]:
-    return await metric_store.history_chunk(conn, sid, after, size)
+    return await blocks.history(conn, sid, after, size)
 
 
 async def load_views(

@@ -35,7 +35,8 @@ FROM metric_series s JOIN wanted w ON s.run_pk = w.r AND s.key = w.k"""
 LOCK_SERIES = f"""
 SELECT s.series_id, s.count, s.nan_count, s.pos_inf_count, s.neg_inf_count, s.min_value,
        s.max_value, s.finite_mean, s.finite_m2, s.first_step, s.last_step, s.latest_step,
-       s.latest_ts, s.latest_value, s.run_pk, r.experiment_id,
+       s.latest_ts, s.latest_value, s.compacted_count, s.compacted_step, s.run_pk,
+       r.experiment_id,
        r.lifecycle_stage AS run_stage, e.lifecycle_stage AS experiment_stage,
        EXISTS (SELECT 1 FROM watch_interest w
                WHERE w.experiment_id = r.experiment_id

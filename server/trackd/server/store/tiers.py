@@ -235,10 +235,10 @@ async def points(
     intervals: Sequence[tuple[int, int]],
     lo: int,
     hi: int,
-    limit: int,
+    limit: int | None,
 ) -> tuple[list[int], list[int], list[float]]:
-    """Up to `limit` points of a series with a step in one of `intervals` (disjoint) and x
-    in [lo, hi], in (x, y, value) order, as (steps, timestamps, values)."""
+    """Up to `limit` (None: all) points of a series with a step in one of `intervals`
+    (disjoint) and x in [lo, hi], in (x, y, value) order, as (steps, timestamps, values)."""
     row = await conn.fetchrow(
         POINT_COLUMNS[axis],
         series_id,
