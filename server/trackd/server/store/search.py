@@ -746,7 +746,7 @@ def build_query(
     if roots:
         where.append(roots)
     if node is not None and roots:
-        matched = _Compiler(target, binds, metrics).node(node)
+        matched = _Compiler(target, binds, metrics, experiments).node(node)
         prefix = (
             f"WITH matched AS MATERIALIZED (SELECT {target.pk}, {target.alias}.path"  # noqa: S608
             f" FROM {target.table} {target.alias} WHERE {scope_sql} AND {matched}),"
