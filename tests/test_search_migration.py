@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 
 from conftest import server_config, with_database
+from test_run_migration import _migrate_to
 from trackd.server import app
 from trackd.server.store import migrate
 from trackd.v1 import run_pb2, run_service_pb2_grpc
@@ -47,18 +48,6 @@ class Old:
     url: str
     experiments: dict[str, int]
     runs: list[OldRun]
-
-
-async def _migrate_to(conn: asyncpg.Connection, last: int) -> None:
-    """Applies migrations 1..`last` as migrate() does: each in its own transaction,
-    recorded in schema_migrations."""
-    await conn.execute(migrate.CREATE_TABLE)
-    for version, name, sql in migrate.available():
-        if version > last:
-            break
-        async with conn.transaction():
-            await conn.execute(sql)
-            await conn.execute(migrate.RECORD, version, name)
 
 
 async def _fill(conn: asyncpg.Connection) -> tuple[dict[str, int], list[OldRun]]:
