@@ -40,7 +40,7 @@ NAMED_ONLY = {"search-compare", "search-1m"}
 
 async def main(names: list[str]) -> None:
     with common.postgres_url() as pg_url:
-        async with common.fresh_database(pg_url) as db_url:
+        async with common.kept_or_fresh_database(pg_url) as db_url:
             print(
                 f"# trackd bench {datetime.date.today()} on {platform.node()} "
                 f"({platform.machine()}, Python {platform.python_version()})"

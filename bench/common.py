@@ -43,6 +43,30 @@ def with_database(url: str, name: str) -> str:
 
 
 @contextlib.asynccontextmanager
+async def kept_or_fresh_database(pg_url: str) -> AsyncIterator[str]:
+    """The database TRACKD_BENCH_KEEP_DATABASE names, created when missing and never dropped
+    (so that a scenario with a long load, search-1m, can reuse what an earlier run loaded);
+    else a fresh one (see fresh_database)."""
+    name = os.environ.get("TRACKD_BENCH_KEEP_DATABASE")
+    if not name:
+        async with fresh_database(pg_url) as url:
+            yield url
+        return
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise SystemExit("TRACKD_BENCH_KEEP_DATABASE: a lower-case database name")
+    admin = await asyncpg.connect(pg_url)
+    try:
+        if not await admin.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)", name
+        ):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    print(f"# kept database {name} (TRACKD_BENCH_KEEP_DATABASE): not dropped")
+    yield with_database(pg_url, name)
+
+
+@contextlib.asynccontextmanager
 async def fresh_database(pg_url: str) -> AsyncIterator[str]:
     """A new empty database, dropped afterwards."""
     name = f"trackd_bench_{uuid.uuid4().hex[:10]}"

@@ -63,9 +63,11 @@ BEGIN
     END IF;
     -- Series: the missing ones created in (run, key) order, so that concurrent creators
     -- meet the unique index in one order (a creator that meets another's uncommitted row
-    -- waits for it; the next statement, with a new snapshot, sees it).
-    INSERT INTO metric_series (run_pk, key)
-    SELECT w.r, w.k FROM unnest(p_runs, p_keys) AS w(r, k)
+    -- waits for it; the next statement, with a new snapshot, sees it), with their run's
+    -- experiment, which the search indexes lead with (migration 0013).
+    INSERT INTO metric_series (run_pk, experiment_id, key)
+    SELECT w.r, r.experiment_id, w.k
+    FROM unnest(p_runs, p_keys) AS w(r, k) JOIN runs r ON r.run_pk = w.r
     WHERE NOT EXISTS (SELECT 1 FROM metric_series s WHERE s.run_pk = w.r AND s.key = w.k)
     ORDER BY w.r, w.k
     ON CONFLICT (run_pk, key) DO NOTHING;

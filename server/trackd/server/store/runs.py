@@ -159,15 +159,18 @@ FROM chosen c WHERE r.run_pk = c.run_pk"""
 PARAMS_OF = """
 SELECT key, value, coalesce(type, 0) AS type FROM params
 WHERE run_pk = $1 AND key = ANY($2::text[])"""
-INSERT_PARAMS = """
-INSERT INTO params (run_pk, key, value, type, number)
-SELECT $1, k, v, nullif(t, 0), n FROM unnest($2::text[], $3::text[], $4::smallint[], $5::numeric[])
-    AS p(k, v, t, n)
-ON CONFLICT (run_pk, key) DO NOTHING"""
-UPSERT_TAGS = """
-INSERT INTO run_tags (run_pk, key, value)
-SELECT $1, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
-ON CONFLICT (run_pk, key) DO UPDATE SET value = EXCLUDED.value"""
+# Params, tags and series carry their run's experiment (migration 0013), which the search
+# indexes lead with; a run never changes experiment, so the copy stays right.
+RUN_EXPERIMENT = "(SELECT x.experiment_id FROM runs x WHERE x.run_pk = $1)"
+INSERT_PARAMS = f"""
+INSERT INTO params (run_pk, experiment_id, key, value, type, number)
+SELECT $1, {RUN_EXPERIMENT}, k, v, nullif(t, 0), n
+FROM unnest($2::text[], $3::text[], $4::smallint[], $5::numeric[]) AS p(k, v, t, n)
+ON CONFLICT (run_pk, key) DO NOTHING"""  # noqa: S608 - a constant subquery
+UPSERT_TAGS = f"""
+INSERT INTO run_tags (run_pk, experiment_id, key, value)
+SELECT $1, {RUN_EXPERIMENT}, k, v FROM unnest($2::text[], $3::text[]) AS t(k, v)
+ON CONFLICT (run_pk, key) DO UPDATE SET value = EXCLUDED.value"""  # noqa: S608
 DELETE_TAG = "DELETE FROM run_tags WHERE run_pk = $1 AND key = $2"
 TAG_VALUE = "SELECT value FROM run_tags WHERE run_pk = $1 AND key = $2"
 

@@ -120,6 +120,9 @@ class Target:
     # Whether the params table has the type's exact number (runs' params, migration 0011),
     # which numeric comparisons and ordering read.
     typed_params: bool = False
+    # Whether the params, tags and metrics tables carry the row's experiment_id, which their
+    # search indexes lead with (runs', migration 0013).
+    experiment_scoped: bool = False
 
 
 RUNS = Target(
@@ -152,6 +155,7 @@ RUNS = Target(
     default_order=(),
     datasets=True,
     typed_params=True,
+    experiment_scoped=True,
 )
 
 EXPERIMENTS = Target(
@@ -266,10 +270,25 @@ def _has_metric_comparison(node: Node) -> bool:
 
 
 class _Compiler:
-    def __init__(self, target: Target, binds: Binds, metrics: _MetricScope | None) -> None:
+    def __init__(
+        self,
+        target: Target,
+        binds: Binds,
+        metrics: _MetricScope | None,
+        experiments: str = "",
+    ) -> None:
         self.t = target
         self.b = binds
         self.metrics = metrics
+        # The searched experiments' ids (an SQL array) when the target's params, tags and
+        # metrics carry experiment_id: every lookup names them too, so that a comparison can
+        # find its rows through the (experiment_id, key, value) indexes, within the
+        # searched experiments only, instead of over the whole database.
+        self.in_experiments = (
+            f" AND {{a}}.experiment_id = ANY({experiments})"
+            if experiments and target.experiment_scoped
+            else ""
+        )
         # Whether the comparison being compiled sits in the top-level conjunction, where
         # PostgreSQL turns an EXISTS into a semi-join (a NOT EXISTS into an anti-join).
         self.top = False
@@ -314,7 +333,7 @@ class _Compiler:
         key = self.b.add(c.ident.key, "text")
         exists = (
             f"SELECT 1 FROM {src.table} s WHERE s.{src.owner} = {self.t.pk}"  # noqa: S608
-            f" AND s.key = {key}" + self.metrics.where().replace("{a}", "s")
+            f" AND s.key = {key}" + (self.metrics.where() + self.in_experiments).replace("{a}", "s")
         )
         if c.op == "IS_NULL":
             return self.exists(exists, negated=True)
@@ -346,6 +365,7 @@ class _Compiler:
         return (
             f"SELECT 1 FROM {table} p"  # noqa: S608 - fixed names; the key is a placeholder
             f" WHERE p.{self.t.key_column} = {self.t.pk} AND p.key = {self.b.add(key, 'text')}"
+            + self.in_experiments.replace("{a}", "p")
         )
 
     def keyed_string(self, c: Compare) -> str:
@@ -527,15 +547,26 @@ class _SortKey:
 
 
 def _order_keys(
-    target: Target, keys: Sequence[OrderKey], binds: Binds, metrics: _MetricScope | None
+    target: Target,
+    keys: Sequence[OrderKey],
+    binds: Binds,
+    metrics: _MetricScope | None,
+    first_source: str = "",
 ) -> tuple[list[_SortKey], list[str]]:
-    """Sort expressions (with the joins they need) for order_by keys plus the tiebreak."""
+    """Sort expressions (with the joins they need) for order_by keys plus the tiebreak.
+    `first_source`: a subquery of the rows of the first key's metric to join (inner) instead
+    of the target's metrics table (see _walk_source)."""
     sort: list[_SortKey] = []
     joins: list[str] = []
     for i, k in enumerate(keys):
         ident: Ident = k.ident
         alias = f"o{i}"
-        if ident.entity == "metric":
+        if i == 0 and first_source:
+            joins.append(f"JOIN ({first_source}) {alias} ON {alias}.run_pk = {target.pk}")
+            expr = SUMMARY_SQL["latest"].replace("s.", f"{alias}.")
+            sort.append(_SortKey(f"({expr} = 'NaN'::float8)::int", "int", False, True))
+            sort.append(_SortKey(expr, "float8", k.descending, True))
+        elif ident.entity == "metric":
             src = target.metrics
             assert src is not None and metrics is not None
             key = binds.add(ident.key, "text")
@@ -616,6 +647,54 @@ def _after(sort: list[_SortKey], values: Sequence[Any], binds: Binds, i: int = 0
     return f"({k.sql} {beyond} {p}{nulls} OR ({k.sql} = {p} AND {rest}))"
 
 
+def walkable(target: Target, order: Sequence[OrderKey], roots: str = "") -> bool:
+    """Whether a search can walk the first order key's index (see build_query's `walk`):
+    the target's metrics carry experiment_id and the first key is a metric's latest value."""
+    return (
+        target.experiment_scoped
+        and not roots
+        and bool(order)
+        and order[0].ident.entity == "metric"
+        and order[0].ident.aggregate in (None, "latest")
+    )
+
+
+def _walk_source(
+    target: Target,
+    key: str,
+    experiments: str,
+    n_experiments: int,
+    descending: bool,
+    after: Sequence[Any] | None,
+    binds: Binds,
+) -> str:
+    """The series of metric `key` with a number as latest value (neither NaN nor missing),
+    of each of the `n_experiments` experiments of the SQL array `experiments` in turn, as
+    one UNION ALL of index range scans of (experiment_id, key, latest_value): PostgreSQL
+    merges them in value order (a Merge Append) and reads only as far as the page needs.
+    After a page position on a number, each scan starts at that number."""
+    src = target.metrics
+    assert src is not None and not src.per_dataset
+    k = binds.add(key, "text")
+    cond = f" AND {src.present.replace('{a}', 'm')}" if src.present else ""
+    cond += " AND m.latest_value < 'NaN'::float8"
+    # (The position is checked with the whole sort key later; a wrong one fails there.)
+    if after is not None and len(after) > 1 and isinstance(after[1], float):
+        cond += f" AND m.latest_value {'<=' if descending else '>='} "
+        cond += binds.add(after[1], "float8")
+    # Each scan in the order of the merge (NULLS FIRST in descending order, as the index
+    # reads backwards; no value is NULL here): without it PostgreSQL plans each part for
+    # itself, unordered, and can only sort them all.
+    direction = "DESC NULLS FIRST" if descending else "ASC NULLS LAST"
+    parts = [
+        f"(SELECT m.run_pk, m.latest_value FROM {src.table} m"  # noqa: S608 - placeholders only
+        f" WHERE m.experiment_id = ({experiments})[{i}] AND m.key = {k}{cond}"
+        f" ORDER BY m.latest_value {direction})"
+        for i in range(1, n_experiments + 1)
+    ]
+    return " UNION ALL ".join(parts)
+
+
 def build_query(
     target: Target,
     scope_sql: str,
@@ -627,6 +706,9 @@ def build_query(
     columns: str,
     datasets: Sequence[tuple[str, str]] = (),
     roots: str = "",
+    experiments: str = "",
+    walk: int = 0,
+    rest: bool = False,
 ) -> tuple[str, list[Any], int]:
     """The page query and its arguments, and how many sort-key columns (named sk0...) it
     returns after `columns`. `datasets` ((name, digest) pairs, an empty digest meaning any)
@@ -637,7 +719,25 @@ def build_query(
     `roots` (runs only) is the condition of a root row. Then the filter selects, in a
     first step, the matching rows and their ancestors (from each row's `path`); a root is
     kept when it matches or is such an ancestor, and the column `descendant_match` says
-    whether it is an ancestor of a match. Without `roots` that column is false."""
+    whether it is an ancestor of a match. Without `roots` that column is false.
+
+    `experiments`: the SQL array of the searched experiments' ids, for targets whose
+    params, tags and metrics carry experiment_id.
+
+    A search whose first order key is a metric's latest value (`walkable`) may be split in
+    two queries whose pages, one after the other, make the page of the whole: `walk` (the
+    number of experiments in `experiments`) keeps the rows whose value is a number, in the
+    order of the index of latest values, which PostgreSQL can read experiment by
+    experiment, merged, and stop as soon as the page is full, instead of sorting every
+    match; `rest` keeps the others (NaN, or no value), which come after every number in
+    either direction.
+
+    In the walk the experiments are named once, by the series walked: the scope (then
+    without experiments) and the filter's lookups (by the run's key) do not name them again.
+    PostgreSQL takes conditions as independent, so naming the experiments again would
+    count their selectivity twice or three times (a tenth of the database's runs estimated
+    as a thousandth), and the walk, whose cost depends on how many runs match, would look
+    far more expensive than it is."""
     binds = Binds(scope_args)
     metrics = _MetricScope(target, datasets, binds) if target.metrics else None
     where = [scope_sql]
@@ -646,7 +746,7 @@ def build_query(
     if roots:
         where.append(roots)
     if node is not None and roots:
-        matched = _Compiler(target, binds, metrics).node(node)
+        matched = _Compiler(target, binds, metrics, experiments).node(node)
         prefix = (
             f"WITH matched AS MATERIALIZED (SELECT {target.pk}, {target.alias}.path"  # noqa: S608
             f" FROM {target.table} {target.alias} WHERE {scope_sql} AND {matched}),"
@@ -663,16 +763,30 @@ def build_query(
             " UNION SELECT a.run_pk FROM ancestors a)"
         )
     elif node is not None:
-        where.append(_Compiler(target, binds, metrics).node(node))
+        lookups = "" if walk else experiments
+        where.append(_Compiler(target, binds, metrics, lookups).node(node))
     if metrics is not None and metrics.restricted:
         if node is None or not _has_metric_comparison(node):
             where.append(metrics.any_metric())
-    sort, joins = _order_keys(target, order, binds, metrics)
+    source = ""
+    if walk:
+        assert walkable(target, order, roots) and experiments
+        key = order[0].ident.key
+        source = _walk_source(target, key, experiments, walk, order[0].descending, after, binds)
+    sort, joins = _order_keys(target, order, binds, metrics, source)
+    if rest:
+        assert walkable(target, order, roots)
+        where.append(f"({sort[1].sql} IS NULL OR {sort[1].sql} = 'NaN'::float8)")
     if after is not None:
         _check_position(sort, after)
         where.append(_after(sort, after, binds))
     sort_cols = ", ".join(f"{k.sql} AS sk{i}" for i, k in enumerate(sort))
-    order_sql = ", ".join(f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort)
+    ordering = [f"{k.sql} {'DESC' if k.descending else 'ASC'} NULLS LAST" for k in sort]
+    if source:
+        # Every row has a number here: the NaN flag is 0 throughout, and NULLS FIRST in
+        # descending order (no row is NULL) is the order of the index read backwards.
+        ordering[:2] = [f"{sort[1].sql} DESC NULLS FIRST" if sort[1].descending else ordering[1]]
+    order_sql = ", ".join(ordering)
     if target is RUNS:
         columns += f", {descendant_match} AS descendant_match"
     # Fixed fragments only; every value is a placeholder.
@@ -718,20 +832,40 @@ async def search_runs(
     RUNNING run last seen before the liveness `cutoff` (ms since the epoch) reads, matches
     and sorts as UNRESPONSIVE; a running run's duration runs to `now`. With `roots_only`,
     root runs that match or have a matching descendant (see build_query)."""
-    sql, args, n_sort = build_query(
+    roots = _RUN_ROOT if roots_only else ""
+    scope = "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])"
+    query = functools.partial(
+        build_query,
         RUNS,
         # $3, the cutoff, is _RUN_CUTOFF: RUN_COLUMNS and the status attribute read it;
         # $4 is _RUN_NOW.
-        "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])",
-        [list(experiment_ids), list(stages), cutoff, now],
-        node,
-        order,
-        after,
-        limit,
-        RUN_COLUMNS,
-        roots=_RUN_ROOT if roots_only else "",
+        scope_args=[list(experiment_ids), list(stages), cutoff, now],
+        node=node,
+        order=order,
+        after=after,
+        columns=RUN_COLUMNS,
+        roots=roots,
+        experiments="$1::bigint[]",
     )
-    return list(await conn.fetch(sql, *args)), n_sort
+    if not (walkable(RUNS, order, roots) and experiment_ids):
+        sql, args, n_sort = query(scope_sql=scope, limit=limit)
+        return list(await conn.fetch(sql, *args)), n_sort
+    # Ordered by a metric's latest value: first the runs whose value is a number, walked
+    # in index order (unless the page starts past them: a position whose NaN flag, its
+    # first sort column, is not 0), then, if the page is not full, the others.
+    rows: list[asyncpg.Record] = []
+    if after is None or (len(after) > 0 and after[0] == 0):
+        # The walk's series are the experiments' (see build_query).
+        sql, args, n_sort = query(
+            scope_sql="r.lifecycle_stage = ANY($2::smallint[])",
+            limit=limit,
+            walk=len(experiment_ids),
+        )
+        rows = list(await conn.fetch(sql, *args))
+    if len(rows) < limit:
+        sql, args, n_sort = query(scope_sql=scope, limit=limit - len(rows), rest=True)
+        rows += await conn.fetch(sql, *args)
+    return rows, n_sort
 
 
 async def list_children(
