@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import pytest
 import pytest_asyncio
 
+from conftest import server_config
 from helpers import new_experiment, new_run, unique
+from trackd.server import app
 from trackd.v1 import metric_pb2, run_pb2
 from trackd.v1 import run_service_pb2 as rpb
 
@@ -34,6 +36,18 @@ class R:
     m: float | None
     p: str
     t: str
+
+
+@pytest_asyncio.fixture(
+    scope="module", loop_scope="module", params=[0, 10_000], ids=["walk", "one-query"]
+)
+async def server(database_url: str, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """trackd with searches ordered by a metric walking its index whatever the number of
+    runs (0), and with the default, under which these small experiments are searched by one
+    query: both must give the same pages."""
+    running = await app.start(server_config(search_walk_min_runs=request.param), database_url)
+    yield running
+    await running.stop(1.0)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

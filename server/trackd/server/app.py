@@ -272,7 +272,7 @@ async def start(config: Config, database_url: str) -> Running:
         server,
         RunService(
             Runs(db, writers, liveness),
-            RunSearch(db, liveness),
+            RunSearch(db, liveness, walk_min_runs=config.search_walk_min_runs),
             streams,
             Envelopes(db),
             watches,

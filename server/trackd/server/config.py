@@ -52,6 +52,10 @@ class Config:
     compaction: bool = True
     # Seconds between two sweeps of every series for rows to compact (one also at start).
     compaction_sweep_interval: float = 3600.0
+    # A search ordered by a metric's latest value walks that metric's index, experiment by
+    # experiment, when the searched experiments hold at least this many runs; over fewer,
+    # one query over their runs is faster (README, "How search runs"). 0: always walk.
+    search_walk_min_runs: int = 10_000
     # Seconds WatchRun positions stay resumable (the watch log keeps events this long).
     watch_retention: float = 3600.0
     # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
@@ -123,6 +127,7 @@ _ENV = {
     "ingest_max_queued_points": "TRACKD_INGEST_MAX_QUEUED_POINTS",
     "compaction": "TRACKD_COMPACTION",
     "compaction_sweep_interval": "TRACKD_COMPACTION_SWEEP_INTERVAL",
+    "search_walk_min_runs": "TRACKD_SEARCH_WALK_MIN_RUNS",
     "watch_retention": "TRACKD_WATCH_RETENTION",
     "metrics_listen": "TRACKD_METRICS_LISTEN",
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
@@ -184,6 +189,7 @@ _MINIMUMS: dict[str, float] = {
     "ingest_max_queued_points": 1,
     "watch_retention": 1,
     "compaction_sweep_interval": 0.001,
+    "search_walk_min_runs": 0,
     "client_rate_limit": 0,
     "client_max_concurrency": 0,
     "stream_idle_timeout": 0.001,

@@ -29,9 +29,14 @@ EXPERIMENT_IDS_MAX = 100
 class RunSearch:
     """Run search over a database."""
 
-    def __init__(self, db: Database, liveness: Liveness | None = None) -> None:
+    def __init__(
+        self, db: Database, liveness: Liveness | None = None, *, walk_min_runs: int = 0
+    ) -> None:
         self.db = db
         self.liveness = liveness or Liveness()
+        # Searches ordered by a metric walk its index only over at least this many runs
+        # (store.search.search_runs; Config.search_walk_min_runs).
+        self.walk_min_runs = walk_min_runs
 
     async def search(
         self,
@@ -79,6 +84,7 @@ class RunSearch:
                 self.liveness.cutoff(),
                 now_ms(),
                 roots_only=root_runs_only,
+                walk_min_runs=self.walk_min_runs,
             )
 
         # A page can hold 50,000 runs: their datasets come without schema and profile.

@@ -814,6 +814,15 @@ _RUN_ROOT = (
 )
 
 
+# Whether the experiments hold fewer than $3 runs in the stages (counting at most $3, along
+# the experiment index).
+_FEW_RUNS = """
+SELECT count(*) < $3 FROM (
+    SELECT 1 FROM runs r
+    WHERE r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])
+    LIMIT $3) AS s"""
+
+
 async def search_runs(
     conn: Connection,
     experiment_ids: Sequence[int],
@@ -826,12 +835,15 @@ async def search_runs(
     now: int,
     *,
     roots_only: bool = False,
+    walk_min_runs: int = 0,
 ) -> tuple[list[asyncpg.Record], int]:
     """A page of runs of the experiments in the lifecycle stages that match `node`, in
     `order`, strictly after the sort position `after`; and the number of sort columns. A
     RUNNING run last seen before the liveness `cutoff` (ms since the epoch) reads, matches
     and sorts as UNRESPONSIVE; a running run's duration runs to `now`. With `roots_only`,
-    root runs that match or have a matching descendant (see build_query)."""
+    root runs that match or have a matching descendant (see build_query). A search that
+    could walk the index of a metric's latest values walks it only when the experiments
+    hold at least `walk_min_runs` runs in the stages (0: always)."""
     roots = _RUN_ROOT if roots_only else ""
     scope = "r.experiment_id = ANY($1::bigint[]) AND r.lifecycle_stage = ANY($2::smallint[])"
     query = functools.partial(
@@ -847,7 +859,10 @@ async def search_runs(
         roots=roots,
         experiments="$1::bigint[]",
     )
-    if not (walkable(RUNS, order, roots) and experiment_ids):
+    if not (walkable(RUNS, order, roots) and experiment_ids) or (
+        walk_min_runs > 0
+        and await conn.fetchval(_FEW_RUNS, list(experiment_ids), list(stages), walk_min_runs)
+    ):
         sql, args, n_sort = query(scope_sql=scope, limit=limit)
         return list(await conn.fetch(sql, *args)), n_sort
     # Ordered by a metric's latest value: first the runs whose value is a number, walked
