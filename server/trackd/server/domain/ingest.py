@@ -258,9 +258,7 @@ class Writers:
                 await asyncio.sleep(0.05 * 2**attempt)
         if self.on_commit is not None:
             done = zip(live, results, strict=True)
-            self.on_commit(
-                sum(it.points for it, r in done if r.error is None and not r.duplicate)
-            )
+            self.on_commit(sum(it.points for it, r in done if r.error is None and not r.duplicate))
         self.last_commit = time.monotonic()
         self._note_grown(written)
         for item, result in zip(live, results, strict=True):

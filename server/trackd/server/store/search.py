@@ -814,6 +814,7 @@ _RUN_ROOT = (
 )
 
 
+_CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
 # Whether the experiments hold fewer than $3 runs in the stages (counting at most $3, along
 # the experiment index).
 _FEW_RUNS = """
@@ -859,10 +860,17 @@ async def search_runs(
         roots=roots,
         experiments="$1::bigint[]",
     )
-    if not (walkable(RUNS, order, roots) and experiment_ids) or (
-        walk_min_runs > 0
-        and await conn.fetchval(_FEW_RUNS, list(experiment_ids), list(stages), walk_min_runs)
+    if not (walkable(RUNS, order, roots) and experiment_ids):
+        sql, args, n_sort = query(scope_sql=scope, limit=limit)
+        return list(await conn.fetch(sql, *args)), n_sort
+    if walk_min_runs > 0 and await conn.fetchval(
+        _FEW_RUNS, list(experiment_ids), list(stages), walk_min_runs
     ):
+        # Few runs, ordered by a metric: one query, planned with this search's values. The
+        # prepared statement's generic plan, which PostgreSQL settles on after a few
+        # searches, cannot know how few runs the experiments hold (measured on a 1,000-run
+        # experiment beside 100,000 others: 28 ms a search with it, 17 ms planned each time).
+        await conn.execute(_CUSTOM_PLANS)
         sql, args, n_sort = query(scope_sql=scope, limit=limit)
         return list(await conn.fetch(sql, *args)), n_sort
     # Ordered by a metric's latest value: first the runs whose value is a number, walked
