@@ -815,8 +815,8 @@ _RUN_ROOT = (
 
 
 _CUSTOM_PLANS = "SET LOCAL plan_cache_mode = force_custom_plan"
-# Whether the experiments hold fewer than $3 runs in the stages (counting at most $3, along
-# the experiment index).
+_DEFAULT_PLANS = "SET LOCAL plan_cache_mode = auto"
+# Whether the experiments hold fewer than $3 runs in the stages (counting at most $3).
 _FEW_RUNS = """
 SELECT count(*) < $3 FROM (
     SELECT 1 FROM runs r
@@ -863,16 +863,19 @@ async def search_runs(
     if not (walkable(RUNS, order, roots) and experiment_ids):
         sql, args, n_sort = query(scope_sql=scope, limit=limit)
         return list(await conn.fetch(sql, *args)), n_sort
-    if walk_min_runs > 0 and await conn.fetchval(
-        _FEW_RUNS, list(experiment_ids), list(stages), walk_min_runs
-    ):
-        # Few runs, ordered by a metric: one query, planned with this search's values. The
-        # prepared statement's generic plan, which PostgreSQL settles on after a few
-        # searches, cannot know how few runs the experiments hold (measured on a 1,000-run
-        # experiment beside 100,000 others: 28 ms a search with it, 17 ms planned each time).
+    if walk_min_runs > 0:
+        # The count and, over few runs, the one query are planned with this search's
+        # values: the generic plan of a prepared statement, which PostgreSQL settles on
+        # after a few searches, cannot know how few runs the experiments hold (measured on
+        # a 1,000-run experiment beside 100,000 others: the count alone took 10 ms as a
+        # scan of every run, and a search 28 ms, against 17 ms planned each time).
         await conn.execute(_CUSTOM_PLANS)
-        sql, args, n_sort = query(scope_sql=scope, limit=limit)
-        return list(await conn.fetch(sql, *args)), n_sort
+        if await conn.fetchval(_FEW_RUNS, list(experiment_ids), list(stages), walk_min_runs):
+            sql, args, n_sort = query(scope_sql=scope, limit=limit)
+            return list(await conn.fetch(sql, *args)), n_sort
+        # The walk keeps the generic plan, its merge of index scans (planned with the
+        # values, PostgreSQL may hash-join every run instead).
+        await conn.execute(_DEFAULT_PLANS)
     # Ordered by a metric's latest value: first the runs whose value is a number, walked
     # in index order (unless the page starts past them: a position whose NaN flag, its
     # first sort column, is not 0), then, if the page is not full, the others.
