@@ -14,7 +14,7 @@ import asyncpg
 import grpc
 
 from conftest import server_config
-from test_run_migration import _migrate_to
+from old_db import migrate_to
 from trackd.server import app
 from trackd.v1 import run_service_pb2 as rpb
 from trackd.v1 import run_service_pb2_grpc
@@ -84,7 +84,7 @@ async def test_old_points_are_compacted_in_the_background_and_read_back(
 ) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        await _migrate_to(conn, OLD_VERSION)
+        await migrate_to(conn, OLD_VERSION)
         rid = await _fill(conn)
     finally:
         await conn.close()

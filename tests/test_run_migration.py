@@ -19,8 +19,9 @@ import asyncpg
 import grpc
 import pytest_asyncio
 
-from conftest import server_config, with_database
+from conftest import server_config
 from helpers import settled
+from old_db import old_database, run_service
 from trackd.server import app
 from trackd.server.store import migrate
 from trackd.v1 import run_pb2, run_service_pb2_grpc
@@ -44,18 +45,6 @@ class Old:
     experiments: dict[str, int]
     # Run ids (32 hex digits) by run name.
     ids: dict[str, str]
-
-
-async def _migrate_to(conn: asyncpg.Connection, last: int) -> None:
-    """Applies migrations 1..`last` as migrate() does: each in its own transaction,
-    recorded in schema_migrations."""
-    await conn.execute(migrate.CREATE_TABLE)
-    for version, name, sql in migrate.available():
-        if version > last:
-            break
-        async with conn.transaction():
-            await conn.execute(sql)
-            await conn.execute(migrate.RECORD, version, name)
 
 
 async def _experiment(conn: asyncpg.Connection, name: str) -> int:
@@ -166,33 +155,17 @@ async def _fill(conn: asyncpg.Connection) -> tuple[dict[str, int], dict[str, str
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def old(pg_url: str) -> AsyncIterator[Old]:
     """A fresh database at migration 0010 holding old-shaped data; dropped afterwards."""
-    name = f"trackd_test_old_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(pg_url, name)
-        conn = await asyncpg.connect(url)
-        try:
-            await _migrate_to(conn, OLD_VERSION)
-            async with conn.transaction():
-                exps, ids = await _fill(conn)
-        finally:
-            await conn.close()
+    async with old_database(pg_url, OLD_VERSION) as (url, conn):
+        async with conn.transaction():
+            exps, ids = await _fill(conn)
         yield Old(url, exps, ids)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runs(old: Old) -> AsyncIterator[run_service_pb2_grpc.RunServiceStub]:
     """RunService of a trackd started on the old database (which it migrates)."""
-    running = await app.start(server_config(), old.url)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            yield run_service_pb2_grpc.RunServiceStub(ch)
-    finally:
-        await running.stop(1.0)
+    async with run_service(old.url) as stub:
+        yield stub
 
 
 async def _get(runs: run_service_pb2_grpc.RunServiceStub, run_id: str) -> run_pb2.Run:

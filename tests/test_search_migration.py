@@ -16,13 +16,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import asyncpg
-import grpc
 import pytest
 import pytest_asyncio
 
-from conftest import server_config, with_database
-from test_run_migration import _migrate_to
-from trackd.server import app
+from old_db import old_database, run_service
 from trackd.server.store import migrate
 from trackd.v1 import run_pb2, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
@@ -131,33 +128,17 @@ async def _fill(conn: asyncpg.Connection) -> tuple[dict[str, int], list[OldRun]]
 async def old(pg_url: str) -> AsyncIterator[Old]:
     """A fresh database at migration 0011 holding data stored before 0013; dropped
     afterwards."""
-    name = f"trackd_test_old_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(pg_url, name)
-        conn = await asyncpg.connect(url)
-        try:
-            await _migrate_to(conn, OLD_VERSION)
-            async with conn.transaction():
-                exps, runs = await _fill(conn)
-        finally:
-            await conn.close()
+    async with old_database(pg_url, OLD_VERSION) as (url, conn):
+        async with conn.transaction():
+            exps, runs = await _fill(conn)
         yield Old(url, exps, runs)
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def runs(old: Old) -> AsyncIterator[run_service_pb2_grpc.RunServiceStub]:
     """RunService of a trackd started on the old database (which it migrates)."""
-    running = await app.start(server_config(), old.url)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            yield run_service_pb2_grpc.RunServiceStub(ch)
-    finally:
-        await running.stop(1.0)
+    async with run_service(old.url) as stub:
+        yield stub
 
 
 async def _search(

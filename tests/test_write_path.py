@@ -12,13 +12,13 @@ import random
 import uuid
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
 
-from conftest import server_config, with_database
+from conftest import server_config
 from helpers import new_experiment, new_run
+from old_db import old_database
 from test_metric_history import (
     MAX_DOUBLE,
     Point,
@@ -31,7 +31,6 @@ from test_metric_history import (
     same_points,
     summary_of,
 )
-from test_run_migration import _migrate_to
 from trackd.server import app
 from trackd.v1 import experiment_service_pb2 as epb
 from trackd.v1 import metric_pb2, run_service_pb2_grpc
@@ -155,37 +154,25 @@ async def test_summaries_combine_across_calls_at_the_edges_of_the_double_range(
 async def old_url(pg_url: str) -> AsyncIterator[tuple[str, str]]:
     """A database left at migration 11 with one run whose series "m" holds two points and
     their summary, as that release wrote them; (its url, the run id)."""
-    name = f"trackd_test_old_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = with_database(pg_url, name)
     rid = uuid.uuid4()
-    try:
-        conn = await asyncpg.connect(url)
-        try:
-            await _migrate_to(conn, 11)
-            pk = await conn.fetchval(
-                "INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time,"
-                " artifact_uri) VALUES ($1, 0, 'old', 'old-user', 1, 1, 'file:///tmp/a')"
-                " RETURNING run_pk",
-                rid,
-            )
-            sid = await conn.fetchval(
-                "INSERT INTO metric_series (run_pk, key, count, min_value, max_value,"
-                " finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts,"
-                " latest_value) VALUES ($1, 'm', 2, 1, 3, 2, 2, 0, 1, 1, 5, 3)"
-                " RETURNING series_id",
-                pk,
-            )
-            await conn.executemany(
-                "INSERT INTO metric_points VALUES ($1, $2, 5, $3)", [(sid, 0, 1.0), (sid, 1, 3.0)]
-            )
-        finally:
-            await conn.close()
+    async with old_database(pg_url, 11) as (url, conn):
+        pk = await conn.fetchval(
+            "INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time,"
+            " artifact_uri) VALUES ($1, 0, 'old', 'old-user', 1, 1, 'file:///tmp/a')"
+            " RETURNING run_pk",
+            rid,
+        )
+        sid = await conn.fetchval(
+            "INSERT INTO metric_series (run_pk, key, count, min_value, max_value,"
+            " finite_mean, finite_m2, first_step, last_step, latest_step, latest_ts,"
+            " latest_value) VALUES ($1, 'm', 2, 1, 3, 2, 2, 0, 1, 1, 5, 3)"
+            " RETURNING series_id",
+            pk,
+        )
+        await conn.executemany(
+            "INSERT INTO metric_points VALUES ($1, $2, 5, $3)", [(sid, 0, 1.0), (sid, 1, 3.0)]
+        )
         yield url, rid.hex
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_a_database_of_an_earlier_release_migrates_in_place(
