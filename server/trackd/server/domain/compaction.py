@@ -152,6 +152,12 @@ class Compactor:
                 log.warning("compaction round failed; retrying later: %r", exc)
                 await asyncio.sleep(self.delay * 10)
                 continue
+            except Exception:
+                # Anything else is a bug; the task keeps running (the series it was on is
+                # found again by the next sweep) rather than stop compacting for good.
+                log.exception("compaction round failed")
+                await asyncio.sleep(self.delay * 10)
+                continue
             self.wake.clear()
             timeout = max(0.0, next_sweep - time.monotonic())
             try:
