@@ -26,7 +26,7 @@ from conftest import server_config
 from helpers import STATS, new_run
 from test_envelopes import AXES, T0, adversarial, envelopes, log, stored
 from trackd.server import app
-from trackd.v1 import metric_pb2, run_service_pb2_grpc
+from trackd.v1 import metric_pb2, run_pb2, run_service_pb2_grpc
 from trackd.v1 import run_service_pb2 as rpb
 
 BLOCK = 1024
@@ -257,3 +257,33 @@ async def test_reads_during_compaction_return_every_point_exactly_once(
     assert overlapped >= 1, "no read overlapped a compaction"
     for rid, want in series:
         assert bits(await stored(plain_runs, rid, "m")) == want
+
+
+async def test_log_batch_with_tags_names_its_series_for_compaction(database_url: str) -> None:
+    """A LogBatch with tags writes in its own transaction, not through the writers: its
+    series are named to compaction too, and compacted without waiting for a sweep."""
+    running = await app.start(server_config(compaction=True), database_url)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            runs = run_service_pb2_grpc.RunServiceStub(ch)
+            rid = (await new_run(runs, start_time=T0)).info.run_id
+            # 999 points and a tag a call: the batch limit is 1,000 items.
+            points = [(i, T0 + i, i / 7) for i in range(6 * 999)]
+            for k in range(0, len(points), 999):
+                await runs.LogBatch(
+                    rpb.LogBatchRequest(
+                        run_id=rid,
+                        metrics=[
+                            metric_pb2.Metric(key="m", step=s, timestamp=t, value=v)
+                            for s, t, v in points[k : k + 999]
+                        ],
+                        tags=[run_pb2.RunTag(key="batch", value=str(k))],
+                    )
+                )
+            deadline = time.monotonic() + 30
+            while (await _compacted(database_url, [rid]))[f"{rid}/m"][1] == 0:
+                assert time.monotonic() < deadline, "the series was never compacted"
+                await asyncio.sleep(0.05)
+            assert bits(await stored(runs, rid, "m")) == bits(points)
+    finally:
+        await running.stop(1.0)

@@ -22,6 +22,7 @@ import numpy as np
 import pcodec
 from pcodec import standalone
 
+from trackd.server.domain import summaries
 from trackd.server.store import blocks as store
 from trackd.server.store import metrics as metric_store
 from trackd.server.store.pool import Connection
@@ -140,11 +141,8 @@ def merged(
 
 def _key_after(key: Key, block: Any) -> bool:
     """Whether a point comes after every point of a block."""
-    last = (block["last_step"], block["last_ts"])
-    if key[:2] != last:
-        return key[:2] > last
-    v, w = key[2], block["last_value"]
-    return (v == v and w == w and v > w) or (v != v and w == w)
+    last = (block["last_step"], block["last_ts"], block["last_value"])
+    return summaries.order_key(*key) > summaries.order_key(*last)
 
 
 def lists(
@@ -168,22 +166,17 @@ def in_steps(intervals: Sequence[tuple[int, int]]) -> Any:
     return keep
 
 
-def _point_key(step: int, ts: int, value: float) -> tuple[int, int, float | str]:
-    """A point as the primary key of metric_points compares it: every NaN equal, -0.0
-    equal to 0.0 (Python's float equality and hash already agree on the latter)."""
-    return (step, ts, "nan" if value != value else value)
-
-
 def drop_compacted(
     steps: list[int], stamps: list[int], values: list[float], blocks: Sequence[Any]
 ) -> list[int]:
     """Indexes of the points that are not a point of the blocks (exact duplicates of a
     compacted point are skipped, as the primary key skips duplicates of a row)."""
-    stored: set[tuple[int, int, float | str]] = set()
+    stored: set[tuple[int, int, bool, float]] = set()
     for b in blocks:
         s, t, v = decode(b)
-        stored.update(map(_point_key, s.tolist(), t.tolist(), v.tolist()))
-    return [i for i, key in enumerate(map(_point_key, steps, stamps, values)) if key not in stored]
+        stored.update(map(summaries.order_key, s.tolist(), t.tolist(), v.tolist()))
+    keys = map(summaries.order_key, steps, stamps, values)
+    return [i for i, key in enumerate(keys) if key not in stored]
 
 
 async def history(conn: Connection, series_id: int, after: Key | None, limit: int) -> Columns:

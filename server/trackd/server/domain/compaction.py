@@ -31,6 +31,7 @@ import numpy as np
 
 from trackd.server.domain import blocks
 from trackd.server.store import blocks as store
+from trackd.server.store import metrics as metric_store
 from trackd.server.store.pool import CONNECTION_ERRORS, Connection, Database
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ async def compact_series(conn: Connection, series_id: int, *, max_blocks: int) -
     if row is None or row["count"] - row["compacted_count"] < KEEP_ROWS + BLOCK_POINTS:
         return 0
     last = await store.last_key(conn, series_id)
-    steps, stamps, values = await store.rows_after(
+    # The rows after the last block, in order: the history read's own query.
+    steps, stamps, values = await metric_store.history_chunk(
         conn, series_id, last, max_blocks * BLOCK_POINTS + KEEP_ROWS
     )
     n = (len(steps) - KEEP_ROWS) // BLOCK_POINTS
@@ -86,7 +88,7 @@ async def compact_series(conn: Connection, series_id: int, *, max_blocks: int) -
         raise CompactionConflict(
             f"series {series_id}: compacted {moved} rows but the range held {deleted}"
         )
-    await store.mark(conn, series_id, moved, int(cols[0].max()))
+    await store.mark(conn, series_id, moved, end[0])
     return moved
 
 

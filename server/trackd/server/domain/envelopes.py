@@ -312,13 +312,16 @@ async def _points(
     lo: int,
     hi: int,
     limit: int | None,
+    found: Sequence[Any] | None = None,
 ) -> blocks.Columns:
     """Up to `limit` points (None: all) of a series with a step in one of `intervals` and x
-    in [lo, hi], in (x, y, value) order, from its rows and its compacted blocks."""
+    in [lo, hi], in (x, y, value) order, from its rows and its compacted blocks (`found`:
+    the blocks of those steps when the caller has read them)."""
     if not intervals:
         return [], [], []
     rows = await store.points(conn, axis, series_id, intervals, lo, hi, limit)
-    found = await block_store.overlapping(conn, series_id, intervals)
+    if found is None:
+        found = await block_store.overlapping(conn, series_id, intervals)
     if not found:
         return rows
     in_steps = blocks.in_steps(intervals)
@@ -346,10 +349,11 @@ async def _raw_buckets(
     from the points of its rows and blocks."""
     if not intervals:
         return {}
-    if not await block_store.overlapping(conn, series_id, intervals):
+    found = await block_store.overlapping(conn, series_id, intervals)
+    if not found:
         rows = await store.raw_buckets(conn, axis, series_id, intervals, lo, hi, (g.g, g.base, g.m))
         return {r["bucket"]: [r[c] for c in COLUMNS] for r in rows}
-    steps, stamps, values = await _points(conn, axis, series_id, intervals, lo, hi, None)
+    steps, stamps, values = await _points(conn, axis, series_id, intervals, lo, hi, None, found)
     return _buckets_of(steps if axis == tiers.STEP else stamps, values, g)
 
 

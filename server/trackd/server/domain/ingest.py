@@ -260,7 +260,7 @@ class Writers:
             done = zip(live, results, strict=True)
             self.on_commit(sum(it.points for it, r in done if r.error is None and not r.duplicate))
         self.last_commit = time.monotonic()
-        self._note_grown(written)
+        self.note_written(written)
         for item, result in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)
@@ -269,7 +269,10 @@ class Writers:
         """Whether points are queued or a group committed in the last `within` seconds."""
         return self.queued_points > 0 or time.monotonic() - self.last_commit < within
 
-    def _note_grown(self, written: dict[int, int]) -> None:
+    def note_written(self, written: dict[int, int]) -> None:
+        """Counts points committed per series id (by a writer, or by a LogBatch with params
+        in its own transaction), and names to compaction the series that reached its
+        threshold since they were last named."""
         if self.on_grown is None:
             return
         grown = []
@@ -324,6 +327,24 @@ def _columns(
     return by_series
 
 
+def _flat(
+    by_position: dict[int, tuple[list[int], list[int], list[float]]],
+    owner: Callable[[int], int],
+) -> tuple[list[int], list[int], list[int], list[float]]:
+    """The points of every position as four columns: each point's owner(position) (its
+    position, or its series id), step, timestamp and value."""
+    owners: list[int] = []
+    steps: list[int] = []
+    stamps: list[int] = []
+    values: list[float] = []
+    for i, (st, ts, vs) in by_position.items():
+        owners.extend([owner(i)] * len(st))
+        steps.extend(st)
+        stamps.extend(ts)
+        values.extend(vs)
+    return owners, steps, stamps, values
+
+
 def _fold(
     by_series: dict[int, tuple[list[int], list[int], list[float]]],
     recorded: Callable[[int], bool],
@@ -359,19 +380,10 @@ async def _write_simple(
             streams[sid] = (first, seq)
         series.extend(it.series)
     by_series = _columns(series, index)
-    positions: list[int] = []
-    steps: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
-    for i, (st, ts, vs) in by_series.items():
-        positions.extend([i] * len(st))
-        steps.extend(st)
-        stamps.extend(ts)
-        values.extend(vs)
     # Every series' event columns go along; the function records those of watched series.
     fold = _fold(by_series, lambda i: True)
     ids = await store.write_group(
-        conn, streams, list(index), (positions, steps, stamps, values), fold, now_ms()
+        conn, streams, list(index), _flat(by_series, lambda i: i), fold, now_ms()
     )
     if ids is None:
         return None
@@ -428,21 +440,13 @@ async def _insert_and_fold(
     by_position: dict[int, tuple[list[int], list[int], list[float]]],
     locked: store.Locked,
     marks: dict[str, int],
-    written: dict[int, int] | None = None,
+    written: dict[int, int],
 ) -> int:
     """Inserts points of locked series (by position in `locked`, from 1), skipping those
     stored already, and folds the inserted ones; returns how many were inserted (and counts
     them per series id in `written`)."""
     await _drop_compacted(conn, by_position, locked)
-    sids: list[int] = []
-    steps: list[int] = []
-    stamps: list[int] = []
-    values: list[float] = []
-    for i, (st, ts, vs) in by_position.items():
-        sids.extend([locked.series_ids[i - 1]] * len(st))
-        steps.extend(st)
-        stamps.extend(ts)
-        values.extend(vs)
+    sids, steps, stamps, values = _flat(by_position, lambda i: locked.series_ids[i - 1])
     by_id: dict[int, tuple[list[int], list[int], list[float]]] = {}
     inserted = await store.insert_points(conn, sids, steps, stamps, values) if sids else None
     if inserted is None:
@@ -464,9 +468,8 @@ async def _insert_and_fold(
         lambda k: watched[ids[k - 1]],
     )
     await store.fold_group(conn, ids, [watched[sid] for sid in ids], fold, marks, now_ms())
-    if written is not None:
-        for sid, cols in by_id.items():
-            written[sid] = len(cols[0])
+    for sid, cols in by_id.items():
+        written[sid] = len(cols[0])
     return count
 
 
@@ -498,10 +501,13 @@ async def _drop_compacted(
             )
 
 
-async def write_run_series(conn: Connection, series: Sequence[SeriesPoints]) -> int:
+async def write_run_series(
+    conn: Connection, series: Sequence[SeriesPoints], written: dict[int, int]
+) -> int:
     """Writes points of one transaction that already holds its run's lock (LogBatch with
-    params or tags): creates series, locks them, inserts and folds."""
+    params or tags): creates series, locks them, inserts and folds; counts the points
+    written per series id in `written` (for Writers.note_written after the commit)."""
     index: dict[tuple[int, str], int] = {}
     by_position = _columns(series, index)
     locked = await store.lock_group(conn, [], list(index))
-    return await _insert_and_fold(conn, by_position, locked, {})
+    return await _insert_and_fold(conn, by_position, locked, {}, written)

@@ -422,7 +422,10 @@ class Runs:
                 raise result.error
             return
 
+        written: dict[int, int] = {}
+
         async def work(conn: Connection) -> None:
+            written.clear()
             row = await _lock_writable_row(conn, run_id)
             run_pk: int = row["run_pk"]
             fresh = validation.TypedParams()
@@ -438,13 +441,16 @@ class Runs:
                 now_ms(),
             )
             if metrics.keys:
-                await ingest.write_run_series(conn, _series_points(run_pk, run_id, metrics))
+                await ingest.write_run_series(
+                    conn, _series_points(run_pk, run_id, metrics), written
+                )
             if with_models:
                 await _write_model_metrics(
                     conn, run_pk, row["experiment_id"], metrics, "metrics" if batch else ""
                 )
 
         await self.db.transact(work)
+        self.writers.note_written(written)
 
     async def log_metric(
         self,
@@ -484,7 +490,10 @@ class Runs:
         v.key("key", key)
         v.raise_if_any()
 
+        written: dict[int, int] = {}
+
         async def work(conn: Connection) -> None:
+            written.clear()
             row = await _lock_writable_row(conn, run_id)
             run_pk = row["run_pk"]
             if key == PARENT_RUN_TAG and row["parent_run_pk"] is not None:
@@ -521,7 +530,10 @@ class Runs:
         wanted = _model_refs(v, "models", model_ids)
         v.raise_if_any()
 
+        written: dict[int, int] = {}
+
         async def work(conn: Connection) -> None:
+            written.clear()
             row = await _lock_writable_row(conn, run_id)
             run_pk: int = row["run_pk"]
             if merged:
@@ -546,7 +558,10 @@ class Runs:
         wanted = _model_refs(v, "models", [m for m, _ in outputs])
         v.raise_if_any()
 
+        written: dict[int, int] = {}
+
         async def work(conn: Connection) -> None:
+            written.clear()
             row = await _lock_writable_row(conn, run_id)
             if not wanted:
                 return

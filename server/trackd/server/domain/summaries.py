@@ -14,8 +14,10 @@ import math
 from collections.abc import Sequence
 
 
-def _order_key(step: int, ts: int, value: float) -> tuple[int, int, bool, float]:
-    """(step, ts, value) in PostgreSQL's float8 order, where NaN is the greatest value."""
+def order_key(step: int, ts: int, value: float) -> tuple[int, int, bool, float]:
+    """(step, ts, value) in PostgreSQL's float8 order, where NaN is the greatest value; as
+    metric_points' primary key compares points, every NaN is equal and -0.0 equals 0.0
+    (also as a set or dict key)."""
     nan = value != value
     return step, ts, nan, 0.0 if nan else value
 
@@ -28,7 +30,7 @@ def latest_index(steps: Sequence[int], timestamps: Sequence[int], values: Sequen
         top_ts = max(timestamps[i] for i in idx)
         idx = [i for i in idx if timestamps[i] == top_ts]
     if len(idx) > 1:
-        return max(idx, key=lambda i: _order_key(0, 0, values[i]))
+        return max(idx, key=lambda i: order_key(0, 0, values[i]))
     return idx[0]
 
 

@@ -62,17 +62,6 @@ LAST_KEY = f"""
 SELECT last_step, last_ts, last_value FROM metric_blocks
 WHERE series_id = $1 ORDER BY {_KEY_DESC} LIMIT 1"""  # noqa: S608
 
-# The rows of a series after a position (the last block's last point), in order.
-ROWS_AFTER = """
-SELECT array_agg(step) AS steps, array_agg(ts) AS timestamps, array_agg(value) AS "values"
-FROM (SELECT step, ts, value FROM metric_points
-      WHERE series_id = $1 AND (step, ts, value) > ($2, $3, $4)
-      ORDER BY step, ts, value LIMIT $5) AS c"""
-ROWS_FIRST = """
-SELECT array_agg(step) AS steps, array_agg(ts) AS timestamps, array_agg(value) AS "values"
-FROM (SELECT step, ts, value FROM metric_points WHERE series_id = $1
-      ORDER BY step, ts, value LIMIT $2) AS c"""
-
 BLOCK_COLUMNS = (
     "first_step first_ts first_value last_step last_ts last_value count nan_count "
     "pos_inf_count neg_inf_count min_value max_value ts_min ts_max codec steps timestamps "
@@ -93,10 +82,10 @@ DELETE_ROWS = """
 DELETE FROM metric_points
 WHERE series_id = $1 AND (step, ts, value) >= ($2, $3, $4) AND (step, ts, value) <= ($5, $6, $7)"""
 
+# Blocks are appended in point order, so the new last step is the greatest one.
 MARK = """
 UPDATE metric_series
-SET compacted_count = coalesce(compacted_count, 0) + $2,
-    compacted_step = greatest(compacted_step, $3)
+SET compacted_count = coalesce(compacted_count, 0) + $2, compacted_step = $3
 WHERE series_id = $1"""
 
 
@@ -137,19 +126,6 @@ async def last_key(conn: Connection, series_id: int) -> tuple[int, int, float] |
     """The greatest point in a block of the series, or None."""
     row = await conn.fetchrow(LAST_KEY, series_id)
     return None if row is None else (row["last_step"], row["last_ts"], row["last_value"])
-
-
-async def rows_after(
-    conn: Connection, series_id: int, after: tuple[int, int, float] | None, limit: int
-) -> tuple[list[int], list[int], list[float]]:
-    """Up to `limit` rows of the series after `after`, as columns."""
-    if after is None:
-        row = await conn.fetchrow(ROWS_FIRST, series_id, limit)
-    else:
-        row = await conn.fetchrow(ROWS_AFTER, series_id, *after, limit)
-    if row is None or row["steps"] is None:
-        return [], [], []
-    return row["steps"], row["timestamps"], row["values"]
 
 
 async def insert(conn: Connection, series_id: int, blocks: Sequence[dict[str, object]]) -> None:
