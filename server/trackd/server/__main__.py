@@ -141,7 +141,7 @@ def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> in
         # Before anything starts (the embedded PostgreSQL takes seconds): the port is free,
         # and a reachable address is never served open by accident.
         if not cfg.reuse_port:
-            for name in ("listen", "metrics_listen"):
+            for name in ("listen", "metrics_listen", "http_listen"):
                 address = getattr(cfg, name)
                 problem = address and config_mod.listen_problem(address, name)
                 if problem:

@@ -15,10 +15,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from trackd.server.config import Config, is_loopback, listen_problem, setting
+from trackd.server.config import Config, is_loopback, listen_problem, parse_address, setting
 from trackd.server.domain.artifacts import Artifacts
 from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.jwt import JwtVerifier
+from trackd.server.domain.auth.policy import Gate
 from trackd.server.domain.compaction import Compactor
 from trackd.server.domain.datasets import Datasets
 from trackd.server.domain.envelopes import Envelopes
@@ -30,6 +31,9 @@ from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs
 from trackd.server.domain.streams import MetricStreams
 from trackd.server.domain.watch import Watches
+from trackd.server.http import meta
+from trackd.server.http.front import HttpFront
+from trackd.server.http.mlflow_api import MlflowApi
 from trackd.server.observability import Metrics
 from trackd.server.service.artifacts import ArtifactService
 from trackd.server.service.experiments import ExperimentService
@@ -76,6 +80,9 @@ class Running:
     sweeper: asyncio.Task[None] | None = None
     watches: Watches | None = None
     compactor: Compactor | None = None
+    # The HTTP front (MLflow's REST API) and its bound port, when --http-listen is set.
+    http: HttpFront | None = None
+    http_port: int | None = None
 
     async def stop(self, grace: float | None) -> None:
         """Stops accepting calls, lets in-flight ones finish within `grace` seconds, then
@@ -84,6 +91,8 @@ class Running:
             await self.health.set(svc.full_name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.streams.drain()
+        if self.http is not None:
+            await self.http.stop()
         if self.watches is not None:
             await self.watches.stop()
         await self.server.stop(grace)
@@ -245,6 +254,7 @@ async def start(config: Config, database_url: str) -> Running:
         authenticator=authenticator(config, db),
     )
     add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
+
     compactor = (
         Compactor(
             db,
@@ -268,19 +278,17 @@ async def start(config: Config, database_url: str) -> Running:
     watches = Watches(db, database_url, retention=config.watch_retention)
     await watches.start()
     liveness = Liveness(config.liveness_window)
+    runs = Runs(db, writers, liveness)
+    run_search = RunSearch(db, liveness, walk_min_runs=config.search_walk_min_runs)
+    datasets = Datasets(db)
+    logged_models = LoggedModels(db)
     add_service(
         server,
-        RunService(
-            Runs(db, writers, liveness),
-            RunSearch(db, liveness, walk_min_runs=config.search_walk_min_runs),
-            streams,
-            Envelopes(db),
-            watches,
-        ),
+        RunService(runs, run_search, streams, Envelopes(db), watches),
         SERVICES[1],
         guard,
     )
-    add_service(server, LoggedModelService(LoggedModels(db)), SERVICES[2], guard)
+    add_service(server, LoggedModelService(logged_models), SERVICES[2], guard)
     add_service(server, ArtifactService(artifacts), SERVICES[3], guard)
     metrics.watch(
         queued=lambda: writers.queued_points,
@@ -325,6 +333,24 @@ async def start(config: Config, database_url: str) -> Running:
             or f"cannot serve metrics on {config.metrics_listen}: {exc.strerror or exc}; "
             f"change {setting('metrics_listen')}"
         ) from exc
+    http: HttpFront | None = None
+    http_port: int | None = None
+    if config.http_listen:
+        mlflow = MlflowApi(None, experiments, runs, run_search, datasets)
+        http = HttpFront(guard, Gate(db), [*meta.routes(), *mlflow.routes()])
+        mlflow.front = http
+        host, port_ = parse_address(config.http_listen, "http_listen")
+        try:
+            http_port = await http.start(host, port_, reuse_port=config.reuse_port)
+        except OSError as exc:
+            await watches.stop()
+            await writers.stop()
+            await db.close()
+            raise StartupError(
+                listen_problem(config.http_listen, "http_listen")
+                or f"cannot serve HTTP on {config.http_listen}: {exc.strerror or exc}; "
+                f"change {setting('http_listen')}"
+            ) from exc
     await server.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -344,6 +370,8 @@ async def start(config: Config, database_url: str) -> Running:
         sweeper,
         watches,
         compactor,
+        http,
+        http_port,
     )
 
 
@@ -351,6 +379,8 @@ async def serve(config: Config, database_url: str) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight calls and exits."""
     running = await start(config, database_url)
     log.info("trackd listening on %s (port %s)", config.listen, running.port)
+    if running.http is not None:
+        log.info("MLflow REST API on http://%s (port %s)", config.http_listen, running.http_port)
     log.info("%s", auth_summary(config))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -60,6 +60,9 @@ class Config:
     watch_retention: float = 3600.0
     # HOST:PORT for Prometheus metrics over HTTP; empty turns them off.
     metrics_listen: str = ""
+    # HOST:PORT of the HTTP front (MLflow's REST API and artifact proxy); empty turns it
+    # off. `make run` serves it on 127.0.0.1:5000, MLflow's port.
+    http_listen: str = ""
     # Per-client limits (a client is its x-client-id metadata, else its address); 0 is off.
     client_rate_limit: float = 0.0
     client_max_concurrency: int = 0
@@ -130,6 +133,7 @@ _ENV = {
     "search_walk_min_runs": "TRACKD_SEARCH_WALK_MIN_RUNS",
     "watch_retention": "TRACKD_WATCH_RETENTION",
     "metrics_listen": "TRACKD_METRICS_LISTEN",
+    "http_listen": "TRACKD_HTTP_LISTEN",
     "client_rate_limit": "TRACKD_CLIENT_RATE_LIMIT",
     "client_max_concurrency": "TRACKD_CLIENT_MAX_CONCURRENCY",
     "stream_idle_timeout": "TRACKD_STREAM_IDLE_TIMEOUT",
@@ -310,6 +314,8 @@ def validate(cfg: Config) -> Config:
         parse_address(cfg.listen, "listen")
     if cfg.metrics_listen:
         parse_address(cfg.metrics_listen, "metrics_listen")
+    if cfg.http_listen:
+        parse_address(cfg.http_listen, "http_listen")
     url = cfg.database_url
     if url and not url.startswith(("postgresql://", "postgres://")):
         raise StartupError(
@@ -383,13 +389,18 @@ def is_loopback(listen: str) -> bool:
 def exposure_problem(cfg: Config) -> str | None:
     """Why `cfg` must not serve: a non-loopback address with no authenticator and no
     --allow-unauthenticated (one line naming the settings); None if it may."""
-    if cfg.auth_enabled or cfg.allow_unauthenticated or is_loopback(cfg.listen):
+    if cfg.auth_enabled or cfg.allow_unauthenticated:
         return None
-    return (
-        f"refusing to serve {cfg.listen} without authentication: anyone reaching it could "
-        f"read and delete everything; turn it on ({setting('auth')} on, or JWT or mTLS "
-        f"settings) or accept the risk with {setting('allow_unauthenticated')}"
-    )
+    for name in ("listen", "http_listen"):
+        address = getattr(cfg, name)
+        if address and not is_loopback(address):
+            return (
+                f"refusing to serve {address} ({setting(name)}) without authentication: "
+                f"anyone reaching it could read and delete everything; turn it on "
+                f"({setting('auth')} on, or JWT or mTLS settings) or accept the risk with "
+                f"{setting('allow_unauthenticated')}"
+            )
+    return None
 
 
 def to_env(cfg: Config) -> dict[str, str]:

@@ -31,6 +31,18 @@ def _listen_address(cfg: Config) -> tuple[str, int]:
         return host, int(s.getsockname()[1])
 
 
+def _http_listen(cfg: Config) -> str:
+    """The HTTP front's address, shared by every worker (SO_REUSEPORT) like the gRPC one."""
+    if not cfg.http_listen:
+        return ""
+    host, _, port = cfg.http_listen.rpartition(":")
+    if int(port) != 0:
+        return cfg.http_listen
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host.strip("[]"), 0))
+        return f"{host}:{s.getsockname()[1]}"
+
+
 def _metrics_listen(cfg: Config, index: int) -> str:
     """Worker i serves its metrics on the configured port + i (each process has its own)."""
     if not cfg.metrics_listen:
@@ -42,6 +54,7 @@ def _metrics_listen(cfg: Config, index: int) -> str:
 def run(cfg: Config, database_url: str) -> int:
     """Starts cfg.workers server processes and supervises them; returns the exit code."""
     host, port = _listen_address(cfg)
+    http_listen = _http_listen(cfg)
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -63,6 +76,7 @@ def run(cfg: Config, database_url: str) -> int:
             "TRACKD_WORKERS": "1",
             "TRACKD_REUSE_PORT": "true",
             "TRACKD_METRICS_LISTEN": _metrics_listen(cfg, i),
+            "TRACKD_HTTP_LISTEN": http_listen,
         }
         child = subprocess.Popen(
             [sys.executable, "-m", "trackd.server", "serve"], env=env, stdin=subprocess.DEVNULL

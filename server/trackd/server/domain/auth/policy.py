@@ -120,6 +120,25 @@ POLICY: dict[str, Rule] = {
 }
 
 
+# The routes of the HTTP front that mirror no RPC, by name (http/mlflow_api.py); a route
+# that mirrors an RPC is checked against that RPC's rule.
+HTTP_POLICY: dict[str, Rule] = {
+    "http.GetMetricHistoryBulkInterval": Rule(RUNS, _R, "run_ids"),
+}
+
+
+def http_rule(name: str) -> Rule | None:
+    """The rule of an HTTP route: its RPC's, or its own in HTTP_POLICY; None for "" (a
+    public route: health, version, server info). KeyError for an undeclared one."""
+    if not name:
+        return None
+    return POLICY[name] if name in POLICY else HTTP_POLICY[name]
+
+
+def _rule(method: str) -> Rule:
+    return POLICY[method] if method in POLICY else HTTP_POLICY[method]
+
+
 def rule(method: str) -> Rule:
     """The rule of a method by its full name ("trackd.v1.RunService.GetRun"); KeyError
     for an undeclared method, so that no RPC is served without a declared permission."""
@@ -197,7 +216,7 @@ class Authorizer:
         principal = current_principal.get()
         if principal.admin:
             return
-        r = POLICY[method]
+        r = _rule(method)
         if r.resource in (SEARCH, STREAM):
             return
         if r.resource == OWNER:
@@ -311,7 +330,7 @@ def owner_of(request: Any) -> tuple[str, str]:
 
 def audit_resource(method: str, request: Any) -> str:
     """What an audited call acted on, as "run:<id>", "experiment:<id>", ...."""
-    r = POLICY[method]
+    r = _rule(method)
     if not r.field:
         return r.resource
     if r.resource == OWNER:
@@ -346,7 +365,7 @@ class Gate:
         """Records a write (one record per call, one per stream) by an authenticated
         caller, whatever its outcome."""
         principal = current_principal.get()
-        if principal.anonymous or not POLICY[method].writes:
+        if principal.anonymous or not _rule(method).writes:
             return
         resource = audit_resource(method, request) if request is not None else "stream"
         self.audit.record(principal.name, method, resource, outcome, request_id)
