@@ -34,6 +34,8 @@ from trackd.server.domain.watch import Watches
 from trackd.server.http import meta
 from trackd.server.http.front import HttpFront
 from trackd.server.http.mlflow_api import MlflowApi
+from trackd.server.http.mlflow_artifacts import MlflowArtifactsApi
+from trackd.server.http.mlflow_models import MlflowModelsApi
 from trackd.server.observability import Metrics
 from trackd.server.service.artifacts import ArtifactService
 from trackd.server.service.experiments import ExperimentService
@@ -336,9 +338,14 @@ async def start(config: Config, database_url: str) -> Running:
     http: HttpFront | None = None
     http_port: int | None = None
     if config.http_listen:
-        mlflow = MlflowApi(None, experiments, runs, run_search, datasets)
-        http = HttpFront(guard, Gate(db), [*meta.routes(), *mlflow.routes()])
-        mlflow.front = http
+        apis = (
+            MlflowApi(None, experiments, runs, run_search, datasets),
+            MlflowModelsApi(None, logged_models),
+            MlflowArtifactsApi(None, artifacts),
+        )
+        http = HttpFront(guard, Gate(db), [*meta.routes(), *(r for a in apis for r in a.routes())])
+        for api in apis:
+            api.front = http
         host, port_ = parse_address(config.http_listen, "http_listen")
         try:
             http_port = await http.start(host, port_, reuse_port=config.reuse_port)
