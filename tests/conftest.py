@@ -19,6 +19,11 @@ import pytest
 import pytest_asyncio
 
 from trackd.server import app
+
+# The mlflow client retries a failed request with backoff for minutes by default: in the
+# tests, a server error should fail the test at once, not after the retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 from trackd.server.config import Config
 from trackd.v1 import experiment_service_pb2_grpc, run_service_pb2_grpc
 
@@ -127,3 +132,18 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
 
     if any(STATS.values()):
         terminalreporter.write_line("trackd: " + ", ".join(f"{k}: {v}" for k, v in STATS.items()))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http_server(database_url: str) -> AsyncIterator[app.Running]:
+    """trackd serving the module's database with its HTTP front (MLflow's REST API) on
+    127.0.0.1 and a free port (`running.http_port`)."""
+    running = await app.start(server_config(http_listen="127.0.0.1:0"), database_url)
+    yield running
+    await running.stop(None)
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(http_server: app.Running) -> str:
+    """The MLFLOW_TRACKING_URI of the module's trackd."""
+    return f"http://127.0.0.1:{http_server.http_port}"
