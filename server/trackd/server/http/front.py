@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextvars
 import json
 import logging
 import socket
@@ -64,6 +65,9 @@ _MLFLOW_CODE = {
 
 # The largest JSON body accepted (artifact bodies stream and are limited by the store).
 JSON_BODY_MAX = 64 * 1024 * 1024
+
+# What the request being served was checked against (for its audit record).
+_checked: contextvars.ContextVar[Any] = contextvars.ContextVar("http_checked", default=None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -219,11 +223,10 @@ class HttpFront:
         async def handle(request: web.Request) -> web.StreamResponse:
             context = _Context(request)
             call: Call = self.guard.start(f"REST {route.method} {route.path}", context)
-            target: Any = None
+            token = _checked.set(None)
             try:
                 if not public:
                     await self.guard.admit(call, context)
-                request["call"] = call
                 response = await route.handler(request)
                 call.code = grpc.StatusCode.OK
                 return response
@@ -247,7 +250,8 @@ class HttpFront:
                     response.headers["WWW-Authenticate"] = 'Basic realm="trackd", Bearer'
                 return response
             finally:
-                target = request.get("checked")
+                target = _checked.get()
+                _checked.reset(token)
                 if not public and target is not None:
                     self.gate.after(name, target, call.code.name, call.request_id)
                 self.guard.finish(call)
@@ -257,7 +261,7 @@ class HttpFront:
     async def check(self, request: web.Request, rule: str, target: Any) -> None:
         """Checks the caller against `rule` for what `target` names (an object with the
         rule's field, as the RPC's request has it); remembered for the audit record."""
-        request["checked"] = target
+        _checked.set(target)
         await self.gate.authorizer.check(rule, target)
 
 

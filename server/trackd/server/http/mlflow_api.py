@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from trackd.server.domain import bulk_history
+from trackd.server.domain.auth.context import current_principal
 from trackd.server.domain.datasets import DatasetInput, Datasets
 from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.run_search import RunSearch
@@ -225,7 +226,9 @@ class MlflowApi:
             run_name=f.text("run_name"),
             start_time=f.int64("start_time"),
             tags=mj.pairs(f.objects("tags"), "tags"),
-            user_id=f.text("user_id"),
+            # With auth on a run belongs to the caller: the mlflow client fills user_id
+            # with the local OS user, which is not the caller trackd authenticated.
+            user_id="" if not current_principal.get().anonymous else f.text("user_id"),
             parent_run_id="",
         )
         return json_response({"run": mj.run(view)})
