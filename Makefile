@@ -28,9 +28,10 @@ $(SERVER_STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Start trackd; with no TRACKD_DATABASE_URL it runs an embedded PostgreSQL under .trackd/.
+## MLflow's REST API on 127.0.0.1:5000 unless TRACKD_HTTP_LISTEN says otherwise (empty: off).
 ## Installs only what the server needs, not the development tools.
 run: $(SERVER_STAMP)
-	$(BIN)/trackd serve
+	TRACKD_HTTP_LISTEN=$${TRACKD_HTTP_LISTEN-127.0.0.1:5000} $(BIN)/trackd serve
 
 migrate: $(SERVER_STAMP)
 	$(BIN)/trackd migrate

@@ -1,14 +1,17 @@
 """`trackd serve --workers 2`: two processes share one port and one database, serve calls
-and exactly-once streams alike, and stop together on SIGTERM."""
+and exactly-once streams alike, both serve the HTTP front (MLflow's REST API) on its shared
+port, and stop together on SIGTERM."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import socket
 import sys
+import urllib.request
 import uuid
 
 import grpc
@@ -32,8 +35,30 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _rest_calls(metrics_port: int) -> float:
+    """How many REST calls the worker serving metrics on `metrics_port` has answered."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("trackd_requests_total{") and 'method="REST ' in line
+    )
+
+
+def _rest_get(port: int, run_id: str) -> dict[str, object]:
+    """runs/get through the HTTP front, on a new connection."""
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}"
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())  # type: ignore[no-any-return]
+
+
 async def test_workers_share_a_port_and_stop_together(database_url: str) -> None:
     port = _free_port()
+    http_port = _free_port()
+    metrics_port = _free_port()
+    while metrics_port + 1 in (port, http_port):
+        metrics_port = _free_port()
     env = {**os.environ, "TRACKD_DATABASE_URL": database_url, "TRACKD_LOG_FORMAT": "text"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -44,6 +69,10 @@ async def test_workers_share_a_port_and_stop_together(database_url: str) -> None
         "2",
         "--listen",
         f"127.0.0.1:{port}",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics_port}",
         env=env,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -102,6 +131,12 @@ async def test_workers_share_a_port_and_stop_together(database_url: str) -> None
             got = (await stubs[1].GetRun(rpb.GetRunRequest(run_id=run_id))).run
             counts = {s.key: s.count for s in got.data.metric_summaries}
             assert counts == {"k": 80, "s": 3}
+            # The HTTP front on its shared port: new connections reach both workers.
+            for _ in range(40):
+                body = await asyncio.to_thread(_rest_get, http_port, run_id)
+                assert body["run"]["info"]["run_id"] == run_id  # type: ignore[index]
+            served = [await asyncio.to_thread(_rest_calls, metrics_port + i) for i in range(2)]
+            assert sum(served) == 40 and all(n > 0 for n in served), served
         finally:
             for ch in channels:
                 await ch.close()
