@@ -348,3 +348,28 @@ async def test_wire_conventions(tracking_uri: str) -> None:
         assert status == 200 and info_["workspaces_enabled"] is False
 
     await asyncio.to_thread(work)
+
+
+async def test_a_logged_model_is_recorded_in_the_runs_history_tag(tracking_uri: str) -> None:
+    def work() -> None:
+        from mlflow.models import Model
+
+        c = MlflowClient(tracking_uri)
+        rid = c.create_run(c.create_experiment("log-model")).info.run_id
+        store = c._tracking_client.store
+        for path in ("model", "model-2"):
+            model = Model(artifact_path=path, run_id=rid)
+            model.add_flavor("python_function", loader_module="x", config={"secret": 1})
+            store.record_logged_model(rid, model)
+        history = json.loads(c.get_run(rid).data.tags["mlflow.log-model.history"])
+        assert [h["artifact_path"] for h in history] == ["model", "model-2"]
+        assert history[0]["flavors"] == {"python_function": {"loader_module": "x"}}
+        status, body = call(
+            tracking_uri,
+            "POST",
+            "/api/2.0/mlflow/runs/log-model",
+            {"run_id": rid, "model_json": "{not json"},
+        )
+        assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
+
+    await asyncio.to_thread(work)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -145,6 +146,12 @@ def request_for(route: Route, ids: dict[str, str]) -> dict[str, Any]:
         "/runs/log-batch": {"run_id": rid, "params": [{"key": "b", "value": "1"}]},
         "/runs/log-inputs": {"run_id": rid, "datasets": []},
         "/runs/outputs": {"run_id": rid, "models": []},
+        "/runs/log-model": {
+            "run_id": rid,
+            "model_json": json.dumps(
+                {"artifact_path": "m", "flavors": {}, "utc_time_created": "now", "run_id": rid}
+            ),
+        },
         "/metrics/get-history": {"run_id": rid, "metric_key": "m"},
         "/metrics/get-history-bulk-interval": {"run_ids": [rid], "metric_key": "m"},
     }

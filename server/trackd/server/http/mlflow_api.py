@@ -5,6 +5,7 @@ JSON. Logged models are in mlflow_models.py, artifacts in mlflow_artifacts.py.""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,6 +23,7 @@ from trackd.server.http.front import HttpFront, Route, json_response
 from trackd.server.http.mlflow_json import Fields
 
 PREFIXES = ("/api/2.0/mlflow", "/ajax-api/2.0/mlflow")
+LOG_MODEL_HISTORY_TAG = "mlflow.log-model.history"
 _EXP = "trackd.v1.ExperimentService."
 _RUN = "trackd.v1.RunService."
 
@@ -106,6 +108,7 @@ class MlflowApi:
             ("POST", "/runs/log-batch", self.log_batch, _RUN + "LogBatch"),
             ("POST", "/runs/log-inputs", self.log_inputs, _RUN + "LogInputs"),
             ("POST", "/runs/outputs", self.log_outputs, _RUN + "LogOutputs"),
+            ("POST", "/runs/log-model", self.log_model, _RUN + "SetTag"),
             ("GET", "/metrics/get-history", self.get_history, _RUN + "GetMetricHistory"),
             (
                 "GET",
@@ -382,6 +385,55 @@ class MlflowApi:
             for i, m in enumerate(f.objects("models"))
         ]
         await self.runs.log_outputs(run_id, models)
+        return json_response({})
+
+    async def log_model(self, request: web.Request) -> web.StreamResponse:
+        """MLflow 2's record of a model logged by a run: its description appended to the
+        JSON list in the run's `mlflow.log-model.history` tag (as MLflow's server does).
+        The tag is read and written in two steps: two concurrent records on one run can
+        lose one of them (MLflow's server has the same race)."""
+        f = await Fields.of(request)
+        run_id = f.text("run_id", required=True)
+        text = f.text("model_json", required=True)
+        try:
+            model = json.loads(text)
+        except ValueError:
+            model = None
+        if not isinstance(model, dict):
+            raise InvalidArgument(
+                f"Malformed model info. \n {text[:200]} \n is not a valid JSON.",
+                metadata={"field": "model_json"},
+            )
+        missing = {"artifact_path", "flavors", "utc_time_created", "run_id"} - set(model)
+        if missing:
+            raise InvalidArgument(
+                f"Model json is missing mandatory fields: {sorted(missing)}",
+                metadata={"field": "model_json"},
+            )
+        await self._check(request, _RUN + "SetTag", run_id=run_id)
+        entry = {
+            k: model[k]
+            for k in ("run_id", "utc_time_created", "artifact_path", "model_uuid")
+            if k in model
+        }
+        flavors = model.get("flavors") or {}
+        entry["flavors"] = {
+            name: (
+                {k: v for k, v in conf.items() if k != "config"} if isinstance(conf, dict) else conf
+            )
+            for name, conf in (flavors.items() if isinstance(flavors, dict) else ())
+        }
+        view = await self.runs.get(run_id)
+        history: list[Any] = []
+        for _, key, value in view.tags:
+            if key == LOG_MODEL_HISTORY_TAG:
+                try:
+                    loaded = json.loads(value)
+                except ValueError:
+                    loaded = []
+                history = loaded if isinstance(loaded, list) else []
+        history.append(entry)
+        await self.runs.set_tag(run_id, LOG_MODEL_HISTORY_TAG, json.dumps(history))
         return json_response({})
 
     # -- metrics ---------------------------------------------------------------------------
