@@ -590,6 +590,23 @@ def test_a_non_loopback_address_without_an_authenticator_refuses_to_start(
     assert "--auth" in lines[0] and "--allow-unauthenticated" in lines[0]
 
 
+def test_a_non_loopback_http_address_without_an_authenticator_refuses_to_start(
+    database_url: str,
+) -> None:
+    port = _free_port()
+    result = subprocess.run(
+        [*TRACKD, "serve", "--http-listen", f"0.0.0.0:{port}", "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "--http-listen" in lines[0] and "--allow-unauthenticated" in lines[0]
+
+
 def _serve_until_listening(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """Runs `trackd serve ARGS` until it logs that it listens, then SIGTERMs it; returns
     its exit status and everything it wrote to stderr."""

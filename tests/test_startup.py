@@ -222,6 +222,26 @@ def test_metrics_address_in_use(listening: int, database_url: str) -> None:
     one_line_error(result, "--metrics-listen", "TRACKD_METRICS_LISTEN", "in use")
 
 
+def test_http_address_in_use(listening: int, database_url: str) -> None:
+    result = trackd(
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        f"127.0.0.1:{listening}",
+        "--database-url",
+        database_url,
+    )
+    one_line_error(result, "--http-listen", "TRACKD_HTTP_LISTEN", "in use")
+
+
+def test_malformed_http_listen_fails_before_anything_starts(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = trackd("serve", "--http-listen", "5000", "--data-dir", str(data))
+    one_line_error(result, "--http-listen", "TRACKD_HTTP_LISTEN", "HOST:PORT")
+    assert not data.exists()
+
+
 def test_listen_address_not_on_this_machine(database_url: str) -> None:
     # 192.0.2.0/24 is TEST-NET-1: never an address of this machine.
     result = trackd("serve", "--listen", "192.0.2.1:50051", "--database-url", database_url)
