@@ -69,6 +69,10 @@ JSON_BODY_MAX = 64 * 1024 * 1024
 # What the request being served was checked against (for its audit record).
 _checked: contextvars.ContextVar[Any] = contextvars.ContextVar("http_checked", default=None)
 
+# The longest request line (method, URL with its query string, version) and header line
+# accepted; a longer one is answered 400 by the HTTP parser, before any route.
+URL_BYTES_MAX = 64 * 1024
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -182,7 +186,13 @@ class HttpFront:
     async def start(self, host: str, port: int, *, reuse_port: bool) -> int:
         """Listens on host:port (0 picks a free port); returns the bound port."""
         self.runner = web.AppRunner(
-            self.app, handle_signals=False, access_log=None, shutdown_timeout=5.0
+            self.app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=5.0,
+            # A GET's fields travel in its URL (bulk history names up to 100 runs).
+            max_line_size=URL_BYTES_MAX,
+            max_field_size=URL_BYTES_MAX,
         )
         await self.runner.setup()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

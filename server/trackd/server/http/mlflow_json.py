@@ -13,7 +13,8 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from trackd.server.domain.runs import RunView
-from trackd.server.errors import InvalidArgument
+from trackd.server.errors import InvalidArgument, ResourceExhausted
+from trackd.server.http.front import JSON_BODY_MAX
 
 # trackd's RunStatus numbers as MLflow's names. UNRESPONSIVE (a RUNNING run that has gone
 # quiet, derived when read) is RUNNING to MLflow, which has no such status.
@@ -43,7 +44,12 @@ def _missing(name: str) -> InvalidArgument:
 
 
 def _bad(name: str, value: Any, kind: str) -> InvalidArgument:
-    shown = json.dumps(value) if not isinstance(value, str) else json.dumps(value[:200])
+    try:
+        shown = json.dumps(value if not isinstance(value, str) else value[:200])
+    except (ValueError, RecursionError):
+        shown = type(value).__name__
+    if len(shown) > 200:
+        shown = shown[:200] + "..."
     return InvalidArgument(
         f"Invalid value {shown} for parameter '{name}' supplied: it must be {kind}",
         metadata={"field": name},
@@ -62,7 +68,15 @@ class Fields:
     async def of(cls, request: web.Request) -> Fields:
         if request.method == "GET" or (request.method == "DELETE" and not request.can_read_body):
             return cls(request.query, query=True)
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ResourceExhausted(
+                f"the request body is larger than {JSON_BODY_MAX} bytes, the limit of a "
+                "JSON request",
+                metadata={"field": "body", "limit": str(JSON_BODY_MAX)},
+                reason="RESOURCE_EXHAUSTED",
+            ) from None
         if not raw.strip():
             return cls({}, query=False)
         try:
@@ -70,6 +84,10 @@ class Fields:
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument(
                 f"the request body is not valid JSON: {exc}", metadata={"field": "body"}
+            ) from None
+        except RecursionError:
+            raise InvalidArgument(
+                "the request body nests too deeply to parse", metadata={"field": "body"}
             ) from None
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object", metadata={})
@@ -169,7 +187,10 @@ def parse_double(v: Any, name: str, *, required: bool = False) -> float:
     if isinstance(v, bool):
         raise _bad(name, v, "a number")
     if isinstance(v, (int, float)):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            raise _bad(name, v, "a number within a double's range") from None
     if isinstance(v, str):
         if v in _DOUBLE_NAMES:
             return _DOUBLE_NAMES[v]
