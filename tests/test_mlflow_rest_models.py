@@ -5,23 +5,36 @@ experiments/search-datasets) over trackd's HTTP front, driven by the official ml
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
 import pytest
+import pytest_asyncio
 import requests
 from mlflow import MlflowClient
 from mlflow.data.http_dataset_source import HTTPDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import LoggedModelInput, LoggedModelOutput, LoggedModelStatus
+from mlflow.entities import (
+    LoggedModelInput,
+    LoggedModelOutput,
+    LoggedModelParameter,
+    LoggedModelStatus,
+    LoggedModelTag,
+)
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.service_pb2 import SearchDatasets
+from mlflow.store.tracking.rest_store import RestStore
 from mlflow.types.schema import ColSpec, Schema
 from mlflow.utils.proto_json_utils import message_to_json
 from mlflow.utils.rest_utils import MlflowHostCreds, call_endpoint
+
+from conftest import server_config
+from trackd.server import app
 
 T = TypeVar("T")
 
@@ -106,6 +119,14 @@ async def test_log_model_params(client: MlflowClient) -> None:
     await call(client.log_model_params, model.model_id, {"a": "1"})
     err = await error_of(client.log_model_params, model.model_id, {"a": "9"})
     assert err.error_code == "INVALID_PARAMETER_VALUE"
+    # No params is a no-op, as in MLflow (the client sends none; another client may).
+    response = await call(
+        requests.post,
+        f"{client.tracking_uri}/api/2.0/mlflow/logged-models/{model.model_id}/params",
+        json={"model_id": model.model_id, "params": []},
+        timeout=30,
+    )
+    assert (response.status_code, response.json()) == (200, {})
 
 
 async def test_more_params_than_one_request_holds(client: MlflowClient) -> None:
@@ -147,6 +168,16 @@ async def test_set_and_delete_tags(client: MlflowClient) -> None:
     assert got.tags == {"a": "2"}
     err = await error_of(client.delete_logged_model_tag, model.model_id, "b")
     assert err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    # No tags is a no-op, as in MLflow (on a model that exists).
+    await call(client.set_logged_model_tags, model.model_id, {})
+    store = client._tracking_client.store
+    err = await error_of(store.set_logged_model_tags, "m-" + uuid.uuid4().hex, [])
+    assert err.error_code == "RESOURCE_DOES_NOT_EXIST"
+    # MLflow's limit per request is not trackd's: more than 100 tags at once are refused.
+    err = await error_of(
+        client.set_logged_model_tags, model.model_id, {f"k{i}": "v" for i in range(101)}
+    )
+    assert err.error_code == "INVALID_PARAMETER_VALUE"
 
 
 async def test_delete_a_model(client: MlflowClient) -> None:
@@ -250,6 +281,9 @@ async def test_search_filters(client: MlflowClient) -> None:
         "m2",
         "m3",
     ]
+    assert names(await call(s, [eid], filter_string="status = 'READY'")) == []
+    assert len(await call(s, [eid], filter_string="status = 'PENDING'")) == 4
+    assert len(await call(s, [eid], filter_string="last_updated_time > 0")) == 4
     both = "attributes.model_type = 'small' AND tags.kind = 'even'"
     assert names(await call(s, [eid], filter_string=both)) == ["m0"]
     assert names(await call(s, [eid], filter_string="name LIKE 'm%'", max_results=10)) != []
@@ -564,3 +598,85 @@ async def test_log_input_with_a_model_and_outputs(client: MlflowClient, fluent: 
     assert err.error_code == "RESOURCE_DOES_NOT_EXIST"
     err = await error_of(client.log_inputs, rid, models=[LoggedModelInput("m-" + uuid.uuid4().hex)])
     assert err.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+def trackd_cli(database_url: str, *args: str) -> str:
+    """Runs the `trackd` CLI (the real entry point); its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "trackd.server", *args, "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def authed(database_url: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A second trackd on the module's database with auth on and the HTTP front; API tokens
+    of a reader and an editor of workspace "default" and of an outsider (MANAGE in "other"
+    only)."""
+    await call(trackd_cli, database_url, "workspace", "create", "other-ws")
+    tokens = {}
+    for who, role in (("reader", "default=READ"), ("editor", "default=EDIT")):
+        tokens[who] = await call(
+            trackd_cli, database_url, "token", "create", "--principal", who, "--role", role
+        )
+    tokens["outsider"] = await call(
+        trackd_cli, database_url, "token", "create", "--principal", "outsider", "--role",
+        "other-ws=MANAGE",
+    )  # fmt: skip
+    running = await app.start(server_config(auth="on", http_listen="127.0.0.1:0"), database_url)
+    try:
+        yield f"http://127.0.0.1:{running.http_port}", tokens
+    finally:
+        await running.stop(1.0)
+
+
+def store_of(uri: str, token: str | None) -> RestStore:
+    """The mlflow client's REST store, sending `token` as a Bearer token."""
+    return RestStore(lambda: MlflowHostCreds(uri, token=token))
+
+
+async def test_permissions(authed: tuple[str, dict[str, str]]) -> None:
+    uri, tokens = authed
+    editor, reader = store_of(uri, tokens["editor"]), store_of(uri, tokens["reader"])
+    outsider, anonymous = store_of(uri, tokens["outsider"]), store_of(uri, None)
+    eid = await call(editor.create_experiment, unique("guarded"))
+    model = await call(editor.create_logged_model, eid, name="guarded")
+    mid = model.model_id
+    await call(editor.set_logged_model_tags, mid, [LoggedModelTag("a", "1")])
+
+    # The reader reads and searches; every write is refused.
+    assert (await call(reader.get_logged_model, mid)).tags == {"a": "1"}
+    assert [m.model_id for m in await call(reader.search_logged_models, [eid])] == [mid]
+    writes: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (reader.create_logged_model, (eid,)),
+        (reader.finalize_logged_model, (mid, LoggedModelStatus.READY)),
+        (reader.set_logged_model_tags, (mid, [LoggedModelTag("b", "2")])),
+        (reader.delete_logged_model_tag, (mid, "a")),
+        (reader.log_logged_model_params, (mid, [LoggedModelParameter("p", "1")])),
+        (reader.delete_logged_model, (mid,)),
+    ]
+    for fn, args in writes:
+        err = await error_of(fn, *args)
+        assert err.error_code == "PERMISSION_DENIED", fn
+
+    # To a caller of another workspace the model does not exist and searches find nothing.
+    for fn, args in [(outsider.get_logged_model, (mid,)), *writes[1:]]:
+        bound = getattr(outsider, fn.__name__)
+        err = await error_of(bound, *args)
+        assert err.error_code == "RESOURCE_DOES_NOT_EXIST", fn
+    assert list(await call(outsider.search_logged_models, [eid])) == []
+
+    # Without a token, nothing.
+    err = await error_of(anonymous.get_logged_model, mid)
+    assert err.error_code == "UNAUTHENTICATED"
+
+    # The editor's writes go through.
+    await call(editor.finalize_logged_model, mid, LoggedModelStatus.READY)
+    await call(editor.delete_logged_model, mid)

@@ -198,7 +198,10 @@ class MlflowModelsApi:
         f = await Fields.of(request)
         tags = mj.pairs(f.objects("tags"), "tags")
         await self._check_model(request, "SetLoggedModelTags", model_id)
-        await self.models.set_tags(model_id, tags)
+        if tags:
+            await self.models.set_tags(model_id, tags)
+        else:
+            await self.models.get(model_id)  # MLflow: no tags is a no-op on a live model
         return json_response({})
 
     async def delete_tag(self, request: web.Request) -> web.StreamResponse:
@@ -213,7 +216,10 @@ class MlflowModelsApi:
         f = await Fields.of(request)
         params = mj.pairs(f.objects("params"), "params")
         await self._check_model(request, "LogLoggedModelParams", model_id)
-        await self.models.log_params(model_id, params)
+        if params:
+            await self.models.log_params(model_id, params)
+        else:
+            await self.models.get(model_id)  # MLflow: no params is a no-op on a live model
         return json_response({})
 
     async def search(self, request: web.Request) -> web.StreamResponse:
