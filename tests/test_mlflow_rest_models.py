@@ -281,6 +281,8 @@ async def test_search_filters(client: MlflowClient) -> None:
         "m2",
         "m3",
     ]
+    either = "name = 'm0' OR name IN ('m3', 'zz')"
+    assert sorted(names(await call(s, [eid], filter_string=either))) == ["m0", "m3"]
     assert names(await call(s, [eid], filter_string="status = 'READY'")) == []
     assert len(await call(s, [eid], filter_string="status = 'PENDING'")) == 4
     assert len(await call(s, [eid], filter_string="last_updated_time > 0")) == 4
@@ -300,6 +302,11 @@ async def test_search_order_by(client: MlflowClient) -> None:
     assert names(await call(s, [eid], order_by=up)) == ["m0", "m1", "m3", "m2"]
     down = [{"field_name": "metrics.acc", "ascending": False}]
     assert names(await call(s, [eid], order_by=down)) == ["m2", "m3", "m1", "m0"]
+    # A model without the metric comes last either way.
+    await call(client.create_logged_model, eid, name="m9")
+    assert names(await call(s, [eid], order_by=up))[-1] == "m9"
+    assert names(await call(s, [eid], order_by=down))[-1] == "m9"
+    await call(client.delete_logged_model, (await call(s, [eid], max_results=1))[0].model_id)
     assert names(await call(s, [eid], order_by=[{"field_name": "name"}])) == [
         "m0",
         "m1",
