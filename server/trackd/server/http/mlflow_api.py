@@ -45,6 +45,25 @@ def _run_id(f: Fields) -> str:
     return run_id
 
 
+# MLflow's server takes 1 to 20 experiment ids in experiments/search-datasets.
+_SEARCH_DATASETS_IDS_MAX = 20
+
+
+def _check_dataset_search_ids(experiment_ids: list[str]) -> None:
+    """MLflow's limits on SearchDatasets' experiment ids, with its messages."""
+    if not experiment_ids:
+        raise InvalidArgument(
+            "SearchDatasets request must specify at least one experiment_id.",
+            metadata={"field": "experiment_ids"},
+        )
+    if len(experiment_ids) > _SEARCH_DATASETS_IDS_MAX:
+        raise InvalidArgument(
+            f"SearchDatasets request cannot specify more than {_SEARCH_DATASETS_IDS_MAX} "
+            f"experiment_ids. Received {len(experiment_ids)} experiment_ids.",
+            metadata={"field": "experiment_ids"},
+        )
+
+
 class MlflowApi:
     """The handlers of MLflow's tracking endpoints."""
 
@@ -199,9 +218,11 @@ class MlflowApi:
 
     async def search_datasets(self, request: web.Request) -> web.StreamResponse:
         f = await Fields.of(request)
+        experiment_ids = f.texts("experiment_ids")
+        _check_dataset_search_ids(experiment_ids)
         await self._check(request, _EXP + "SearchDatasets")
         rows, token = await self.datasets.search(
-            f.texts("experiment_ids"), int(f.int64("max_results")), f.text("page_token")
+            experiment_ids, int(f.int64("max_results")), f.text("page_token")
         )
         body: dict[str, Any] = {
             "dataset_summaries": [

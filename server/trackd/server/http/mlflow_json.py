@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiMapping
 
+from trackd.server.domain.logged_models import LoggedModelView
 from trackd.server.domain.runs import RunView
 from trackd.server.errors import InvalidArgument, ResourceExhausted
 from trackd.server.http.front import JSON_BODY_MAX
@@ -23,6 +24,14 @@ RUN_STATUS_NUMBER = {"RUNNING": 1, "SCHEDULED": 2, "FINISHED": 3, "FAILED": 4, "
 STAGE = {1: "active", 2: "deleted"}
 # MLflow's ViewType names as trackd's numbers (ACTIVE_ONLY, DELETED_ONLY, ALL).
 VIEW_TYPE = {"ACTIVE_ONLY": 1, "DELETED_ONLY": 2, "ALL": 3}
+# MLflow's LoggedModelStatus names as trackd's numbers (store.logged_models: PENDING 1,
+# READY 2, UPLOAD_FAILED 3: the same numbers as MLflow's enum).
+MODEL_STATUS_NUMBER = {
+    "LOGGED_MODEL_PENDING": 1,
+    "LOGGED_MODEL_READY": 2,
+    "LOGGED_MODEL_UPLOAD_FAILED": 3,
+}
+MODEL_STATUS = {n: name for name, n in MODEL_STATUS_NUMBER.items()}
 _DOUBLE_NAMES = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -41,6 +50,11 @@ def _missing(name: str) -> InvalidArgument:
         "information about request parameters.",
         metadata={"field": name},
     )
+
+
+def missing(name: str) -> InvalidArgument:
+    """MLflow's error for a required field left out."""
+    return _missing(name)
 
 
 def _bad(name: str, value: Any, kind: str) -> InvalidArgument:
@@ -253,6 +267,12 @@ def run_artifact_uri(experiment_id: str, run_id: str) -> str:
     return f"mlflow-artifacts:/{experiment_id}/{run_id}/artifacts"
 
 
+def model_artifact_uri(experiment_id: str, model_id: str) -> str:
+    """A logged model's artifact URI as the mlflow client resolves it: trackd's artifact
+    proxy (/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/models/<model_id>/artifacts/...)."""
+    return f"mlflow-artifacts:/{experiment_id}/models/{model_id}/artifacts"
+
+
 def run_info(row: Any) -> dict[str, Any]:
     run_id = row["run_id"].hex
     eid = str(row["experiment_id"])
@@ -326,3 +346,46 @@ def history(key: str, columns: tuple[list[int], list[int], list[float]]) -> list
         {"key": key, "value": double(v), "timestamp": t, "step": s}
         for s, t, v in zip(steps, stamps, values, strict=True)
     ]
+
+
+def logged_model(view: LoggedModelView) -> dict[str, Any]:
+    """MLflow's LoggedModel: info (with the tags) and data (params, and the latest value of
+    each metric per dataset). Empty optional strings are left out, as MLflow's server does."""
+    row = view.info
+    model_id = row["model_id"]
+    eid = str(row["experiment_id"])
+    info: dict[str, Any] = {
+        "model_id": model_id,
+        "experiment_id": eid,
+        "name": row["name"],
+        "creation_timestamp_ms": row["creation_timestamp"],
+        "last_updated_timestamp_ms": row["last_updated_timestamp"],
+        "artifact_uri": model_artifact_uri(eid, model_id),
+        "status": MODEL_STATUS.get(row["status"], "LOGGED_MODEL_STATUS_UNSPECIFIED"),
+        "tags": [{"key": k, "value": v} for _, k, v in view.tags],
+    }
+    if row["model_type"]:
+        info["model_type"] = row["model_type"]
+    if row["source_run_id"]:
+        info["source_run_id"] = row["source_run_id"].hex
+    if row["status_message"]:
+        info["status_message"] = row["status_message"]
+    metrics = []
+    for m in view.metrics:
+        metric: dict[str, Any] = {
+            "key": m["key"],
+            "value": double(m["latest_value"]),
+            "timestamp": m["latest_ts"],
+            "step": m["latest_step"],
+            "model_id": model_id,
+            "run_id": m["run_id"].hex,
+        }
+        if m["dataset_name"]:
+            metric["dataset_name"] = m["dataset_name"]
+        if m["dataset_digest"]:
+            metric["dataset_digest"] = m["dataset_digest"]
+        metrics.append(metric)
+    return {
+        "info": info,
+        "data": {"params": [{"key": k, "value": v} for _, k, v in view.params], "metrics": metrics},
+    }

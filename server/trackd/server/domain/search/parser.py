@@ -141,6 +141,8 @@ LOGGED_MODELS = Vocabulary(
         "creation_time": Attribute("creation_timestamp", "number"),
         "last_updated_timestamp": Attribute("last_updated_timestamp", "number"),
         "last_update_time": Attribute("last_updated_timestamp", "number"),
+        # MLflow's name (SearchLoggedModelsUtils.NUMERIC_ATTRIBUTES).
+        "last_updated_time": Attribute("last_updated_timestamp", "number"),
     },
     metric_aggregates=False,
 )
