@@ -108,6 +108,19 @@ async def fixtures(session: aiohttp.ClientSession, tag: str) -> dict[str, str]:
         session, "admin", "POST", f"{api}/runs/create", {"experiment_id": eid}
     )
     rid = body["run"]["info"]["run_id"]
+    status, body = await rest(
+        session, "admin", "POST", f"{api}/logged-models", {"experiment_id": eid, "name": "m"}
+    )
+    assert status == 200, body
+    mid = body["model"]["info"]["model_id"]
+    status, body = await rest(
+        session,
+        "admin",
+        "PATCH",
+        f"{api}/logged-models/{mid}/tags",
+        {"tags": [{"key": "k", "value": "v"}]},
+    )
+    assert status == 200, body
     for path, fields in (
         ("/experiments/set-experiment-tag", {"experiment_id": eid, "key": "k", "value": "v"}),
         ("/runs/set-tag", {"run_id": rid, "key": "t", "value": "v"}),
@@ -115,13 +128,32 @@ async def fixtures(session: aiohttp.ClientSession, tag: str) -> dict[str, str]:
     ):
         status, body = await rest(session, "admin", "POST", api + path, fields)
         assert status == 200, body
-    return {"experiment_id": eid, "run_id": rid, "tag": tag}
+    return {"experiment_id": eid, "run_id": rid, "model_id": mid, "tag": tag}
+
+
+def path_of(route: Route, ids: dict[str, str]) -> str:
+    """The route's path (under its first prefix) with its placeholders filled."""
+    path = route.prefixes[0] + route.path
+    return path.replace("{model_id}", ids["model_id"]).replace("{tag_key:.+}", "k")
 
 
 def request_for(route: Route, ids: dict[str, str]) -> dict[str, Any]:
     """The fields of a request to `route` that succeeds for a caller with enough rights.
     KeyError for a route this table does not know: add it."""
     eid, rid, tag = ids["experiment_id"], ids["run_id"], ids["tag"]
+    model = route.method + " " + route.path
+    models: dict[str, dict[str, Any]] = {
+        "POST /logged-models": {"experiment_id": eid, "name": f"lm-{tag}"},
+        "POST /logged-models/search": {"experiment_ids": [eid]},
+        "GET /logged-models/{model_id}": {},
+        "PATCH /logged-models/{model_id}": {"status": "LOGGED_MODEL_READY"},
+        "DELETE /logged-models/{model_id}": {},
+        "PATCH /logged-models/{model_id}/tags": {"tags": [{"key": "k2", "value": "v"}]},
+        "DELETE /logged-models/{model_id}/tags/{tag_key:.+}": {},
+        "POST /logged-models/{model_id}/params": {"params": [{"key": "p", "value": "1"}]},
+    }
+    if model in models:
+        return models[model]
     table: dict[str, dict[str, Any]] = {
         "/experiments/create": {"name": f"created-{tag}"},
         "/experiments/get": {"experiment_id": eid},
@@ -209,7 +241,7 @@ async def test_rest_permission_matrix(front: tuple[app.Running, aiohttp.ClientSe
             )
             if route.path.endswith("get-by-name"):
                 ids = shared
-            path = route.prefixes[0] + route.path
+            path = path_of(route, ids)
             status, body = await rest(session, who, route.method, path, request_for(route, ids))
             if want is None:
                 assert status not in (401, 403, 404), (route.path, who, status, body)
