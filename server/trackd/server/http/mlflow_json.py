@@ -232,6 +232,13 @@ def run_artifact_uri(experiment_id: str, run_id: str) -> str:
     return f"mlflow-artifacts:/{experiment_id}/{run_id}/artifacts"
 
 
+def model_artifact_uri(experiment_id: str, model_id: str) -> str:
+    """A logged model's artifact location as the mlflow client resolves it: trackd's
+    artifact proxy (/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/models/<model_id>/
+    artifacts/...), the layout MLflow's own server gives logged models."""
+    return f"mlflow-artifacts:/{experiment_id}/models/{model_id}/artifacts"
+
+
 def run_info(row: Any) -> dict[str, Any]:
     run_id = row["run_id"].hex
     eid = str(row["experiment_id"])
