@@ -13,6 +13,9 @@ import asyncio
 import http.client
 import json
 import random
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.mlflow_artifacts_repo import MlflowArtifactsRepository
 
+from conftest import server_config
 from helpers import download_artifact, unique, upload_artifact
 from trackd.server import app
 from trackd.server.http.mlflow_json import model_artifact_uri
@@ -554,3 +558,126 @@ async def test_deleted_run_reads_but_refuses_writes(client, tracking_uri, tmp_pa
     assert "deleted" in message
     got = await asyncio.to_thread(mlflow.artifacts.load_text, f"{run.info.artifact_uri}/kept.txt")
     assert got == "kept"
+
+
+async def test_a_body_cut_short_stores_nothing(client, tracking_uri) -> None:
+    run = await asyncio.to_thread(new_run, client)
+    host, port = tracking_uri.removeprefix("http://").split(":")
+
+    def send_part() -> None:
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(
+                f"PUT {proxy_path(run, 'cut.bin')} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 5000000\r\n\r\n".encode()
+                + b"a" * 300_000
+            )
+
+    await asyncio.to_thread(send_part)
+    await asyncio.sleep(0.5)
+    listed = await asyncio.to_thread(client.list_artifacts, run.info.run_id)
+    assert listed == []
+
+
+# -- permissions -----------------------------------------------------------------------------
+
+
+def _token(database_url: str, principal: str, *args: str) -> str:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "trackd.server",
+            "token",
+            "create",
+            "--principal",
+            principal,
+            *args,
+            "--database-url",
+            database_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    assert out.startswith("tkd_")
+    return out
+
+
+async def test_permissions_follow_the_artifact_rpcs(database_url: str, tmp_path) -> None:
+    """With auth on, each route is checked as the ArtifactService RPC it mirrors: a reader
+    reads and lists but may not write; a caller who may not see the experiment gets
+    RESOURCE_DOES_NOT_EXIST, as for a missing run."""
+    tokens = {
+        who: await asyncio.to_thread(_token, database_url, who, *args)
+        for who, args in (
+            ("root", ("--admin",)),
+            ("reader", ("--role", "default=READ")),
+            ("editor", ("--role", "default=EDIT")),
+        )
+    }
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "trackd.server",
+            "workspace",
+            "create",
+            "elsewhere",
+            "--database-url",
+            database_url,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    tokens["outsider"] = await asyncio.to_thread(
+        _token, database_url, "outsider", "--role", "elsewhere=MANAGE"
+    )
+    running = await app.start(server_config(auth="on", http_listen="127.0.0.1:0"), database_url)
+    try:
+        uri = f"http://127.0.0.1:{running.http_port}"
+
+        def as_(who: str) -> dict[str, str]:
+            return {"Authorization": f"Bearer {tokens[who]}"}
+
+        def setup() -> Any:
+            admin = requests.Session()
+            admin.headers.update(as_("root"))
+            eid = admin.post(
+                f"{uri}/api/2.0/mlflow/experiments/create", json={"name": unique("perm")}
+            ).json()["experiment_id"]
+            return admin.post(
+                f"{uri}/api/2.0/mlflow/runs/create", json={"experiment_id": eid}
+            ).json()["run"]["info"]
+
+        info = await asyncio.to_thread(setup)
+        base = f"{PROXY}/{info['experiment_id']}/{info['run_id']}/artifacts"
+        listing = f"{PROXY}?path={base.removeprefix(PROXY + '/')}"
+
+        async def status(who: str, method: str, path: str) -> int:
+            return (await raw(uri, method, path, b"data", **as_(who)))[0]
+
+        assert await status("editor", "PUT", f"{base}/f.txt") == 200
+        assert await status("reader", "GET", f"{base}/f.txt") == 200
+        assert await status("reader", "GET", listing) == 200
+        assert (
+            await status("reader", "GET", f"/api/2.0/mlflow/artifacts/list?run_id={info['run_id']}")
+            == 200
+        )
+        assert await status("reader", "PUT", f"{base}/g.txt") == 403
+        assert await status("reader", "DELETE", f"{base}/f.txt") == 403
+        for method, path in (
+            ("GET", f"{base}/f.txt"),
+            ("GET", listing),
+            ("PUT", f"{base}/g.txt"),
+            ("DELETE", f"{base}/f.txt"),
+            ("GET", f"/api/2.0/mlflow/artifacts/list?run_id={info['run_id']}"),
+        ):
+            status_, code, _ = error_json(await raw(uri, method, path, b"x", **as_("outsider")))
+            assert (status_, code) == (404, "RESOURCE_DOES_NOT_EXIST"), (method, path)
+        assert (await raw(uri, "GET", f"{base}/f.txt"))[0] == 401
+        assert await status("editor", "DELETE", f"{base}/f.txt") == 200
+    finally:
+        await running.stop(None)

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from trackd.server.domain import validation
 from trackd.server.domain.artifacts import (
@@ -38,8 +39,9 @@ from trackd.server.domain.artifacts import (
     LIST_MAX,
     Artifacts,
     Owner,
+    Upload,
 )
-from trackd.server.errors import InvalidArgument, NotFound, TrackdError
+from trackd.server.errors import Aborted, InvalidArgument, NotFound, TrackdError
 from trackd.server.http import mlflow_json as mj
 from trackd.server.http.front import HttpFront, Route, json_response
 from trackd.server.http.mlflow_json import Fields
@@ -221,14 +223,7 @@ class MlflowArtifactsApi:
         owner = await self._owner(place)
         upload = await self.artifacts.begin(owner, start)
         try:
-            pending = bytearray()
-            async for data in request.content.iter_any():
-                pending += data
-                while len(pending) >= CHUNK_BYTES_MAX:
-                    await self.artifacts.write(upload, bytes(pending[:CHUNK_BYTES_MAX]))
-                    del pending[:CHUNK_BYTES_MAX]
-            if pending:
-                await self.artifacts.write(upload, bytes(pending))
+            await self._receive(request, upload)
             await self.artifacts.finish(upload, "")
         except BaseException:
             # A PUT is not resumable: its staged bytes are of no use to anyone.
@@ -236,6 +231,25 @@ class MlflowArtifactsApi:
                 await self.artifacts.abort(upload)
             raise
         return json_response({})
+
+    async def _receive(self, request: web.Request, upload: Upload) -> None:
+        """Writes the request's body to the upload in chunks of the domain's size (at
+        most two chunks are held at a time)."""
+        pending = bytearray()
+        try:
+            async for data in request.content.iter_any():
+                pending += data
+                while len(pending) >= CHUNK_BYTES_MAX:
+                    await self.artifacts.write(upload, bytes(pending[:CHUNK_BYTES_MAX]))
+                    del pending[:CHUNK_BYTES_MAX]
+        except (ConnectionError, HttpProcessingError) as exc:
+            raise Aborted(
+                f"the body of the upload of {upload.path!r} ended after {upload.received} "
+                f"bytes ({exc}); nothing was stored, send the file again",
+                metadata={"path": upload.path[:200]},
+            ) from None
+        if pending:
+            await self.artifacts.write(upload, bytes(pending))
 
     async def download(self, request: web.Request) -> web.StreamResponse:
         place, owner = await self._place(request, _DOWNLOAD, apb.DownloadArtifactRequest)
