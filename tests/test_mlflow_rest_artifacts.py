@@ -10,6 +10,7 @@ read through trackd's gRPC ArtifactService."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
 import json
 import random
@@ -681,3 +682,20 @@ async def test_permissions_follow_the_artifact_rpcs(database_url: str, tmp_path)
         assert await status("editor", "DELETE", f"{base}/f.txt") == 200
     finally:
         await running.stop(None)
+
+
+async def test_a_compressed_body_stores_the_inflated_file(client, tracking_uri) -> None:
+    run = await asyncio.to_thread(new_run, client)
+    data = b"line of text\n" * 50_000
+    resp = await asyncio.to_thread(
+        requests.put,
+        tracking_uri + proxy_path(run, "log.txt"),
+        data=gzip.compress(data),
+        headers={"Content-Encoding": "gzip"},
+        timeout=60,
+    )
+    assert resp.status_code == 200, resp.text
+    got = await asyncio.to_thread(
+        requests.get, tracking_uri + proxy_path(run, "log.txt"), timeout=60
+    )
+    assert got.content == data

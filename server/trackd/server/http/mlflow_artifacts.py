@@ -217,7 +217,9 @@ class MlflowArtifactsApi:
     async def upload(self, request: web.Request) -> web.StreamResponse:
         place = parse_path(request.match_info["path"])
         start = place.target(apb.UploadStart, path=place.rel)
-        if request.content_length is not None:
+        if request.content_length is not None and "Content-Encoding" not in request.headers:
+            # The size of the file (a compressed body is inflated by aiohttp: its length
+            # is not the file's); a file over the limit is refused before its bytes.
             start.size = request.content_length
         await self.front.check(request, _UPLOAD, start)
         owner = await self._owner(place)
