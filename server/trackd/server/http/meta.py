@@ -14,7 +14,9 @@ SERVER_INFO = {
     "store_type": "trackd",
     "workspaces_enabled": False,
     "trace_archival_enabled": False,
-    # Uploads are proxied through trackd's own multipart endpoints (mlflow_artifacts.py).
+    # Artifacts go through trackd's proxy with one PUT or GET a file: trackd has no
+    # presigned part URLs, and its mpu/presigned endpoints answer NOT_IMPLEMENTED with
+    # MLflow's message, on which the client falls back (mlflow_artifacts.py).
     "multipart_uploads_enabled": False,
     "multipart_downloads_enabled": False,
     "presigned_upload_run_id_supported": False,

@@ -268,8 +268,9 @@ def run_artifact_uri(experiment_id: str, run_id: str) -> str:
 
 
 def model_artifact_uri(experiment_id: str, model_id: str) -> str:
-    """A logged model's artifact URI as the mlflow client resolves it: trackd's artifact
-    proxy (/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/models/<model_id>/artifacts/...)."""
+    """A logged model's artifact location as the mlflow client resolves it: trackd's
+    artifact proxy (/api/2.0/mlflow-artifacts/artifacts/<experiment_id>/models/<model_id>/
+    artifacts/...), the layout MLflow's own server gives logged models."""
     return f"mlflow-artifacts:/{experiment_id}/models/{model_id}/artifacts"
 
 
