@@ -199,20 +199,7 @@ async def test_fluent_logging_download_and_listing(client, tracking_uri, tmp_pat
     ) == {"k": [1, 2, 3], "n": None}
 
 
-def logged_models_served(tracking_uri: str) -> bool:
-    """Whether trackd serves MLflow's logged-model search (MlflowClient.list_artifacts below
-    a run's root looks for the run's logged models through it)."""
-    resp = requests.post(
-        f"{tracking_uri}/api/2.0/mlflow/logged-models/search",
-        json={"experiment_ids": ["0"]},
-        timeout=30,
-    )
-    return not (resp.status_code == 404 and "ENDPOINT_NOT_FOUND" in resp.text)
-
-
 async def test_client_listing_below_the_root(client, tracking_uri) -> None:
-    if not await asyncio.to_thread(logged_models_served, tracking_uri):
-        pytest.skip("MLflow's logged-model endpoints are not served by this build")
     run = await asyncio.to_thread(new_run, client)
     rid = run.info.run_id
     for name in ("top.txt", "tree/a.txt", "tree/sub/b.txt"):

@@ -121,6 +121,12 @@ async def fixtures(session: aiohttp.ClientSession, tag: str) -> dict[str, str]:
         {"tags": [{"key": "k", "value": "v"}]},
     )
     assert status == 200, body
+    async with session.put(
+        f"/api/2.0/mlflow-artifacts/artifacts/{eid}/{rid}/artifacts/f.txt",
+        data=b"matrix",
+        headers=HEADERS["admin"],
+    ) as resp:
+        assert resp.status == 200, await resp.text()
     for path, fields in (
         ("/experiments/set-experiment-tag", {"experiment_id": eid, "key": "k", "value": "v"}),
         ("/runs/set-tag", {"run_id": rid, "key": "t", "value": "v"}),
@@ -134,7 +140,12 @@ async def fixtures(session: aiohttp.ClientSession, tag: str) -> dict[str, str]:
 def path_of(route: Route, ids: dict[str, str]) -> str:
     """The route's path (under its first prefix) with its placeholders filled."""
     path = route.prefixes[0] + route.path
-    return path.replace("{model_id}", ids["model_id"]).replace("{tag_key:.+}", "k")
+    file = f"{ids['experiment_id']}/{ids['run_id']}/artifacts/f.txt"
+    return (
+        path.replace("{model_id}", ids["model_id"])
+        .replace("{tag_key:.+}", "k")
+        .replace("{path:.+}", file)
+    )
 
 
 def request_for(route: Route, ids: dict[str, str]) -> dict[str, Any]:
@@ -154,6 +165,20 @@ def request_for(route: Route, ids: dict[str, str]) -> dict[str, Any]:
     }
     if model in models:
         return models[model]
+    artifacts: dict[str, dict[str, Any]] = {
+        "PUT /artifacts/{path:.+}": {"bytes": "put"},
+        "GET /artifacts/{path:.+}": {},
+        "DELETE /artifacts/{path:.+}": {},
+        "GET /artifacts": {"path": f"{eid}/{rid}/artifacts"},
+        "POST /mpu/create/{path:.+}": {"path": "f.txt", "num_parts": 1},
+        "POST /mpu/complete/{path:.+}": {"path": "f.txt", "upload_id": "u", "parts": []},
+        "POST /mpu/abort/{path:.+}": {"path": "f.txt", "upload_id": "u"},
+        "GET /presigned/{path:.+}": {},
+        "GET /artifacts/list": {"run_id": rid},
+        "GET /logged-models/{model_id}/artifacts/directories": {},
+    }
+    if model in artifacts:
+        return artifacts[model]
     table: dict[str, dict[str, Any]] = {
         "/experiments/create": {"name": f"created-{tag}"},
         "/experiments/get": {"experiment_id": eid},
