@@ -49,24 +49,28 @@ def mlflow_endpoints() -> set[tuple[str, str]]:
     return out
 
 
-def readme_table() -> tuple[set[tuple[str, str]], list[str]]:
-    """(served (method, path) rows, prefixes of the "no" rows) of README's endpoint table."""
+def readme_table() -> tuple[set[tuple[str, str]], list[str], set[tuple[str, str]]]:
+    """(served (method, path) rows, prefixes of the "no" rows, (method, path) rows answered
+    501 NOT_IMPLEMENTED) of README's endpoint table."""
     text = README.read_text()
     section = text[text.index("### Endpoints") :]
     section = section[: section.index("\n## ")]
     served: set[tuple[str, str]] = set()
     not_served: list[str] = []
+    not_implemented: set[tuple[str, str]] = set()
     for line in section.splitlines():
-        m = re.match(r"\| `([^`]+)` \| (yes|no) \|", line)
+        m = re.match(r"\| `([^`]+)` \| (yes|no|501) \|", line)
         if not m:
             continue
         cell, answer = m.groups()
+        method, _, path = cell.partition(" ")
         if answer == "yes":
-            method, _, path = cell.partition(" ")
             served.add((method, shape(path)))
+        elif answer == "501":
+            not_implemented.add((method, shape(path)))
         else:
             not_served.append(cell.rstrip(".").removesuffix("...").split(" ")[-1])
-    return served, not_served
+    return served, not_served, not_implemented
 
 
 def trackd_routes(running: app.Running) -> set[tuple[str, str]]:
@@ -83,15 +87,15 @@ async def test_every_mlflow_endpoint_is_served_or_listed_as_not(
     http_server: app.Running, tracking_uri: str
 ) -> None:
     endpoints = mlflow_endpoints()
-    served_rows, no_prefixes = readme_table()
+    served_rows, no_prefixes, answered_501 = readme_table()
     routes = trackd_routes(http_server)
     assert len(endpoints) > 150
     missing_rows = []
     not_found_checks = []
     for method, path in sorted(endpoints):
         if (method, path) in routes:
-            if (method, path) not in served_rows:
-                missing_rows.append(f"{method} {path} (served; add a 'yes' row)")
+            if (method, path) not in served_rows | answered_501:
+                missing_rows.append(f"{method} {path} (served; add a 'yes' or '501' row)")
             continue
         if (method, path) in served_rows:
             missing_rows.append(f"{method} {path} (README says served; trackd has no route)")
@@ -102,8 +106,8 @@ async def test_every_mlflow_endpoint_is_served_or_listed_as_not(
     assert not missing_rows, "README.md's endpoint table is out of step:\n" + "\n".join(
         missing_rows
     )
-    # Each README "yes" row names a route trackd has.
-    assert served_rows <= routes, served_rows - routes
+    # Each README "yes" or "501" row names a route trackd has.
+    assert served_rows | answered_501 <= routes, (served_rows | answered_501) - routes
 
     def not_found(method: str, path: str) -> tuple[int, bytes]:
         url = tracking_uri + "/api/2.0" + path.replace("{}", "x")
@@ -117,3 +121,16 @@ async def test_every_mlflow_endpoint_is_served_or_listed_as_not(
     for method, path in not_found_checks:
         status, body = await asyncio.to_thread(not_found, method, path)
         assert status == 404 and b"ENDPOINT_NOT_FOUND" in body, (method, path, status, body)
+    run = await asyncio.to_thread(a_run, tracking_uri)
+    for method, path in sorted(answered_501):
+        status, body = await asyncio.to_thread(not_found, method, path.replace("{}", run))
+        assert status == 501 and b"NOT_IMPLEMENTED" in body, (method, path, status, body)
+
+
+def a_run(uri: str) -> str:
+    """The proxy path of a file of a new run ("<experiment>/<run>/artifacts/f")."""
+    from mlflow import MlflowClient
+
+    c = MlflowClient(uri)
+    eid = c.create_experiment("coverage")
+    return f"{eid}/{c.create_run(eid).info.run_id}/artifacts/f"
