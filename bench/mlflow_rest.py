@@ -35,7 +35,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +90,7 @@ def _timed(s: Side, op: str, call: Callable[..., Any], *args: Any, **kwargs: Any
     return result
 
 
-def _bounded(n: int) -> Any:
+def _bounded(n: int) -> Iterator[int]:
     """range(n), stopped early once LOOP_SECONDS have passed."""
     end = time.monotonic() + LOOP_SECONDS
     for i in range(n):
