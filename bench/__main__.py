@@ -15,6 +15,7 @@ from bench import (
     envelopes,
     ingest,
     logcall,
+    mlflow_rest,
     search,
     storage,
     watch,
@@ -32,10 +33,12 @@ SCENARIOS = {
     "watch": watch.run,
     "codecs": codecs.run,
     "storage": storage.run,
+    "mlflow-rest": mlflow_rest.run,
 }
 # Run only when named: search-compare needs another source tree to compare with, and
-# search-1m takes minutes to load.
-NAMED_ONLY = {"search-compare", "search-1m"}
+# search-1m takes minutes to load; mlflow-rest installs MLflow's server in a virtualenv of
+# its own.
+NAMED_ONLY = {"search-compare", "search-1m", "mlflow-rest"}
 
 
 async def main(names: list[str]) -> None:

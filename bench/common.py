@@ -108,6 +108,9 @@ class ServerProcess:
 
     proc: asyncio.subprocess.Process
     port: int
+    # The HTTP front's port (MLflow's REST API), when the server was started with
+    # --http-listen.
+    http_port: int | None = None
 
     @property
     def target(self) -> str:
@@ -155,18 +158,22 @@ async def server_process(
             stderr=logfile,
         )
         try:
-            port = None
+            port = http_port = None
+            want_http = "--http-listen" in extra
             for _ in range(600):
-                m = re.search(rb"\(port (\d+)\)", await asyncio.to_thread(_read, logfile.name))
-                if m:
+                log = await asyncio.to_thread(_read, logfile.name)
+                m = re.search(rb"\(port (\d+)\)", log)
+                h = re.search(rb"MLflow REST API on \S+ \(port (\d+)\)", log)
+                if m and (h or not want_http):
                     port = int(m.group(1))
+                    http_port = int(h.group(1)) if h else None
                     break
                 if proc.returncode is not None:
                     raise RuntimeError("trackd exited before listening")
                 await asyncio.sleep(0.1)
             if port is None:
                 raise RuntimeError("trackd did not start listening within 60 s")
-            yield ServerProcess(proc, port)
+            yield ServerProcess(proc, port, http_port)
         finally:
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
