@@ -310,6 +310,37 @@ async def test_wire_conventions(tracking_uri: str) -> None:
             query=f"run_id={rid}&metric_key=m",
         )
         assert body["metrics"] == [{"key": "m", "value": "NaN", "timestamp": 5, "step": 2}]
+        values = [-0.0, "Infinity", "-Infinity", 5e-324, 1.7976931348623157e308, 0.1]
+        status, body = call(
+            tracking_uri,
+            "POST",
+            "/api/2.0/mlflow/runs/log-batch",
+            {
+                "run_id": rid,
+                "metrics": [
+                    {"key": "odd key", "value": v, "timestamp": 1, "step": i}
+                    for i, v in enumerate(values)
+                ],
+            },
+        )
+        assert status == 200, body
+        status, raw = call(
+            tracking_uri,
+            "GET",
+            "/api/2.0/mlflow/metrics/get-history",
+            query=f"run_id={rid}&metric_key=odd%20key&max_results=3",
+        )
+        assert [m["value"] for m in raw["metrics"]] == values[:3]
+        assert math.copysign(1.0, raw["metrics"][0]["value"]) == -1.0
+        assert raw["next_page_token"]
+        status, raw = call(
+            tracking_uri,
+            "GET",
+            "/api/2.0/mlflow/metrics/get-history",
+            query=f"run_id={rid}&metric_key=odd%20key&page_token={raw['next_page_token']}",
+        )
+        assert [m["value"] for m in raw["metrics"]] == values[3:]
+        assert "next_page_token" not in raw
         # GET fields come from the query string; a repeated key is a list.
         status, body = call(
             tracking_uri,

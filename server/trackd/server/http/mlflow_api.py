@@ -467,10 +467,10 @@ class MlflowApi:
         columns, token = await self.runs.metric_history(
             run_id, key, int(f.int64("max_results")), f.text("page_token")
         )
-        body: dict[str, Any] = {"metrics": mj.history(key, columns)}
+        text = '{"metrics":' + mj.history_json(key, columns)
         if token:
-            body["next_page_token"] = token
-        return json_response(body)
+            text += ',"next_page_token":' + json.dumps(token)
+        return web.Response(body=(text + "}").encode("utf-8"), content_type="application/json")
 
     async def get_history_bulk_interval(self, request: web.Request) -> web.StreamResponse:
         f = await Fields.of(request)

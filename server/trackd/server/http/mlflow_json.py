@@ -341,14 +341,6 @@ def run(view: RunView) -> dict[str, Any]:
     return out
 
 
-def history(key: str, columns: tuple[list[int], list[int], list[float]]) -> list[dict[str, Any]]:
-    steps, stamps, values = columns
-    return [
-        {"key": key, "value": double(v), "timestamp": t, "step": s}
-        for s, t, v in zip(steps, stamps, values, strict=True)
-    ]
-
-
 def logged_model(view: LoggedModelView) -> dict[str, Any]:
     """MLflow's LoggedModel: info (with the tags) and data (params, and the latest value of
     each metric per dataset). Empty optional strings are left out, as MLflow's server does."""
@@ -390,3 +382,33 @@ def logged_model(view: LoggedModelView) -> dict[str, Any]:
         "info": info,
         "data": {"params": [{"key": k, "value": v} for _, k, v in view.params], "metrics": metrics},
     }
+
+
+def history_json(key: str, columns: tuple[list[int], list[int], list[float]]) -> str:
+    """A page of history as MLflow's JSON array of Metric objects, written directly: twice
+    as fast as building dicts and dumping them (a page holds up to 25,000 points), and the
+    same text (floats by repr, NaN and the infinities as protobuf's JSON strings)."""
+    head = '{"key":' + json.dumps(key, ensure_ascii=False) + ',"value":'
+    text = float.__repr__
+    inf, ninf = math.inf, -math.inf
+
+    def num(v: float) -> str:
+        if v != v:
+            return '"NaN"'
+        if v == inf:
+            return '"Infinity"'
+        if v == ninf:
+            return '"-Infinity"'
+        return text(v)
+
+    steps, stamps, values = columns
+    return (
+        "["
+        + ",".join(
+            [
+                f'{head}{num(v)},"timestamp":{t},"step":{s}}}'
+                for s, t, v in zip(steps, stamps, values, strict=True)
+            ]
+        )
+        + "]"
+    )
