@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -41,7 +40,7 @@ from trackd.server.domain.artifacts import (
     Owner,
     Upload,
 )
-from trackd.server.errors import Aborted, InvalidArgument, NotFound, TrackdError
+from trackd.server.errors import Aborted, InvalidArgument, NotFound
 from trackd.server.http import mlflow_json as mj
 from trackd.server.http.front import HttpFront, Route, json_response
 from trackd.server.http.mlflow_json import Fields
@@ -75,12 +74,10 @@ _EXPERIMENT_RE = re.compile(r"[0-9]{1,19}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
-@dataclass
-class Unimplemented(TrackdError):
-    """What MLflow defines but trackd's store does not offer (NOT_IMPLEMENTED, HTTP 501)."""
-
-    code: grpc.StatusCode = grpc.StatusCode.UNIMPLEMENTED
-    reason: str = "NOT_IMPLEMENTED"
+def _not_implemented(message: str) -> web.Response:
+    """MLflow's answer for what its API defines and the artifact store does not offer
+    (HTTP-only: no gRPC call can ask for it, so it is no reason of trackd's contract)."""
+    return json_response({"error_code": "NOT_IMPLEMENTED", "message": message}, 501)
 
 
 @dataclass(frozen=True)
@@ -348,11 +345,11 @@ class MlflowArtifactsApi:
 
     async def multipart(self, request: web.Request) -> web.StreamResponse:
         await self._place(request, _UPLOAD, apb.UploadStart)
-        raise Unimplemented(MULTIPART_UPLOAD_UNSUPPORTED)
+        return _not_implemented(MULTIPART_UPLOAD_UNSUPPORTED)
 
     async def presigned(self, request: web.Request) -> web.StreamResponse:
         await self._place(request, _DOWNLOAD, apb.DownloadArtifactRequest)
-        raise Unimplemented(MULTIPART_DOWNLOAD_UNSUPPORTED)
+        return _not_implemented(MULTIPART_DOWNLOAD_UNSUPPORTED)
 
     # -- MLflow's listings by run and by logged model ------------------------------------
 
