@@ -69,7 +69,10 @@ async def test_sigterm_under_streaming_load_drains_and_exits_zero(database_url: 
                 asyncio.create_task(_stream_until_stopped(stub, r, 2000, a))
                 for r, a in zip(run_ids, acked, strict=True)
             ]
-            await asyncio.sleep(1.0)
+            # Until every stream has two acks (bounded: a loaded machine starts them slowly).
+            deadline = time.monotonic() + 15
+            while not all(len(a) > 1 for a in acked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
             assert all(len(a) > 1 for a in acked), "streams did not get going"
             started = time.monotonic()
             server.proc.send_signal(signal.SIGTERM)
@@ -100,7 +103,11 @@ async def test_acknowledged_points_survive_sigkill(database_url: str) -> None:
                 asyncio.create_task(_stream_until_stopped(stub, r, 1000, a))
                 for r, a in zip(run_ids, acked, strict=True)
             ]
-            await asyncio.sleep(1.0)
+            # Until every stream has an ack (bounded: a loaded machine starts them slowly).
+            deadline = time.monotonic() + 15
+            while not all(acked) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
             server.proc.send_signal(signal.SIGKILL)
             STATS["faults injected"] += 1
             codes = await asyncio.wait_for(asyncio.gather(*tasks), 15)
