@@ -1,0 +1,150 @@
+"""Browser tests of the web view: a real trackd (gRPC + its HTTP front) on a fresh
+database, data logged through trackd's Python client over gRPC, and the system's Chromium
+driven by Playwright (never `playwright install`).
+
+Chromium is TRACKD_CHROMIUM or `chromium` on PATH (Debian: `apt-get install chromium`);
+without one every test here is skipped, saying so. Screenshots of each page go to
+docs/screenshots/ when TRACKD_SCREENSHOTS=1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from trackd.client import AsyncClient
+from trackd.server import app
+from trackd.server.config import Config
+
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Every wait of a test is bounded: Playwright's default for actions and expectations.
+TIMEOUT_MS = 10_000
+
+
+def chromium_path() -> str | None:
+    configured = os.environ.get("TRACKD_CHROMIUM")
+    if configured:
+        return configured if Path(configured).exists() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _has_view_api(http_port: int) -> bool:
+    try:
+        url = f"http://127.0.0.1:{http_port}/api/view/session"
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback test server
+            return isinstance(json.loads(r.read()), dict)
+    except Exception:  # noqa: BLE001 - any failure: the routes are not there
+        return False
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def http_server(database_url: str) -> AsyncIterator[app.Running]:
+    """trackd with its HTTP front on a free port; a RUNNING run silent for 5 s reads as
+    UNRESPONSIVE (so the runs table can show one)."""
+    config = Config(
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        pool_min_size=1,
+        pool_max_size=8,
+        artifact_root="file:///tmp/trackd-test-artifacts",
+        grace_period=2.0,
+        liveness_window=5.0,
+    )
+    running = await app.start(config, database_url)
+    yield running
+    await running.stop(None)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def base_url(http_server: app.Running) -> AsyncIterator[str]:
+    """Where the web view is served: trackd's own HTTP front, or (while the server has no
+    view API) a stand-in serving the same routes from the gRPC services."""
+    assert http_server.http_port
+    if _has_view_api(http_server.http_port):
+        yield f"http://127.0.0.1:{http_server.http_port}"
+        return
+    from view_shim import start_shim
+
+    runner, port, ch = await start_shim(http_server.port)
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+    await ch.close()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(http_server: app.Running) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(f"127.0.0.1:{http_server.port}") as c:
+        yield c
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium for the module, with a fresh profile; closed at the end."""
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip(
+            "no Chromium binary: install it (apt-get install chromium) or set TRACKD_CHROMIUM"
+        )
+    from playwright.async_api import async_playwright
+
+    with tempfile.TemporaryDirectory(prefix="trackd-chromium-") as profile:
+        async with async_playwright() as pw:
+            context = await pw.chromium.launch_persistent_context(
+                profile,
+                executable_path=exe,
+                headless=True,
+                args=CHROMIUM_ARGS,
+                accept_downloads=True,
+                viewport={"width": 1400, "height": 900},
+            )
+            context.set_default_timeout(TIMEOUT_MS)
+            try:
+                yield context
+            finally:
+                await context.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def page(browser: Any) -> AsyncIterator[Any]:
+    """A new tab; fails the test on an uncaught script error or a CSP violation."""
+    p = await browser.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
+    p.on(
+        "console",
+        lambda msg: errors.append(f"console: {msg.text}")
+        if msg.type == "error" and "Content Security Policy" in msg.text
+        else None,
+    )
+    try:
+        yield p
+    finally:
+        await p.close()
+    assert not errors, errors
+
+
+async def screenshot(page: Any, name: str) -> None:
+    """Saves docs/screenshots/<name>.png when TRACKD_SCREENSHOTS=1."""
+    if os.environ.get("TRACKD_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
