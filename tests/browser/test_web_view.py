@@ -355,14 +355,18 @@ async def test_run_page_charts(page: Any, base_url: str, seed: Seed) -> None:
     assert "job: train-0" in await page.inner_text("main")
     assert "The baseline model." in await page.inner_text(".description")
 
-    for key, n in (("loss", STEPS), ("acc", 100)):
+    for key, n in (("loss", STEPS), ("acc", 102)):  # acc: 100 + 2 of the model
         fig = page.locator(f"#charts figure.chart[data-key='{key}']")
         info = await chart(page, key)
         # As many plotted points as the envelope has buckets, about one per pixel: never
         # the raw points.
         expected = await page.evaluate(ENVELOPE, [rid, key, info["requested"], None])
         assert info["points"] == expected == int(await fig.get_attribute("data-points") or 0)
-        assert info["points"] == min(n, info["requested"])
+        # About one bucket per pixel of the plot's width (the server may merge a few).
+        if n <= info["requested"]:
+            assert info["points"] == n
+        else:
+            assert info["requested"] // 2 < info["points"] <= info["requested"]
         ink = await fig.evaluate(CANVAS_INK)
         assert ink["ink"] > 200, ink  # drawn: not a blank canvas
     assert (await chart(page, "loss"))["points"] < STEPS
