@@ -82,3 +82,20 @@ export function artifactUrl(kind, id, path, download) {
   const p = path.split('/').map(enc).join('/');
   return `/api/view/${kind}/${enc(id)}/artifacts/${p}${download ? '?download=1' : ''}`;
 }
+
+const experimentNames = new Map();
+/** An experiment's name (cached), or "Experiment <id>" when it cannot be read. */
+export async function experimentName(id) {
+  if (!experimentNames.has(id)) {
+    const lit = /^\d+$/.test(id) ? id : `'${id.replace(/'/g, "''")}'`;
+    const p = get(`/api/view/experiments${qs({ filter: `experiment_id = ${lit}`, max_results: 1, view_type: 'ALL' })}`)
+      .then((r) => r.experiments?.[0]?.name || `Experiment ${id}`)
+      .catch((err) => {
+        experimentNames.delete(id);
+        if (err instanceof AuthRequired) throw err;
+        return `Experiment ${id}`;
+      });
+    experimentNames.set(id, p);
+  }
+  return experimentNames.get(id);
+}

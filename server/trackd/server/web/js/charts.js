@@ -233,6 +233,10 @@ export class MetricChart {
       return;
     }
     this.u = new window.uPlot(this.options(), data, this.plotEl);
+    // The legend names each run's line; its min and max series only draw the band.
+    this.u.root.querySelectorAll('.u-legend .u-series').forEach((tr, i) => {
+      if (i > 0 && (i - 1) % 3 !== 0) tr.classList.add('band-edge');
+    });
   }
 
   options() {

@@ -1,7 +1,7 @@
 // Runs side by side: one chart per metric with a series per run, the params that differ,
 // and a scatter of a chosen param against a chosen metric.
 
-import { get, enc, num } from './api.js';
+import { get, enc, num, experimentName } from './api.js';
 import { h, clear, fmtNum, statusBadge } from './dom.js';
 import { MetricChart, PALETTE, scatter } from './charts.js';
 import { chartControls } from './run.js';
@@ -16,7 +16,9 @@ export async function comparePage(ctx, runIds) {
   const runs = (await Promise.all(runIds.map((id) => get(`/api/view/runs/${enc(id)}`)))).map((r) => r.run);
   if (!ctx.current()) return;
   const expId = runs[0].info.experiment_id;
-  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(expId)}` }, `Experiment ${expId}`), h('span', `Compare ${runs.length} runs`));
+  const expName = await experimentName(expId);
+  if (!ctx.current()) return;
+  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(expId)}` }, expName), h('span', `Compare ${runs.length} runs`));
   const refs = runs.map((r, i) => ({ run_id: r.info.run_id, name: r.info.run_name || r.info.run_id.slice(0, 8), start_time: r.info.start_time, color: PALETTE[i % PALETTE.length] }));
 
   // Params: every key, the rows whose values differ first (and only those by default).

@@ -1,12 +1,14 @@
 // An experiment's logged models with their metrics per dataset.
 
-import { post, enc } from './api.js';
+import { post, enc, experimentName } from './api.js';
 import { h, clear, fmtTime, fmtNum } from './dom.js';
 import { artifactBrowser } from './artifacts.js';
 
 export async function modelsPage(ctx, experimentId, query) {
   const { main } = ctx;
-  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(experimentId)}` }, `Experiment ${experimentId}`), h('span', 'Logged models'));
+  const expName = await experimentName(experimentId);
+  if (!ctx.current()) return;
+  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(experimentId)}` }, expName), h('span', 'Logged models'));
   const filterInput = h('input', { type: 'text', id: 'model-filter', value: query.get('filter') || '', placeholder: 'metrics.acc > 0.9', 'aria-label': 'Filter logged models' });
   const error = h('p.error', { role: 'alert' });
   const tbody = h('tbody');
@@ -70,7 +72,7 @@ export async function modelsPage(ctx, experimentId, query) {
 
   more.addEventListener('click', () => load(false));
   clear(main).append(
-    h('h1', 'Logged models'),
+    h('h1', `Logged models of ${expName}`),
     h('form.toolbar', { onsubmit: (ev) => { ev.preventDefault(); load(true); } }, filterInput, h('button', { type: 'submit' }, 'Filter')),
     error,
     h('table.list#models', h('thead', h('tr', ['Name', 'Status', 'Type', 'Source run', 'Created', 'Metrics (per dataset)'].map((t) => h('th', t)))), tbody),

@@ -1,7 +1,7 @@
 // One run: what it is (status, times, source, description), params, tags, inputs, outputs,
 // its artifacts, and a chart for every metric, extended live while the run is RUNNING.
 
-import { get, enc, num } from './api.js';
+import { get, enc, num, experimentName } from './api.js';
 import { h, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration, kvTable, STATUS } from './dom.js';
 import { MetricChart, AXES } from './charts.js';
 import { artifactBrowser } from './artifacts.js';
@@ -29,9 +29,11 @@ export async function runPage(ctx, runId) {
   if (!ctx.current()) return;
   const info = run.info;
   const data = run.data || {};
+  const expName = await experimentName(info.experiment_id);
+  if (!ctx.current()) return;
   ctx.setCrumbs(
     h('a', { href: '#/' }, 'Experiments'),
-    h('a', { href: `#/experiments/${enc(info.experiment_id)}` }, `Experiment ${info.experiment_id}`),
+    h('a', { href: `#/experiments/${enc(info.experiment_id)}` }, expName),
     h('span', info.run_name || info.run_id),
   );
 

@@ -3,7 +3,7 @@
 // shown at its column, sorting by column (order_by), picked columns of params, metrics and
 // metric summaries, parent/child runs as a tree, selection for compare, and the keyboard.
 
-import { get, post, enc, ApiError } from './api.js';
+import { get, post, enc, ApiError, experimentName } from './api.js';
 import { h, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration } from './dom.js';
 
 const PAGE = 200;
@@ -59,8 +59,7 @@ export function errorColumn(message) {
 
 export async function runsPage(ctx, experimentId, query) {
   const { main } = ctx;
-  const exp = (await get(`/api/view/experiments${'?filter=' + enc(`experiment_id = '${experimentId}'`)}`).catch(() => null))?.experiments?.[0];
-  const expName = exp?.name || `Experiment ${experimentId}`;
+  const expName = await experimentName(experimentId);
   ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('span', expName));
 
   const state = {
@@ -425,8 +424,8 @@ export async function runsPage(ctx, experimentId, query) {
       } catch (err) {
         if (mine !== state.seq) return;
         state.done = true;
-        if (err instanceof ApiError && err.status === 400) showFilterError(err.message);
-        else showFilterError(err.message);
+        countEl.textContent = '';
+        showFilterError(err instanceof ApiError ? err.message : `Could not load runs: ${err.message}`);
       } finally {
         if (mine === state.seq) {
           state.loading = null;
