@@ -51,7 +51,7 @@ def chromium_path() -> str | None:
 def _has_view_api(http_port: int) -> bool:
     try:
         url = f"http://127.0.0.1:{http_port}/api/view/session"
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - loopback test server
+        with urllib.request.urlopen(url, timeout=5) as r:
             return isinstance(json.loads(r.read()), dict)
     except Exception:  # noqa: BLE001 - any failure: the routes are not there
         return False
@@ -83,7 +83,7 @@ async def base_url(http_server: app.Running) -> AsyncIterator[str]:
     if _has_view_api(http_server.http_port):
         yield f"http://127.0.0.1:{http_server.http_port}"
         return
-    from view_shim import start_shim
+    from browser.view_shim import start_shim
 
     runner, port, ch = await start_shim(http_server.port)
     yield f"http://127.0.0.1:{port}"
@@ -132,9 +132,11 @@ async def page(browser: Any) -> AsyncIterator[Any]:
     p.on("pageerror", lambda exc: errors.append(f"pageerror: {exc}"))
     p.on(
         "console",
-        lambda msg: errors.append(f"console: {msg.text}")
-        if msg.type == "error" and "Content Security Policy" in msg.text
-        else None,
+        lambda msg: (
+            errors.append(f"console: {msg.text}")
+            if msg.type == "error" and "Content Security Policy" in msg.text
+            else None
+        ),
     )
     try:
         yield p

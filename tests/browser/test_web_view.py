@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from conftest import TIMEOUT_MS, screenshot
 
+from browser.conftest import TIMEOUT_MS, screenshot
 from trackd.client import AsyncClient, Dataset
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -113,12 +113,22 @@ async def seed(client: AsyncClient, tmp_path_factory: pytest.TempPathFactory) ->
     )
     model = await c.create_logged_model(vision, "cnn", source_run_id=base, params={"depth": 4})
     await c.log_metric(
-        base, "acc", 0.97, step=100, model_id=model.model_id,
-        dataset_name="mnist", dataset_digest="a1b2c3",
+        base,
+        "acc",
+        0.97,
+        step=100,
+        model_id=model.model_id,
+        dataset_name="mnist",
+        dataset_digest="a1b2c3",
     )
     await c.log_metric(
-        base, "acc", 0.91, step=100, model_id=model.model_id,
-        dataset_name="fashion", dataset_digest="f00d",
+        base,
+        "acc",
+        0.91,
+        step=100,
+        model_id=model.model_id,
+        dataset_name="fashion",
+        dataset_digest="f00d",
     )
     await c.log_output(base, model.model_id, step=100)
     await c.finalize_logged_model(model.model_id, "READY")
@@ -432,9 +442,7 @@ async def test_artifacts(page: Any, base_url: str, seed: Seed, tmp_path: Any) ->
     await page.click("#artifacts tr.file[data-path='plots/curve.png'] button")
     img = page.locator("#artifact-preview img")
     await img.wait_for()
-    await page.wait_for_function(
-        "document.querySelector('#artifact-preview img').naturalWidth > 0"
-    )
+    await page.wait_for_function("document.querySelector('#artifact-preview img').naturalWidth > 0")
     await screenshot(page, "run-artifacts")
     async with page.expect_download(timeout=TIMEOUT_MS) as dl_info:
         await page.click("#artifact-preview a.download")
@@ -514,7 +522,9 @@ async def test_live_chart(page: Any, base_url: str, seed: Seed, client: AsyncCli
     assert info["loads"] == 1  # appended from the stream, not fetched again
     # A new key gets its own chart.
     await client.log_metric(rid, "lr", 0.1, step=50)
-    await page.wait_for_selector("#charts figure.chart[data-key='lr'][data-points='1']", timeout=2000)
+    await page.wait_for_selector(
+        "#charts figure.chart[data-key='lr'][data-points='1']", timeout=2000
+    )
     await screenshot(page, "run-live")
     # The end of the run reaches the page too.
     await client.set_terminated(rid, "FINISHED")

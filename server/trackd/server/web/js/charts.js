@@ -364,7 +364,7 @@ export function scatter(container, points, { xLabel, yLabel, log = false }) {
     ],
     series: [
       { label: xLabel, value: (u, v) => (categorical ? cats[v] ?? '' : fmtNum(v)) },
-      { label: yLabel, stroke: PALETTE[0], fill: `${PALETTE[0]}aa`, paths: () => null, points: { show: true, size: 9 }, value: (u, v) => fmtNum(v) },
+      { label: yLabel, stroke: PALETTE[0], fill: `${PALETTE[0]}aa`, paths: () => null, points: { show: true, size: 10, fill: PALETTE[0], stroke: PALETTE[0] }, value: (u, v) => fmtNum(v) },
     ],
     legend: { show: true },
   };
