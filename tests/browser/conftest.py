@@ -48,7 +48,7 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def _has_view_api(http_port: int) -> bool:
+def has_view_api(http_port: int) -> bool:
     try:
         url = f"http://127.0.0.1:{http_port}/api/view/session"
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -80,7 +80,7 @@ async def base_url(http_server: app.Running) -> AsyncIterator[str]:
     """Where the web view is served: trackd's own HTTP front, or (while the server has no
     view API) a stand-in serving the same routes from the gRPC services."""
     assert http_server.http_port
-    if _has_view_api(http_server.http_port):
+    if has_view_api(http_server.http_port):
         yield f"http://127.0.0.1:{http_server.http_port}"
         return
     from browser.view_shim import start_shim
