@@ -9,10 +9,12 @@ docs/screenshots/ when TRACKD_SCREENSHOTS=1.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import tempfile
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,3 +152,34 @@ async def screenshot(page: Any, name: str) -> None:
     if os.environ.get("TRACKD_SCREENSHOTS") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def until(page: Any, js: str, arg: Any = None, timeout_ms: int = TIMEOUT_MS) -> Any:
+    """Polls the function `js` (called with `arg`) in the page until it returns something
+    truthy, within `timeout_ms`; its value. (page.wait_for_function evaluates its predicate
+    in a way the page's Content-Security-Policy refuses.)"""
+    deadline = time.monotonic() + timeout_ms / 1000
+    last = None
+    while True:
+        last = await page.evaluate(js, arg)
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout_ms} ms: {js} (last: {last!r})")
+        await asyncio.sleep(0.05)
+
+
+NAMES = "() => [...document.querySelectorAll('#runs tbody td.name a')].map(a => a.textContent)"
+
+
+async def until_names(page: Any, expected: list[str], *, first: int = 0) -> None:
+    """Waits until the runs grid lists `expected` (its first `first` rows only, if given)."""
+    js = f"() => {{ const n = ({NAMES})(); return {first} ? n.slice(0, {first}) : n; }}"
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while True:
+        got = await page.evaluate(js)
+        if got == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"runs grid: {got!r}, expected {expected!r}")
+        await asyncio.sleep(0.05)

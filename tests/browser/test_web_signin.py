@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from browser.conftest import has_view_api
+from browser.conftest import has_view_api, until
 from trackd.server import app
 from trackd.server.config import Config
 
@@ -61,7 +61,7 @@ async def test_sign_in_and_out(page: Any, auth_server: tuple[str, str]) -> None:
     # A bad token: refused, the form stays.
     await page.fill("#signin-token", "tkd_not-a-token")
     await page.click("form.signin button[type=submit]")
-    await page.wait_for_function("document.querySelector('#signin-error').textContent !== ''")
+    await until(page, "() => document.querySelector('#signin-error').textContent !== ''")
     assert await page.input_value("#signin-token") == ""
     # The good one: the experiments, and who is signed in.
     await page.fill("#signin-token", secret)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from browser.conftest import TIMEOUT_MS, screenshot
+from browser.conftest import NAMES, TIMEOUT_MS, screenshot, until, until_names
 from trackd.client import AsyncClient, Dataset
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -160,9 +160,9 @@ async def test_experiments_list(page: Any, base_url: str, seed: Seed) -> None:
     await screenshot(page, "experiments")
     # The search box: a name fragment, then the filter language.
     await page.fill("#experiment-search", "transf")
-    await page.wait_for_function(
-        "document.querySelectorAll('#experiments tbody tr[data-experiment-id]').length === 1",
-        timeout=TIMEOUT_MS,
+    await until(
+        page,
+        "() => document.querySelectorAll('#experiments tbody tr[data-experiment-id]').length === 1",
     )
     assert await page.locator("#experiments tbody a").first.inner_text() == "nlp-transformers"
     await page.fill("#experiment-search", "tags.team = 'vision'")
@@ -187,18 +187,10 @@ async def test_runs_filter_sort_and_errors(page: Any, base_url: str, seed: Seed)
 
     # Sort by name, ascending then descending.
     await page.click("#runs thead button[data-order='attributes.run_name']")
-    await page.wait_for_function(
-        "document.querySelector('#runs thead th[aria-sort=ascending]') !== null"
-    )
-    await page.wait_for_function(
-        "[...document.querySelectorAll('#runs tbody td.name a')].map(a => a.textContent)"
-        ".join() === 'baseline,deep,silent,sweep,wide'"
-    )
+    await page.wait_for_selector("#runs thead th[aria-sort=ascending]")
+    await until_names(page, ["baseline", "deep", "silent", "sweep", "wide"])
     await page.click("#runs thead button[data-order='attributes.run_name']")
-    await page.wait_for_function(
-        "[...document.querySelectorAll('#runs tbody td.name a')].map(a => a.textContent)"
-        ".join() === 'wide,sweep,silent,deep,baseline'"
-    )
+    await until_names(page, ["wide", "sweep", "silent", "deep", "baseline"])
     assert "order=attributes.run_name+DESC" in page.url or "DESC" in page.url
 
     # A column picked from params, then sorting by it.
@@ -207,19 +199,13 @@ async def test_runs_filter_sort_and_errors(page: Any, base_url: str, seed: Seed)
     await page.select_option("#add-column", "summary:loss:min")
     await page.wait_for_selector("#runs thead button[data-order='metrics.loss.min']")
     await page.click("#runs thead button[data-order='params.lr']")
-    await page.wait_for_function(
-        "[...document.querySelectorAll('#runs tbody td.name a')].slice(0, 3)"
-        ".map(a => a.textContent).join() === 'wide,baseline,deep'"
-    )
+    await until_names(page, ["wide", "baseline", "deep"], first=3)
     await screenshot(page, "runs")
 
     # A filter in trackd's language.
     await page.fill("#run-filter", "params.lr >= 0.01 AND metrics.loss.min < 10")
     await page.press("#run-filter", "Enter")
-    await page.wait_for_function(
-        "[...document.querySelectorAll('#runs tbody td.name a')].map(a => a.textContent)"
-        ".sort().join() === 'baseline,deep,sweep'"
-    )
+    await until(page, f"() => ({NAMES})().sort().join() === 'baseline,deep,sweep'")
     # The parent is there for its child that matched (root_runs_only).
     sweep = page.locator(f"tr[data-run-id='{seed.runs['sweep']}']")
     assert "descendant-match" in (await sweep.get_attribute("class") or "")
@@ -242,10 +228,7 @@ async def test_runs_filter_sort_and_errors(page: Any, base_url: str, seed: Seed)
 
 async def test_tree_and_keyboard(page: Any, base_url: str, seed: Seed) -> None:
     await goto(page, base_url, f"/experiments/{seed.vision}?order=attributes.run_name+ASC")
-    await page.wait_for_function(
-        "[...document.querySelectorAll('#runs tbody td.name a')].map(a => a.textContent)"
-        ".join() === 'baseline,deep,silent,sweep,wide'"
-    )
+    await until_names(page, ["baseline", "deep", "silent", "sweep", "wide"])
     grid = page.locator("#runs")
     assert await grid.get_attribute("role") == "grid"
     assert await page.locator("#runs tbody tr[role=row]").count() == 5
@@ -288,9 +271,7 @@ async def test_tree_and_keyboard(page: Any, base_url: str, seed: Seed) -> None:
     await page.keyboard.press("ArrowLeft")
     assert await page.evaluate(active) == seed.runs["sweep"]
     await page.keyboard.press("ArrowLeft")
-    await page.wait_for_function(
-        f"!document.querySelector(\"tr[data-run-id='{seed.runs['trial-0']}']\")"
-    )
+    await page.wait_for_selector(f"tr[data-run-id='{seed.runs['trial-0']}']", state="detached")
 
     # Enter opens the focused run.
     await page.keyboard.press("ArrowUp")
@@ -442,7 +423,7 @@ async def test_artifacts(page: Any, base_url: str, seed: Seed, tmp_path: Any) ->
     await page.click("#artifacts tr.file[data-path='plots/curve.png'] button")
     img = page.locator("#artifact-preview img")
     await img.wait_for()
-    await page.wait_for_function("document.querySelector('#artifact-preview img').naturalWidth > 0")
+    await until(page, "() => document.querySelector('#artifact-preview img').naturalWidth > 0")
     await screenshot(page, "run-artifacts")
     async with page.expect_download(timeout=TIMEOUT_MS) as dl_info:
         await page.click("#artifact-preview a.download")
@@ -509,7 +490,7 @@ async def test_live_chart(page: Any, base_url: str, seed: Seed, client: AsyncCli
     await goto(page, base_url, f"/runs/{rid}")
     await page.wait_for_selector("#charts figure.chart[data-key='loss'][data-loads='1']")
     assert (await chart(page, "loss"))["points"] == 50
-    await page.wait_for_function("window.trackdWatchOpen > 0")
+    await until(page, "() => window.trackdWatchOpen > 0")
     await asyncio.sleep(0.3)  # the stream's subscription settles
     t = time.monotonic()
     await client.log_metric(rid, "loss", 0.001, step=50)

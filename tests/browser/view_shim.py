@@ -24,6 +24,11 @@ from trackd.v1 import (
     run_service_pb2_grpc,
 )
 
+# The policy trackd's HTTP front sends with the web view.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'"
+)
 WEB = Path(__file__).resolve().parents[2] / "server" / "trackd" / "server" / "web"
 
 
@@ -157,7 +162,14 @@ async def start_shim(grpc_port: int) -> tuple[web.AppRunner, int, grpc.aio.Chann
     async def index(request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB / "index.html")
 
-    app = web.Application()
+    @web.middleware
+    async def csp(request: web.Request, handler: Any) -> web.StreamResponse:
+        resp: web.StreamResponse = await handler(request)
+        if not resp.prepared:
+            resp.headers["Content-Security-Policy"] = CSP
+        return resp
+
+    app = web.Application(middlewares=[csp])
     app.router.add_get("/", index)
     app.router.add_static("/static/", WEB)
     app.router.add_get("/api/view/session", session)
