@@ -506,6 +506,19 @@ async def test_live_chart(page: Any, base_url: str, seed: Seed, client: AsyncCli
     await page.wait_for_selector(
         "#charts figure.chart[data-key='lr'][data-points='1']", timeout=2000
     )
+    # A burst of more points than the chart has pixels: neighbouring buckets merge, the
+    # chart keeps at most one bucket per pixel and still ends at the last point.
+    burst = [("loss", 0.5 / (s + 1), s) for s in range(51, 2051)]
+    await client.log_batch(rid, metrics=burst[:1000])
+    await client.log_batch(rid, metrics=burst[1000:])
+    last_x = (
+        "() => { const c = Object.values(window.trackdCharts).find(c => c.key === 'loss');"
+        " return c && c.lastX; }"
+    )
+    await until(page, f"() => ({last_x})() === 2050", timeout_ms=5000)
+    info = await chart(page, "loss")
+    assert info["requested"] // 2 <= info["points"] <= info["requested"]
+    assert info["loads"] == 1
     await screenshot(page, "run-live")
     # The end of the run reaches the page too.
     await client.set_terminated(rid, "FINISHED")

@@ -223,6 +223,8 @@ export class MetricChart {
       points += t.cols[0].length;
     }
     this.info.points = points;
+    const lasts = tables.map((t) => t.e.x_last[t.e.x_last.length - 1]).filter((x) => x !== undefined);
+    this.info.lastX = lasts.length ? Math.max(...lasts) : null;
     this.info.zoomed = !!this.range;
     this.info.range = this.range ? [...this.range] : null;
     this.el.dataset.points = String(points);
