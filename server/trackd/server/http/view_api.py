@@ -137,12 +137,9 @@ def envelope_json(envelope: pb.StreamMetricEnvelopesResponse) -> dict[str, Any]:
     body: dict[str, Any] = {}
     for field in envelope.DESCRIPTOR.fields:
         value = getattr(envelope, field.name)
-        if field.type == FieldDescriptor.TYPE_ENUM:
-            body[field.name] = (
-                field.enum_type.values_by_number[value].name
-                if (value in field.enum_type.values_by_number)
-                else value
-            )
+        if field.enum_type is not None:
+            named = field.enum_type.values_by_number.get(value)
+            body[field.name] = named.name if named is not None else value
         elif field.type == FieldDescriptor.TYPE_DOUBLE and field.is_repeated:
             body[field.name] = _doubles(value)
         elif field.is_repeated:
