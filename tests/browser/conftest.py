@@ -10,12 +10,10 @@ docs/screenshots/ when TRACKD_SCREENSHOTS=1.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
 import time
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -50,15 +48,6 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def has_view_api(http_port: int) -> bool:
-    try:
-        url = f"http://127.0.0.1:{http_port}/api/view/session"
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return isinstance(json.loads(r.read()), dict)
-    except Exception:  # noqa: BLE001 - any failure: the routes are not there
-        return False
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def http_server(database_url: str) -> AsyncIterator[app.Running]:
     """trackd with its HTTP front on a free port; a RUNNING run silent for 5 s reads as
@@ -78,19 +67,10 @@ async def http_server(database_url: str) -> AsyncIterator[app.Running]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def base_url(http_server: app.Running) -> AsyncIterator[str]:
-    """Where the web view is served: trackd's own HTTP front, or (while the server has no
-    view API) a stand-in serving the same routes from the gRPC services."""
+async def base_url(http_server: app.Running) -> str:
+    """Where the web view is served: trackd's own HTTP front (/, /static/, /api/view)."""
     assert http_server.http_port
-    if has_view_api(http_server.http_port):
-        yield f"http://127.0.0.1:{http_server.http_port}"
-        return
-    from browser.view_shim import start_shim
-
-    runner, port, ch = await start_shim(http_server.port)
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
-    await ch.close()
+    return f"http://127.0.0.1:{http_server.http_port}"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from browser.conftest import has_view_api, until
+from browser.conftest import until
 from trackd.server import app
 from trackd.server.config import Config
 
@@ -46,8 +46,6 @@ async def auth_server(database_url: str) -> AsyncIterator[tuple[str, str]]:
     running = await app.start(config, database_url)
     try:
         assert running.http_port
-        if not has_view_api(running.http_port):
-            pytest.skip("this trackd has no /api/view routes (the web view's server side)")
         secret = _token(database_url, "ada")
         yield f"http://127.0.0.1:{running.http_port}", secret
     finally:
