@@ -172,6 +172,7 @@ async def test_experiments_list(page: Any, base_url: str, seed: Seed) -> None:
     await page.click(f"tr[data-experiment-id='{seed.vision}'] a")
     await page.wait_for_selector("#runs tbody tr[data-run-id]")
     assert page.url.endswith(f"#/experiments/{seed.vision}")
+    assert await page.inner_text("main h1") == "vision"
 
 
 async def test_runs_filter_sort_and_errors(page: Any, base_url: str, seed: Seed) -> None:
@@ -337,6 +338,7 @@ async def test_run_page_charts(page: Any, base_url: str, seed: Seed) -> None:
     await page.wait_for_selector("#charts figure.chart[data-key='acc'][data-loads='1']")
     # The run's facts, params, tags, inputs and outputs.
     assert await page.inner_text("h1") == "baseline"
+    assert await page.inner_text("#crumbs") == "Experiments\nvision\nbaseline"
     params = await page.inner_text("#params")
     assert "lr" in params and "0.01" in params and "batch_size" in params
     assert "model" in await page.inner_text("#tags")

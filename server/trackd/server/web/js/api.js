@@ -88,7 +88,7 @@ const experimentNames = new Map();
 export async function experimentName(id) {
   if (!experimentNames.has(id)) {
     const lit = /^\d+$/.test(id) ? id : `'${id.replace(/'/g, "''")}'`;
-    const p = get(`/api/view/experiments${qs({ filter: `experiment_id = ${lit}`, max_results: 1, view_type: 'ALL' })}`)
+    const p = get(`/api/view/experiments${qs({ filter: `experiment_id = ${lit}`, max_results: 1, view_type: 'VIEW_TYPE_ALL' })}`)
       .then((r) => r.experiments?.[0]?.name || `Experiment ${id}`)
       .catch((err) => {
         experimentNames.delete(id);
