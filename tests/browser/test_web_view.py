@@ -492,6 +492,8 @@ async def test_live_chart(page: Any, base_url: str, seed: Seed, client: AsyncCli
     await goto(page, base_url, f"/runs/{rid}")
     await page.wait_for_selector("#charts figure.chart[data-key='loss'][data-loads='1']")
     assert (await chart(page, "loss"))["points"] == 50
+    text = await page.inner_text("main")
+    assert "null" not in text and "undefined" not in text and "NaN" not in text
     await until(page, "() => window.trackdWatchOpen > 0")
     await asyncio.sleep(0.3)  # the stream's subscription settles
     t = time.monotonic()

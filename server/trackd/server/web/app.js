@@ -6,7 +6,7 @@
 //   #/compare?runs=a,b,c            runs side by side
 
 import { get, del, post, onAuthRequired, AuthRequired } from './js/api.js';
-import { h, clear } from './js/dom.js';
+import { h, put, clear } from './js/dom.js';
 import { experimentsPage } from './js/experiments.js';
 import { runsPage } from './js/runs.js';
 import { runPage } from './js/run.js';
@@ -73,13 +73,13 @@ async function route() {
     } else if (parts[0] === 'compare') {
       await comparePage(ctx, (query.get('runs') || '').split(',').filter(Boolean), query);
     } else {
-      clear(main).append(h('h1', 'Not found'), h('p', h('a', { href: '#/' }, 'Experiments')));
+      put(main, h('h1', 'Not found'), h('p', h('a', { href: '#/' }, 'Experiments')));
     }
   } catch (err) {
     if (seq !== routeSeq) return;
     if (err instanceof AuthRequired) return; // the sign-in form is showing
     console.error(err);
-    clear(main).append(
+    put(main, 
       h('h1', 'Something went wrong'),
       h('p.error', { role: 'alert' }, err.message || String(err)),
       h('p', h('a', { href: '#/' }, 'Experiments')),
@@ -124,7 +124,7 @@ function showSignIn(message) {
     h('button', { type: 'submit' }, 'Sign in'),
     error,
   );
-  clear(main).append(form);
+  put(main, form);
   input.focus();
 }
 

@@ -2,7 +2,7 @@
 // and a scatter of a chosen param against a chosen metric.
 
 import { get, enc, num, experimentName } from './api.js';
-import { h, clear, fmtNum, statusBadge } from './dom.js';
+import { h, put, clear, fmtNum, statusBadge } from './dom.js';
 import { MetricChart, PALETTE, scatter } from './charts.js';
 import { chartControls } from './run.js';
 
@@ -10,7 +10,7 @@ export async function comparePage(ctx, runIds) {
   const { main } = ctx;
   ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('span', 'Compare'));
   if (runIds.length < 1) {
-    clear(main).append(h('h1', 'Compare'), h('p.muted', 'Select runs in an experiment, then Compare.'));
+    put(main, h('h1', 'Compare'), h('p.muted', 'Select runs in an experiment, then Compare.'));
     return;
   }
   const runs = (await Promise.all(runIds.map((id) => get(`/api/view/runs/${enc(id)}`)))).map((r) => r.run);
@@ -71,7 +71,7 @@ export async function comparePage(ctx, runIds) {
   const charts = [];
   ctx.onLeave(() => charts.forEach((c) => c.destroy()));
 
-  clear(main).append(
+  put(main, 
     h('h1', `Compare ${runs.length} runs`),
     statusRow,
     h('section', h('h2', 'Params that differ'), differs.length ? paramTable : h('p.muted', 'The runs have the same params.')),

@@ -111,3 +111,10 @@ export function kvTable(rows, cls = 'kv') {
     h('tbody', rows.map(([k, v]) => h('tr', h('th', { scope: 'row' }, k), h('td', v)))),
   );
 }
+
+/** Replaces the children of `el` (null, false and undefined children are left out). */
+export function put(el, ...children) {
+  clear(el);
+  append(el, children);
+  return el;
+}

@@ -1,7 +1,7 @@
 // The experiments: a search box (a name, or trackd's filter language) and their tags.
 
 import { get, qs } from './api.js';
-import { h, clear, fmtTime } from './dom.js';
+import { h, put, clear, fmtTime } from './dom.js';
 
 /** A search box's text as a filter: the language if it looks like it, else a name match. */
 export function experimentFilter(text) {
@@ -76,6 +76,6 @@ export async function experimentsPage(ctx, query) {
   ctx.onLeave(() => clearTimeout(timer));
   more.addEventListener('click', () => load(false));
 
-  clear(main).append(h('h1', 'Experiments'), h('div.toolbar', input), error, table, more);
+  put(main, h('h1', 'Experiments'), h('div.toolbar', input), error, table, more);
   await load(true);
 }

@@ -1,7 +1,7 @@
 // An experiment's logged models with their metrics per dataset.
 
 import { post, enc, experimentName } from './api.js';
-import { h, clear, fmtTime, fmtNum } from './dom.js';
+import { h, put, clear, fmtTime, fmtNum } from './dom.js';
 import { artifactBrowser } from './artifacts.js';
 
 export async function modelsPage(ctx, experimentId, query) {
@@ -71,7 +71,7 @@ export async function modelsPage(ctx, experimentId, query) {
   }
 
   more.addEventListener('click', () => load(false));
-  clear(main).append(
+  put(main, 
     h('h1', `Logged models of ${expName}`),
     h('form.toolbar', { onsubmit: (ev) => { ev.preventDefault(); load(true); } }, filterInput, h('button', { type: 'submit' }, 'Filter')),
     error,

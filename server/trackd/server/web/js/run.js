@@ -2,7 +2,7 @@
 // its artifacts, and a chart for every metric, extended live while the run is RUNNING.
 
 import { get, enc, num, experimentName } from './api.js';
-import { h, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration, kvTable, STATUS } from './dom.js';
+import { h, put, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration, kvTable, STATUS } from './dom.js';
 import { MetricChart, AXES } from './charts.js';
 import { artifactBrowser } from './artifacts.js';
 import { watchRun, LIVE } from './live.js';
@@ -97,7 +97,7 @@ export async function runPage(ctx, runId) {
 
   const artifacts = artifactBrowser('runs', info.run_id);
 
-  clear(main).append(
+  put(main, 
     h('div.page-head', h('h1', info.run_name || info.run_id), headStatus),
     info.description ? h('section.description', h('h2', 'Description'), h('p.pre', info.description)) : null,
     h('div.columns',

@@ -4,7 +4,7 @@
 // metric summaries, parent/child runs as a tree, selection for compare, and the keyboard.
 
 import { get, post, enc, ApiError, experimentName } from './api.js';
-import { h, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration } from './dom.js';
+import { h, put, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration } from './dom.js';
 
 const PAGE = 200;
 const SUMMARY_STATS = ['min', 'max', 'mean', 'stddev', 'count', 'last_step'];
@@ -470,7 +470,7 @@ export async function runsPage(ctx, experimentId, query) {
     if (!state.done && !state.loading && wrap.scrollHeight <= wrap.clientHeight + 400) loadPage()?.then(() => maybeMore());
   }
 
-  clear(main).append(
+  put(main, 
     h('div.page-head', h('h1', expName), h('a', { href: `#/experiments/${enc(experimentId)}/models` }, 'Logged models')),
     filterForm,
     filterError,
