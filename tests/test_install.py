@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -252,6 +253,8 @@ def test_server_install_holds_every_module_and_file(full: Path, work: Path) -> N
     outside = {n: f for n, f in got["files"].items() if not f.startswith(site + os.sep)}
     assert outside == {}, "modules imported from outside the venv"
     assert got["missing_data"] == []
+    # The web view's pages are package data too.
+    assert "trackd/server/web/index.html" in source_data_files()
     assert got["versions"] == [source_version(), source_version()]
     version = _run([str(full / "trackd"), "--version"], cwd=work).stdout.strip()
     assert version == f"trackd {source_version()}"
@@ -339,3 +342,60 @@ def test_installed_server_runs_the_readme_tour(
     assert result.returncode == 0, (
         f"the README tour failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
     )
+
+
+# The web view's files, as `pip install 'trackd[server]'` installed them.
+WEB = ROOT / "server" / "trackd" / "server" / "web"
+
+
+def test_installed_server_serves_the_web_view(full: Path, work: Path, database_url: str) -> None:
+    """`trackd serve --http-listen` from the installed package serves `/` and every file
+    under web/ from the venv's copy, byte for byte, with the page's security headers."""
+    address = f"127.0.0.1:{_free_port()}"
+    http_port = _free_port()
+    log = work / "server-web.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                str(full / "trackd"),
+                "serve",
+                "--database-url",
+                database_url,
+                "--listen",
+                address,
+                "--http-listen",
+                f"127.0.0.1:{http_port}",
+                "--log-format",
+                "text",
+            ],
+            cwd=work,
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        _wait_serving(address, proc, log)
+        base = f"http://127.0.0.1:{http_port}"
+        with urllib.request.urlopen(base + "/", timeout=10) as resp:
+            assert resp.status == 200
+            assert resp.read() == (WEB / "index.html").read_bytes()
+            assert resp.headers["Content-Type"] == "text/html; charset=utf-8"
+            assert "default-src 'self'" in resp.headers["Content-Security-Policy"]
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        files = [p for p in sorted(WEB.rglob("*")) if p.is_file()]
+        assert files
+        for path in files:
+            rel = path.relative_to(WEB).as_posix()
+            with urllib.request.urlopen(f"{base}/static/{rel}", timeout=10) as resp:
+                assert resp.status == 200, rel
+                assert resp.read() == path.read_bytes(), rel
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, f"trackd exited {proc.returncode}:\n{log.read_text()}"

@@ -37,6 +37,8 @@ HEADERS: dict[str, dict[str, str]] = {
 }
 SECRETS: dict[str, str] = {}
 PUBLIC = {"/health", "/version", "/server-info"}
+# The web view's sign-in and its static files (tests/test_web_api.py).
+PUBLIC |= {"/api/view/session", "/", "/static/{path:.+}"}
 
 
 def token(database_url: str, principal: str, *args: str) -> str:
@@ -141,8 +143,12 @@ def path_of(route: Route, ids: dict[str, str]) -> str:
     """The route's path (under its first prefix) with its placeholders filled."""
     path = route.prefixes[0] + route.path
     file = f"{ids['experiment_id']}/{ids['run_id']}/artifacts/f.txt"
+    # The web view's artifact routes: the run's f.txt; a model's malformed path (400).
+    view_files = {"/api/view/runs/": "f.txt", "/api/view/models/": "bad\\name"}
+    file = next((f for p, f in view_files.items() if path.startswith(p)), file)
     return (
         path.replace("{model_id}", ids["model_id"])
+        .replace("{run_id}", ids["run_id"])
         .replace("{tag_key:.+}", "k")
         .replace("{path:.+}", file)
     )
@@ -179,6 +185,22 @@ def request_for(route: Route, ids: dict[str, str]) -> dict[str, Any]:
     }
     if model in artifacts:
         return artifacts[model]
+    view: dict[str, dict[str, Any]] = {
+        "GET /api/view/experiments": {"max_results": 10},
+        "POST /api/view/runs/search": {"experiment_ids": [eid]},
+        "GET /api/view/runs/{run_id}": {},
+        "GET /api/view/runs/{run_id}/children": {},
+        "POST /api/view/envelopes": {"run_ids": [rid], "metric_keys": ["m"]},
+        # Without `Accept: text/event-stream`: 400 once the permission check passed.
+        "GET /api/view/watch": {"run_id": rid},
+        "GET /api/view/runs/{run_id}/artifacts": {},
+        "GET /api/view/runs/{run_id}/artifacts/{path:.+}": {},
+        "POST /api/view/logged-models/search": {"experiment_ids": [eid]},
+        "GET /api/view/models/{model_id}/artifacts": {},
+        "GET /api/view/models/{model_id}/artifacts/{path:.+}": {},
+    }
+    if model in view:
+        return view[model]
     table: dict[str, dict[str, Any]] = {
         "/experiments/create": {"name": f"created-{tag}"},
         "/experiments/get": {"experiment_id": eid},

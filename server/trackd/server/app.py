@@ -36,6 +36,8 @@ from trackd.server.http.front import HttpFront
 from trackd.server.http.mlflow_api import MlflowApi
 from trackd.server.http.mlflow_artifacts import MlflowArtifactsApi
 from trackd.server.http.mlflow_models import MlflowModelsApi
+from trackd.server.http.view_api import ViewApi
+from trackd.server.http.web_static import WebFiles
 from trackd.server.observability import Metrics
 from trackd.server.service.artifacts import ArtifactService
 from trackd.server.service.experiments import ExperimentService
@@ -284,9 +286,10 @@ async def start(config: Config, database_url: str) -> Running:
     run_search = RunSearch(db, liveness, walk_min_runs=config.search_walk_min_runs)
     datasets = Datasets(db)
     logged_models = LoggedModels(db)
+    envelopes = Envelopes(db)
     add_service(
         server,
-        RunService(runs, run_search, streams, Envelopes(db), watches),
+        RunService(runs, run_search, streams, envelopes, watches),
         SERVICES[1],
         guard,
     )
@@ -342,8 +345,22 @@ async def start(config: Config, database_url: str) -> Running:
             MlflowApi(None, experiments, runs, run_search, datasets),
             MlflowModelsApi(None, logged_models),
             MlflowArtifactsApi(None, artifacts),
+            ViewApi(
+                None,
+                experiments,
+                runs,
+                run_search,
+                envelopes,
+                watches,
+                artifacts,
+                logged_models,
+            ),
         )
-        http = HttpFront(guard, Gate(db), [*meta.routes(), *(r for a in apis for r in a.routes())])
+        http = HttpFront(
+            guard,
+            Gate(db),
+            [*meta.routes(), *(r for a in apis for r in a.routes()), *WebFiles().routes()],
+        )
         for api in apis:
             api.front = http
         host, port_ = parse_address(config.http_listen, "http_listen")

@@ -5,6 +5,13 @@ per-client limits, metrics, one access-log line) and, for a route that acts on s
 through the same permission policy as the RPC it mirrors (domain/auth/policy.py). Errors
 leave as MLflow's `{"error_code", "message"}` with MLflow's HTTP statuses; an unexpected
 failure is logged with an incident id and answered INTERNAL_ERROR without a traceback.
+
+A browser signed in to the web view (http/view_api.py) carries its token in the HttpOnly
+cookie `trackd_session`; the front takes it as the credential of any request without an
+`Authorization` header. A request other than GET or HEAD whose credential is that cookie
+must carry `X-Trackd-View: 1` (a cross-site page cannot set a custom header without CORS,
+which the front never grants), or it is refused PERMISSION_DENIED. The cookie's value, as
+every credential, is never logged.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import contextvars
 import json
 import logging
@@ -27,7 +35,7 @@ from aiohttp import web
 from trackd.server.domain.auth import policy
 from trackd.server.domain.auth.context import current_principal
 from trackd.server.domain.auth.policy import Gate
-from trackd.server.errors import TrackdError, Unauthenticated
+from trackd.server.errors import PermissionDenied, TrackdError, Unauthenticated
 from trackd.server.service.guard import Call, Guard
 from trackd.server.service.rpc import classify
 
@@ -69,11 +77,20 @@ JSON_BODY_MAX = 64 * 1024 * 1024
 # What the request being served was checked against (for its audit record).
 _checked: contextvars.ContextVar[Any] = contextvars.ContextVar("http_checked", default=None)
 
+# How long stop() waits for the open event streams to end (each notices at once).
+STREAMS_GRACE_S = 2.0
+
 # The longest request line (method, URL with its query string, version) and header line
 # accepted; a longer one is answered 400 by the HTTP parser, before any route.
 URL_BYTES_MAX = 64 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The web view's sign-in cookie (its value is the caller's token) and the header that a
+# request authenticated by it must carry unless it is a GET or HEAD (the CSRF guard).
+SESSION_COOKIE = "trackd_session"
+VIEW_HEADER = "X-Trackd-View"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,9 @@ class Route:
     handler: Handler
     rule: str
     prefixes: tuple[str, ...] = ("",)
+    # Whether a 401 carries `WWW-Authenticate` (asks for Basic credentials): not for the
+    # web view's routes, where a browser would pop its own sign-in dialog.
+    challenge: bool = True
 
 
 class _Context:
@@ -102,8 +122,13 @@ class _Context:
         for name in ("x-request-id", "x-client-id"):
             if name in h:
                 out.append((name, h[name]))
-        for value in h.getall("authorization", ()):
+        values = h.getall("authorization", ())
+        for value in values:
             out.append(("authorization", _as_bearer(value)))
+        if not values:
+            cookie = session_cookie(self.request)
+            if cookie is not None:
+                out.append(("authorization", f"Bearer {cookie}"))
         return out
 
     def peer(self) -> str:
@@ -129,6 +154,36 @@ def _as_bearer(value: str) -> str:
         return "Basic"  # Guard refuses it: not `Bearer TOKEN`
     _, colon, password = decoded.partition(":")
     return f"Bearer {password}" if colon and password else "Basic"
+
+
+def session_cookie(request: web.Request) -> str | None:
+    """The web view's sign-in cookie, when the request has no `Authorization` header
+    (which wins) and carries one."""
+    if "authorization" in request.headers:
+        return None
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def bearer_of(request: web.Request) -> str | None:
+    """The token a request carries: its `Authorization` header's (Bearer, or HTTP Basic's
+    password), else its sign-in cookie's; None for none (or a header of another form)."""
+    values = request.headers.getall("authorization", ())
+    if not values:
+        return session_cookie(request)
+    scheme, _, credential = _as_bearer(values[0]).strip().partition(" ")
+    credential = credential.strip()
+    return credential if scheme.lower() == "bearer" and credential else None
+
+
+def require_view_header(request: web.Request) -> None:
+    """PermissionDenied unless the request carries `X-Trackd-View: 1` (which a cross-site
+    form or link cannot send)."""
+    if request.headers.get(VIEW_HEADER) != "1":
+        raise PermissionDenied(
+            f"a {request.method} request signed in by the session cookie must carry the "
+            f"header {VIEW_HEADER}: 1",
+            metadata={"header": VIEW_HEADER},
+        )
 
 
 def error_body(err: TrackdError, request_id: str) -> tuple[int, dict[str, Any]]:
@@ -182,6 +237,12 @@ class HttpFront:
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
         self.runner: web.AppRunner | None = None
         self.port = 0
+        # Set when the front stops: long-lived responses (the web view's event streams)
+        # end cleanly on it; `streams` counts the ones open.
+        self.closing = asyncio.Event()
+        self.streams = 0
+        self._no_streams = asyncio.Event()
+        self._no_streams.set()
 
     async def start(self, host: str, port: int, *, reuse_port: bool) -> int:
         """Listens on host:port (0 picks a free port); returns the bound port."""
@@ -212,9 +273,24 @@ class HttpFront:
         return self.port
 
     async def stop(self) -> None:
+        """Ends the open event streams (each within its next wake-up), then stops
+        serving: in-flight requests get up to 5 s."""
+        self.closing.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_streams.wait(), STREAMS_GRACE_S)
         if self.runner is not None:
             await self.runner.cleanup()
             self.runner = None
+
+    def stream_opened(self) -> None:
+        """Counts an event stream in (stop() waits for it to end)."""
+        self.streams += 1
+        self._no_streams.clear()
+
+    def stream_closed(self) -> None:
+        self.streams -= 1
+        if self.streams == 0:
+            self._no_streams.set()
 
     async def _not_found(self, request: web.Request) -> web.StreamResponse:
         return json_response(
@@ -235,6 +311,12 @@ class HttpFront:
             call: Call = self.guard.start(f"REST {route.method} {route.path}", context)
             token = _checked.set(None)
             try:
+                if (
+                    request.method not in _SAFE_METHODS
+                    and self.guard.authenticator is not None
+                    and session_cookie(request) is not None
+                ):
+                    require_view_header(request)
                 if not public:
                     await self.guard.admit(call, context)
                 response = await route.handler(request)
@@ -256,7 +338,7 @@ class HttpFront:
                 call.code = err.code
                 status, body = error_body(err, call.request_id)
                 response = json_response(body, status)
-                if isinstance(err, Unauthenticated):
+                if isinstance(err, Unauthenticated) and route.challenge:
                     response.headers["WWW-Authenticate"] = 'Basic realm="trackd", Bearer'
                 return response
             finally:
