@@ -431,31 +431,44 @@ class Watches:
 
     # -- a watch call ----------------------------------------------------------------------
 
-    async def watch(self, request: pb.WatchRunRequest) -> AsyncIterator[pb.WatchRunResponse]:
+    async def watch(
+        self, request: pb.WatchRunRequest, ready: asyncio.Event | None = None
+    ) -> AsyncIterator[pb.WatchRunResponse]:
         """The responses of one WatchRun call, until the caller cancels it or the server
         stops (Unavailable).
 
         Raises InvalidArgument for a malformed id, key or resume position, NotFound for an
         unknown run or experiment, FailedPrecondition for a position older than the
-        retention (then or later, if the call falls that far behind)."""
+        retention (then or later, if the call falls that far behind).
+
+        `ready`, when given, is set once the call holds its start position: every write
+        committed after that is delivered (the web view answers its event stream then)."""
         target = await self._target(request)
         resume = Position.parse(request.resume_position) if request.resume_position else None
         interest = await self._interest(target.watched)
         try:
-            async with contextlib.aclosing(self._watch(target, resume, interest)) as messages:
+            async with contextlib.aclosing(
+                self._watch(target, resume, interest, ready)
+            ) as messages:
                 async for message in messages:
                     yield message
         finally:
             self._release(interest)
 
     async def _watch(
-        self, target: Target, resume: Position | None, interest: Interest
+        self,
+        target: Target,
+        resume: Position | None,
+        interest: Interest,
+        ready: asyncio.Event | None = None,
     ) -> AsyncGenerator[pb.WatchRunResponse, None]:
         await self._fresh()
         if resume is None:
             # Start at or above since_seq, so that every position this call gives resumes.
             await self._catch_up(interest.since)
             pos = self.watermark
+            if ready is not None:
+                ready.set()
         else:
             pruned, last = await self.db.read(_bounds)
             if resume.hi > last:
@@ -465,6 +478,7 @@ class Watches:
             _check_retained(resume.lo if resume.k else resume.hi, pruned)
             _check_interest(resume.lo if resume.k else resume.hi, interest)
             pos = resume.hi
+            replay: Iterator[pb.WatchRunResponse] = iter(())
             if resume.k:
                 if resume.crc != target.crc:
                     raise InvalidArgument.for_field(
@@ -473,9 +487,11 @@ class Watches:
                 await self._catch_up(resume.hi)
                 rows = await self._read(target, resume.lo, resume.hi, BATCH_EVENTS, 2**62)
                 batch = self._batch(rows, target, resume.lo, resume.hi, resume.mode)
-                for k, message in enumerate(batch, start=1):
-                    if k > resume.k:
-                        yield message
+                replay = (m for k, m in enumerate(batch, start=1) if k > resume.k)
+            if ready is not None:
+                ready.set()
+            for message in replay:
+                yield message
         quiet_since = time.monotonic()
         while True:
             if self.closing:

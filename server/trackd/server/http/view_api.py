@@ -43,13 +43,14 @@ from trackd.server.domain.experiments import Experiments
 from trackd.server.domain.logged_models import LoggedModels
 from trackd.server.domain.run_search import RunSearch
 from trackd.server.domain.runs import Runs, RunView
-from trackd.server.domain.watch import KEYS_MAX, Position, Watches
+from trackd.server.domain.watch import Watches
 from trackd.server.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     TrackdError,
     Unauthenticated,
+    Unavailable,
 )
 from trackd.server.http import mlflow_json as mj
 from trackd.server.http.front import (
@@ -441,59 +442,61 @@ class ViewApi:
             )
         if not q.resume_position:
             q.resume_position = request.headers.get("Last-Event-ID", "").strip()
-        # What the domain would refuse when the stream starts, refused here while an
-        # error can still be an answer of its own.
-        which = q.WhichOneof("target")
-        if which == "run_id":
-            await self.artifacts.owner(artifact_store.RUN, validation.run_id(q.run_id))
-        elif which == "experiment_id":
-            await self.experiments.get(q.experiment_id)
-        else:
-            raise InvalidArgument.for_field("target", "name a run_id or an experiment_id")
-        keys = validation.Violations()
-        if keys.count("metric_keys", q.metric_keys, max_count=KEYS_MAX):
-            for i, key in enumerate(q.metric_keys):
-                keys.key(f"metric_keys[{i}]", key)
-        keys.raise_if_any()
-        if q.resume_position:
-            Position.parse(q.resume_position)
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream; charset=utf-8",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
-        await response.prepare(request)
-        self.front.stream_opened()
-        try:
-            await response.write(f"retry: {RETRY_MS}\n\n".encode())
-            await self._pump(request, response, q)
-        except ConnectionError:
-            pass  # the client went away
-        finally:
-            self.front.stream_closed()
-        return response
-
-    async def _pump(
-        self, request: web.Request, response: web.StreamResponse, q: pb.WatchRunRequest
-    ) -> None:
-        """Sends the watch's updates until the client goes away, the server stops or the
-        watch fails (sent as `event: failure`); then ends the response cleanly."""
         queue: asyncio.Queue[pb.WatchRunResponse | BaseException | None] = asyncio.Queue(1)
+        ready = asyncio.Event()
 
         async def read() -> None:
             try:
-                async with contextlib.aclosing(_generator(self.watches.watch(q))) as updates:
+                async with contextlib.aclosing(_generator(self.watches.watch(q, ready))) as updates:
                     async for update in updates:
                         await queue.put(update)
                 await queue.put(None)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - sent to the client as a failure
+            except Exception as exc:  # noqa: BLE001 - answered, or sent as a failure event
                 await queue.put(exc)
 
         reader = asyncio.create_task(read(), name="trackd-view-watch")
+        self.front.stream_opened()
+        try:
+            # The answer starts once the watch holds its start position (every write the
+            # client makes after it sees the stream open is delivered); a refusal before
+            # that is an error answer of its own.
+            started = asyncio.create_task(ready.wait())
+            await asyncio.wait({started, reader}, return_when=asyncio.FIRST_COMPLETED)
+            started.cancel()
+            if not ready.is_set():
+                failed = queue.get_nowait() if not queue.empty() else None
+                if isinstance(failed, Exception):
+                    raise failed
+                raise Unavailable("the watch ended before it started; retry")
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream; charset=utf-8",
+                    "Cache-Control": "no-cache",
+                    "X-Accel-Buffering": "no",
+                }
+            )
+            await response.prepare(request)
+            try:
+                await response.write(f"retry: {RETRY_MS}\n\n".encode())
+                await self._pump(request, response, queue)
+            except ConnectionError:
+                pass  # the client went away
+            return response
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.front.stream_closed()
+
+    async def _pump(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        queue: asyncio.Queue[pb.WatchRunResponse | BaseException | None],
+    ) -> None:
+        """Sends the watch's updates until the client goes away, the server stops or the
+        watch fails (sent as `event: failure`); then ends the response cleanly."""
         closing = asyncio.create_task(self.front.closing.wait())
         last_write = time.monotonic()
         try:
@@ -525,9 +528,8 @@ class ViewApi:
             if not _gone(request):
                 await response.write_eof()
         finally:
-            for task in (reader, closing):
-                task.cancel()
-            await asyncio.gather(reader, closing, return_exceptions=True)
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
 
     # -- artifacts ---------------------------------------------------------------------
 
