@@ -404,3 +404,49 @@ async def test_a_logged_model_is_recorded_in_the_runs_history_tag(tracking_uri: 
         assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
 
     await asyncio.to_thread(work)
+
+
+def raw(uri: str, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> int:
+    """The status of one request with exactly these headers (Host included)."""
+    import http.client
+
+    host, port = uri.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers.items():
+            conn.putheader(name, value)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+async def test_pages_of_other_origins_and_rebound_names_are_refused(tracking_uri: str) -> None:
+    host = tracking_uri.removeprefix("http://")
+    create = "/api/2.0/mlflow/experiments/create"
+
+    def work() -> None:
+        body = json.dumps({"name": "origin-ok"}).encode()
+        same = {"Host": host, "Origin": f"http://{host}", "Content-Type": "application/json"}
+        assert raw(tracking_uri, "POST", create, same, body) == 200
+        # A page of another site posting to the local server (CSRF): refused.
+        other = {**same, "Origin": "http://evil.example"}
+        body = json.dumps({"name": "origin-evil"}).encode()
+        assert raw(tracking_uri, "POST", create, other, body) == 403
+        assert raw(tracking_uri, "POST", create, {**same, "Origin": "null"}, body) == 403
+        # Programs send no Origin.
+        assert raw(tracking_uri, "POST", create, {"Host": host}, body) == 200
+        # With auth off on loopback, a name rebound to 127.0.0.1 (DNS rebinding): refused.
+        get = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=origin-ok"
+        assert raw(tracking_uri, "GET", get, {"Host": host}) == 200
+        port = host.rsplit(":", 1)[1]
+        for name in ("localhost", "[::1]"):
+            assert raw(tracking_uri, "GET", get, {"Host": f"{name}:{port}"}) == 200
+        assert raw(tracking_uri, "GET", get, {"Host": f"evil.example:{port}"}) == 403
+        assert raw(tracking_uri, "GET", "/", {"Host": "evil.example"}) == 403
+
+    await asyncio.to_thread(work)

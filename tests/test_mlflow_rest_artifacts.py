@@ -555,7 +555,7 @@ async def test_a_body_cut_short_stores_nothing(client, tracking_uri) -> None:
     def send_part() -> None:
         with socket.create_connection((host, int(port))) as s:
             s.sendall(
-                f"PUT {proxy_path(run, 'cut.bin')} HTTP/1.1\r\nHost: x\r\n"
+                f"PUT {proxy_path(run, 'cut.bin')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 "Content-Length: 5000000\r\n\r\n".encode()
                 + b"a" * 300_000
             )

@@ -617,7 +617,9 @@ async def raw_get(port: int, target: str) -> tuple[int, bytes]:
     """A GET of `target` exactly as written (no client normalizes its dots)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        )
         await writer.drain()
         data = await reader.read()
     finally:

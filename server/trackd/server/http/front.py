@@ -21,6 +21,7 @@ import base64
 import binascii
 import contextlib
 import contextvars
+import ipaddress
 import json
 import logging
 import socket
@@ -186,6 +187,44 @@ def require_view_header(request: web.Request) -> None:
         )
 
 
+def refuse_cross_origin(request: web.Request) -> None:
+    """PermissionDenied for a write sent by a page of another origin: a browser names the
+    page's origin in `Origin`, which must then be this server's own (scheme aside). Programs
+    (the mlflow client, curl) send no `Origin` and pass."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    host = origin.partition("://")[2]
+    if origin == "null" or host.lower() != request.host.lower():
+        raise PermissionDenied(
+            f"a {request.method} request from a page of another origin ({origin[:100]}) is "
+            "refused: trackd's HTTP front allows no cross-origin writes",
+            metadata={"header": "Origin"},
+        )
+
+
+# The host names a request may name in `Host` when auth is off (the server then listens
+# on loopback only, or was told --allow-unauthenticated).
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def refuse_foreign_host(request: web.Request) -> None:
+    """With auth off on a loopback address, PermissionDenied for a request whose `Host` is
+    not a loopback name: a page of another site that rebinds its own name to 127.0.0.1 (DNS
+    rebinding) would otherwise read and write everything as the anonymous admin."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname or not ipaddress.ip_address(sockname[0]).is_loopback:
+        return  # --allow-unauthenticated on a reachable address: the operator's choice
+    host = request.host.lower()
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if name not in _LOOPBACK_HOSTS:
+        raise PermissionDenied(
+            f"Host {request.host[:100]!r} is not a loopback name; with auth off trackd "
+            "answers only requests to localhost, 127.0.0.1 or [::1]",
+            metadata={"header": "Host"},
+        )
+
+
 def error_body(err: TrackdError, request_id: str) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) of a domain error, in MLflow's shape."""
     code = _MLFLOW_CODE.get(err.reason, err.reason)
@@ -311,12 +350,12 @@ class HttpFront:
             call: Call = self.guard.start(f"REST {route.method} {route.path}", context)
             token = _checked.set(None)
             try:
-                if (
-                    request.method not in _SAFE_METHODS
-                    and self.guard.authenticator is not None
-                    and session_cookie(request) is not None
-                ):
-                    require_view_header(request)
+                if request.method not in _SAFE_METHODS:
+                    refuse_cross_origin(request)
+                    if self.guard.authenticator is not None and session_cookie(request):
+                        require_view_header(request)
+                if self.guard.authenticator is None:
+                    refuse_foreign_host(request)
                 if not public:
                     await self.guard.admit(call, context)
                 response = await route.handler(request)
