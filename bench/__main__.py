@@ -19,6 +19,7 @@ from bench import (
     search,
     storage,
     watch,
+    web,
 )
 
 SCENARIOS = {
@@ -34,11 +35,12 @@ SCENARIOS = {
     "codecs": codecs.run,
     "storage": storage.run,
     "mlflow-rest": mlflow_rest.run,
+    "web": web.run,
 }
 # Run only when named: search-compare needs another source tree to compare with, and
 # search-1m takes minutes to load; mlflow-rest installs MLflow's server in a virtualenv of
-# its own.
-NAMED_ONLY = {"search-compare", "search-1m", "mlflow-rest"}
+# its own; web loads 100,000 runs and 10,000,000 points and drives a browser for minutes.
+NAMED_ONLY = {"search-compare", "search-1m", "mlflow-rest", "web"}
 
 
 async def main(names: list[str]) -> None:

@@ -16,9 +16,10 @@ export async function comparePage(ctx, runIds) {
   const runs = (await Promise.all(runIds.map((id) => get(`/api/view/runs/${enc(id)}`)))).map((r) => r.run);
   if (!ctx.current()) return;
   const expId = runs[0].info.experiment_id;
-  const expName = await experimentName(expId);
-  if (!ctx.current()) return;
-  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(expId)}` }, expName), h('span', `Compare ${runs.length} runs`));
+  // The experiment's name only completes the breadcrumbs: asked for beside the charts.
+  const crumbs = experimentName(expId).then((expName) => {
+    if (ctx.current()) ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('a', { href: `#/experiments/${enc(expId)}` }, expName), h('span', `Compare ${runs.length} runs`));
+  });
   const refs = runs.map((r, i) => ({ run_id: r.info.run_id, name: r.info.run_name || r.info.run_id.slice(0, 8), start_time: r.info.start_time, color: PALETTE[i % PALETTE.length] }));
 
   // Params: every key, the rows whose values differ first (and only those by default).
@@ -82,5 +83,5 @@ export async function comparePage(ctx, runIds) {
   );
   drawScatter();
   for (const k of metricKeys) charts.push(new MetricChart(chartsEl, { key: k, runs: refs, scope: 'compare' }));
-  await Promise.all(charts.map((c) => c.load().catch(() => {})));
+  await Promise.all([crumbs, ...charts.map((c) => c.load().catch(() => {}))]);
 }

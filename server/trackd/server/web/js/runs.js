@@ -7,6 +7,9 @@ import { get, post, enc, ApiError, experimentName } from './api.js';
 import { h, put, clear, fmtTime, fmtDuration, fmtNum, statusBadge, runDuration } from './dom.js';
 
 const PAGE = 200;
+// The first page only fills the view (about 25 rows at 900 px): a smaller first answer
+// shows the grid sooner; scrolling then loads PAGE rows at a time.
+const FIRST_PAGE = 50;
 const SUMMARY_STATS = ['min', 'max', 'mean', 'stddev', 'count', 'last_step'];
 const SUMMARY_WORDS = new Set(['min', 'max', 'mean', 'avg', 'stddev', 'std', 'count', 'nan_count', 'first_step', 'last_step', 'latest', 'latest_step', 'latest_timestamp']);
 
@@ -59,8 +62,8 @@ export function errorColumn(message) {
 
 export async function runsPage(ctx, experimentId, query) {
   const { main } = ctx;
-  const expName = await experimentName(experimentId);
-  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('span', expName));
+  // The experiment's name and the first page of runs are asked for at once.
+  const namePromise = experimentName(experimentId);
 
   const state = {
     filter: query.get('filter') || '',
@@ -391,7 +394,7 @@ export async function runsPage(ctx, experimentId, query) {
       experiment_ids: [experimentId],
       filter: state.filter,
       order_by: state.order ? [state.order] : [],
-      max_results: PAGE,
+      max_results: state.rows.length ? PAGE : FIRST_PAGE,
       page_token: state.token,
       root_runs_only: state.tree,
     };
@@ -467,9 +470,16 @@ export async function runsPage(ctx, experimentId, query) {
   ctx.onLeave(() => observer.disconnect());
   function maybeMore() {
     // A short page that does not fill the view: the observer fires only on changes.
+    if (!wrap.isConnected) return;
     if (!state.done && !state.loading && wrap.scrollHeight <= wrap.clientHeight + 400) loadPage()?.then(() => maybeMore());
   }
 
+  header();
+  fillPicker();
+  const first = reload();
+  const expName = await namePromise;
+  if (!ctx.current()) return;
+  ctx.setCrumbs(h('a', { href: '#/' }, 'Experiments'), h('span', expName));
   put(main, 
     h('div.page-head', h('h1', expName), h('a', { href: `#/experiments/${enc(experimentId)}/models` }, 'Logged models')),
     filterForm,
@@ -477,7 +487,6 @@ export async function runsPage(ctx, experimentId, query) {
     h('div.toolbar', addCol, h('label', treeBox, ' Parent and child runs as a tree'), compareBtn, countEl),
     wrap,
   );
-  header();
-  fillPicker();
-  await reload();
+  await first;
+  maybeMore();
 }
