@@ -613,6 +613,20 @@ async def test_the_page_and_static_files(http: aiohttp.ClientSession) -> None:
         assert resp.status == 200
 
 
+async def test_the_page_preloads_every_module(http: aiohttp.ClientSession) -> None:
+    """index.html names every module under js/ for preloading (a module left out would be
+    fetched only when its importer is parsed, a round trip later), and each one answers."""
+    import re
+
+    async with http.get("/") as resp:
+        page = await resp.text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="/static/(js/[^"]+)">', page))
+    assert preloaded == {f"js/{p.name}" for p in (WEB / "js").glob("*.js")}
+    for path in sorted(preloaded):
+        async with http.get(f"/static/{path}") as resp:
+            assert resp.status == 200 and "javascript" in resp.headers["Content-Type"]
+
+
 async def raw_get(port: int, target: str) -> tuple[int, bytes]:
     """A GET of `target` exactly as written (no client normalizes its dots)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
