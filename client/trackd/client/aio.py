@@ -24,6 +24,7 @@ from trackd.client.logger import (
     OnFull,
 )
 from trackd.client.model_calls import LoggedModelCalls
+from trackd.client.routing import LsnTracker, channel_options, channel_target
 from trackd.client.run_calls import RunCalls
 from trackd.client.system_metrics import DEFAULT_SYSTEM_METRICS_INTERVAL
 from trackd.v1 import (
@@ -73,7 +74,10 @@ class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, Artifa
     InvalidArgumentError before anything is sent.
 
     Args:
-        target: "host:port" (a `grpc://` prefix is allowed); None means
+        target: "host:port" (a `grpc://` prefix is allowed), several servers as
+            "host1:port1,host2:port2", or a gRPC target such as "dns:///name:port" (every
+            address the name resolves to); calls are spread over the servers round robin,
+            and idempotent ones retried on another when one is unavailable. None means
             $TRACKD_TRACKING_URI, else 127.0.0.1:50051.
         channel: a channel to use instead of opening one (not closed by `close()`); it
             carries its own credentials (`token` and `tls` are then not used).
@@ -96,15 +100,19 @@ class AsyncClient(ExperimentCalls, RunCalls, LiveCalls, LoggedModelCalls, Artifa
     ) -> None:
         self.target = resolve_target(target)
         self._owns_channel = channel is None
+        # The highest WAL position seen, sent on every call (read-your-writes with replicas).
+        self.lsn = LsnTracker()
         self.channel = channel or open_channel(
-            self.target,
+            channel_target(self.target),
             resolve_token(token),
             resolve_tls(tls),
             options=[
                 # Reconnect soon after a server restart (gRPC's default backoff grows to 120s).
                 ("grpc.initial_reconnect_backoff_ms", 100),
                 ("grpc.max_reconnect_backoff_ms", 2000),
+                *channel_options(),
             ],
+            interceptors=self.lsn.interceptors(),
         )
         self.timeout = timeout
         self.experiments = experiment_service_pb2_grpc.ExperimentServiceStub(self.channel)

@@ -150,9 +150,16 @@ def open_channel(
     token: str | None,
     tls: TlsConfig | None,
     options: Sequence[tuple[str, Any]] = (),
+    interceptors: Sequence[Any] = (),
 ) -> grpc.aio.Channel:
-    """A grpc.aio channel to `target` sending `token` on every call, over TLS if `tls`."""
+    """A grpc.aio channel to `target` sending `token` on every call, over TLS if `tls`,
+    through `interceptors` (after the token's)."""
     if tls is not None:
-        return grpc.aio.secure_channel(target, channel_credentials(tls, token), options=options)
-    interceptors = bearer_interceptors(token) if token else None
-    return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+        return grpc.aio.secure_channel(
+            target,
+            channel_credentials(tls, token),
+            options=options,
+            interceptors=list(interceptors) or None,
+        )
+    chain = [*(bearer_interceptors(token) if token else ()), *interceptors]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=chain or None)

@@ -130,6 +130,18 @@ async def connect_database(url: str, *, min_size: int, max_size: int) -> Databas
         raise explained from exc
 
 
+async def attach_replica(db: Database, config: Config) -> None:
+    """Opens the read replica's pool (StartupError if it cannot be reached)."""
+    url = config.read_database_url
+    try:
+        await db.attach_replica(url, min_size=1, max_size=config.pool_max_size)
+    except Exception as exc:
+        explained = explain_database_error(exc, url)
+        if explained is None:
+            raise
+        raise explained from exc
+
+
 async def prepare_database(db: Database, url: str) -> list[str]:
     """Applies pending migrations (StartupError if the database refuses them)."""
     try:
@@ -232,6 +244,8 @@ async def start(config: Config, database_url: str) -> Running:
     )
     try:
         await prepare_database(db, database_url)
+        if config.read_database_url:
+            await attach_replica(db, config)
         artifacts = open_artifacts(config, db)
         experiments = Experiments(db, config.artifact_root or artifacts.blobs.uri)
         await experiments.set_default_location()
@@ -257,6 +271,10 @@ async def start(config: Config, database_url: str) -> Running:
         access_log=config.access_log,
         authenticator=authenticator(config, db),
     )
+    if db.replica is not None:
+        guard.write_lsn = db.write_lsn
+        replica = db.replica
+        metrics.watch_replica(lambda: replica.reads, lambda: replica.fallbacks)
     add_service(server, ExperimentService(experiments, Datasets(db)), SERVICES[0], guard)
 
     compactor = (

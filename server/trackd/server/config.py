@@ -22,6 +22,10 @@ class Config:
     listen: str = "127.0.0.1:50051"
     # Empty: start an embedded PostgreSQL whose data lives under data_dir.
     database_url: str = ""
+    # A streaming replica of database_url for reads that tolerate lag (run search, finished
+    # runs' metric history, envelopes), used when it has replayed the caller's writes.
+    # Empty: every read goes to database_url.
+    read_database_url: str = ""
     pool_min_size: int = 2
     pool_max_size: int = 10
     log_level: str = "INFO"
@@ -115,6 +119,7 @@ class Config:
 _ENV = {
     "listen": "TRACKD_LISTEN",
     "database_url": "TRACKD_DATABASE_URL",
+    "read_database_url": "TRACKD_READ_DATABASE_URL",
     "pool_min_size": "TRACKD_POOL_MIN_SIZE",
     "pool_max_size": "TRACKD_POOL_MAX_SIZE",
     "log_level": "TRACKD_LOG_LEVEL",
@@ -321,6 +326,12 @@ def validate(cfg: Config) -> Config:
         raise StartupError(
             f"{setting('database_url')} must be a postgresql:// URL (or empty for the "
             f"embedded PostgreSQL); got {mask_url(url)!r}"
+        )
+    read_url = cfg.read_database_url
+    if read_url and not read_url.startswith(("postgresql://", "postgres://")):
+        raise StartupError(
+            f"{setting('read_database_url')} must be a postgresql:// URL (or empty); "
+            f"got {mask_url(read_url)!r}"
         )
     if cfg.log_level.upper() not in LOG_LEVELS:
         raise StartupError(

@@ -57,6 +57,18 @@ class Metrics:
         self.pool_size = Gauge("trackd_pool_connections", "Connections in the pool.", registry=r)
         self.pool_idle = Gauge("trackd_pool_idle_connections", "Idle pool connections.", registry=r)
         self.streams = Gauge("trackd_streams_open", "StreamMetrics calls open.", registry=r)
+        self.lagging_reads = Gauge(
+            "trackd_lagging_reads",
+            "Reads that tolerate lag, by where they ran (replica, or primary when the replica "
+            "was behind the caller, failed or is not configured), since the server started.",
+            ["target"],
+            registry=r,
+        )
+
+    def watch_replica(self, replica: Callable[[], float], primary: Callable[[], float]) -> None:
+        """Reads the counts of lagging reads served by the replica and by the primary."""
+        self.lagging_reads.labels("replica").set_function(replica)
+        self.lagging_reads.labels("primary").set_function(primary)
 
     def observe(self, method: str, code: str, seconds: float) -> None:
         """Records one finished call."""

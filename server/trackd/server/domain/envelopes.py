@@ -145,10 +145,10 @@ class Envelopes:
         the order of the request's runs, then keys. InvalidArgument for a bad request,
         NotFound for an unknown run."""
         q = parse(request)
-        series = await self.db.read(lambda conn: _series(conn, q))
+        series = await self.db.read_lagging(lambda conn: _series(conn, q))
         for start in range(0, len(series), SERIES_PER_ROUND):
             part = series[start : start + SERIES_PER_ROUND]
-            await self.db.read(lambda conn, part=part: _read(conn, q, part))  # type: ignore[misc]
+            await self.db.read_lagging(lambda conn, part=part: _read(conn, q, part))  # type: ignore[misc]
             for s in part:
                 yield pb.StreamMetricEnvelopesResponse(
                     run_id=s.run_id, metric_key=s.key, axis=q.axis, points=s.points, **s.columns

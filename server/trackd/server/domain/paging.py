@@ -120,8 +120,11 @@ async def keyset_page(
         [Connection, list[Any] | None, int], Awaitable[tuple[list[asyncpg.Record], int]]
     ],
     load: Callable[[Connection, list[asyncpg.Record]], Awaitable[list[V]]],
+    *,
+    lagging: bool = False,
 ) -> tuple[Page[V], str]:
-    """One page of a keyset-paginated search, in one read-only snapshot.
+    """One page of a keyset-paginated search, in one read-only snapshot (of the read
+    replica, if there is one and the caller's writes are on it, when `lagging`).
 
     `fetch(conn, after, limit)` returns rows in sort order strictly after the position
     `after` (None for the first page) with their sort keys as columns sk0, sk1, ..., and
@@ -141,7 +144,8 @@ async def keyset_page(
             ) from exc
         return await load(conn, rows[:size]), rows, n_sort
 
-    results, rows, n_sort = await db.read(work)
+    read = db.read_lagging if lagging else db.read
+    results, rows, n_sort = await read(work)
 
     def resume(index: int) -> str:
         # Read from the row only when a token is asked for (once a page, mostly).

@@ -89,7 +89,9 @@ class RunSearch:
 
         # A page can hold 50,000 runs: their datasets come without schema and profile.
         load = functools.partial(load_views, brief=True)
-        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
+        return await paging.keyset_page(
+            self.db, page_token, fingerprint, size, fetch, load, lagging=True
+        )
 
     async def children(
         self, run_id: str, max_results: int, page_token: str, view_type: int
@@ -119,7 +121,9 @@ class RunSearch:
             )
 
         load = functools.partial(load_views, brief=True)
-        return await paging.keyset_page(self.db, page_token, fingerprint, size, fetch, load)
+        return await paging.keyset_page(
+            self.db, page_token, fingerprint, size, fetch, load, lagging=True
+        )
 
 
 def _page_of(view_type: int, max_results: int) -> tuple[Sequence[int], int]:

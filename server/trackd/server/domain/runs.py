@@ -40,7 +40,7 @@ from trackd.server.store import experiments as experiment_store
 from trackd.server.store import logged_models as model_store
 from trackd.server.store import metrics as metric_store
 from trackd.server.store import runs as store
-from trackd.server.store.pool import Connection, Database
+from trackd.server.store.pool import Connection, Database, ReadOnPrimary, reading_replica
 
 RUN_NAME_TAG = "mlflow.runName"
 PARENT_RUN_TAG = "mlflow.parentRunId"
@@ -594,6 +594,9 @@ class Runs:
 
         async def work(conn: Connection) -> tuple[list[int], list[int], list[float]]:
             ref = await store.ref(conn, run_id)
+            if reading_replica() and (ref is None or not await store.finished(conn, ref["run_pk"])):
+                # Only a finished run's series is read from the replica: it no longer grows.
+                raise ReadOnPrimary
             if ref is None:
                 raise run_not_found(run_id)
             sid = await metric_store.series_id(conn, ref["run_pk"], key)
@@ -601,7 +604,7 @@ class Runs:
                 return [], [], []
             return await blocks.history(conn, sid, after, size + 1)
 
-        steps, stamps, values = await self.db.read(work)
+        steps, stamps, values = await self.db.read_lagging(work)
         if len(steps) <= size:
             return (steps, stamps, values), ""
         steps, stamps, values = steps[:size], stamps[:size], values[:size]

@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +140,9 @@ class Guard:
         self.access_log = access_log
         # None: auth is off, and every call is ANONYMOUS's (an admin).
         self.authenticator = authenticator
+        # With a read replica: the primary's WAL position, answered after each write call
+        # (x-trackd-lsn) so that the caller's later reads see the write. None: no replica.
+        self.write_lsn: Callable[[], Awaitable[int]] | None = None
 
     def start(self, method: str, context: Any) -> Call:
         """Begins a call: takes or makes its request id and names its client."""

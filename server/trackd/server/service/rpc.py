@@ -39,6 +39,7 @@ from trackd.server.errors import (
 )
 from trackd.server.service import sizes
 from trackd.server.service.guard import Call, Guard
+from trackd.server.store import pool
 from trackd.server.store.pool import CONNECTION_ERRORS
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,32 @@ async def _fail(call: Call, context: Context, exc: Exception) -> None:
     )
 
 
+# Read-your-writes (README, "Read replicas"): a caller sends the highest WAL position it
+# has seen, and each call answers the position its writes or reads reflect.
+LSN_METADATA = "x-trackd-lsn"
+
+
+def _track_lsn(context: Context) -> list[int]:
+    """Takes the call's x-trackd-lsn (a malformed one is ignored) as its required_lsn and
+    starts its observed_lsn."""
+    for key, value in context.invocation_metadata() or ():
+        if key == LSN_METADATA and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                pool.required_lsn.set(pool.parse_lsn(value))
+    held = [0]
+    pool.observed_lsn.set(held)
+    return held
+
+
+async def _answer_lsn(context: Context, guard: Guard, held: list[int], writes: bool) -> None:
+    """Puts the call's observed LSN (after a write: the primary's position now, at or after
+    its commit) in its trailing metadata."""
+    if writes and guard.write_lsn is not None:
+        held[0] = max(held[0], await guard.write_lsn())
+    if held[0]:
+        context.set_trailing_metadata(((LSN_METADATA, pool.format_lsn(held[0])),))
+
+
 @contextlib.asynccontextmanager
 async def _guarded(
     name: str, context: Context, guard: Guard, gate: Gate | None = None, request: Any = None
@@ -217,11 +244,18 @@ def _checked(request: Any) -> Any:
 
 
 def _wrap_unary(
-    name: str, fn: Callable[[Any, Context], Awaitable[Any]], guard: Guard, gate: Gate | None
+    name: str,
+    fn: Callable[[Any, Context], Awaitable[Any]],
+    guard: Guard,
+    gate: Gate | None,
+    writes: bool = False,
 ) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: Context) -> Any:
+        held = _track_lsn(context)
         async with _guarded(name, context, guard, gate, request):
-            return sizes.encode(name, await fn(_checked(request), context))
+            answer = sizes.encode(name, await fn(_checked(request), context))
+            await _answer_lsn(context, guard, held, writes)
+            return answer
 
     return handler
 
@@ -230,9 +264,11 @@ def _wrap_stream_out(
     name: str, fn: Callable[[Any, Context], AsyncIterator[Any]], guard: Guard, gate: Gate | None
 ) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+        held = _track_lsn(context)
         async with _guarded(name, context, guard, gate, request):
             async for item in fn(_checked(request), context):
                 yield sizes.encode(name, item)
+            await _answer_lsn(context, guard, held, False)
 
     return handler
 
@@ -273,7 +309,7 @@ def method_handlers(
     if gate is not None:
         gate.service = service.full_name
     for method in service.methods:
-        policy.rule(method.full_name)
+        writes = policy.rule(method.full_name).writes
         request_cls = message_factory.GetMessageClass(method.input_type)
         impl = getattr(servicer, method.name)
         kwargs: dict[str, Any] = {
@@ -292,7 +328,7 @@ def method_handlers(
             raise NotImplementedError(f"client-streaming method {method.full_name}")
         else:
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method.name, impl, guard, gate), **kwargs
+                _wrap_unary(method.name, impl, guard, gate, writes), **kwargs
             )
     return handlers
 

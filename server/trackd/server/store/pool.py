@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar
 
@@ -60,6 +62,185 @@ def _discard(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
         pass  # already closed and released; the pool reconnects it on its next acquire
 
 
+# Read-your-writes with a streaming replica (README, "Read replicas"). A position in the
+# primary's write-ahead log (an LSN) is an int here and PostgreSQL's "X/Y" text on the wire.
+#
+# The LSN a call needs its reads to reflect (the caller's x-trackd-lsn), None when it sent
+# none; and the highest LSN the call's reads or writes reflect, answered to the caller.
+required_lsn: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "required_lsn", default=None
+)
+observed_lsn: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "observed_lsn", default=None
+)
+_on_replica: contextvars.ContextVar[bool] = contextvars.ContextVar("on_replica", default=False)
+# What makes the replica count as down for a while (TimeoutError: it did not answer).
+_REPLICA_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
+# Seconds the replica's replay LSN is reused before it is asked again.
+REPLAY_LSN_TTL = 0.005
+# Seconds a replica that failed is left alone before it is tried again.
+REPLICA_RETRY_AFTER = 1.0
+
+
+def parse_lsn(text: str) -> int:
+    """The int of an LSN in PostgreSQL's "X/Y" form (ValueError if it is not one)."""
+    hi, sep, lo = text.strip().partition("/")
+    if not sep:
+        raise ValueError(f"{text!r} is not an LSN")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def _as_lsn(value: object) -> int | None:
+    """An LSN as asyncpg returns it (an int, its pg_lsn codec), or None (NULL)."""
+    if value is None:
+        return None
+    return value if isinstance(value, int) else parse_lsn(str(value))
+
+
+def format_lsn(lsn: int) -> str:
+    """PostgreSQL's "X/Y" form of an LSN."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def observe_lsn(lsn: int | None) -> None:
+    """Records that the current call's state reflects `lsn` (answered in its trailers)."""
+    held = observed_lsn.get()
+    if held is not None and lsn is not None:
+        held[0] = max(held[0], lsn)
+
+
+def reading_replica() -> bool:
+    """Whether the unit of work running now reads the replica (read_lagging)."""
+    return _on_replica.get()
+
+
+class ReadOnPrimary(Exception):
+    """Raised by a read_lagging unit on the replica when only the primary can answer (the
+    replica lacks the row, or the data is still changing); the read is rerun there."""
+
+
+async def _lsn_and_work(
+    conn: Connection, query: str, work: Callable[[Connection], Awaitable[T]]
+) -> tuple[int | None, T]:
+    # The first statement takes the snapshot; the LSN it returns is read after that, so
+    # the snapshot reflects no more than it (an upper bound the caller may ask for next).
+    text = await conn.fetchval(query)
+    return _as_lsn(text), await work(conn)
+
+
+async def _unit(
+    pool: asyncpg.Pool,
+    work: Callable[[Connection], Awaitable[T]],
+    *,
+    idempotent: bool,
+    atomic: bool = True,
+    **transaction: Any,
+) -> T:
+    """Runs `work` in a transaction on a pooled connection (without one when not
+    `atomic`: each statement its own implicit transaction). A connection found dead is
+    discarded and the unit rerun, STALE_RETRIES attempts in all, as long as nothing of
+    `work` can have run (or `work` is idempotent); after that, its error is raised.
+
+    A rerun takes another pooled connection: the pool reopens one asyncpg has seen
+    closed (a backend that is terminated tells its client so, and asyncpg then closes
+    and releases the connection by itself), so a rerun meets a dead connection only if
+    the database killed it again meanwhile, or before asyncpg could notice."""
+    for attempt in range(STALE_RETRIES):
+        if attempt > 1:
+            # Give a database that is restarting a moment; the first rerun is at once.
+            await asyncio.sleep(STALE_BACKOFF * 2 ** (attempt - 2))
+        try:
+            # Opening a connection in place of a dead one can fail too; nothing has run.
+            conn = await pool.acquire()
+        except CONNECTION_ERRORS:
+            if attempt == STALE_RETRIES - 1:
+                raise
+            log.info("could not open a connection; retrying")
+            continue
+        started = False
+        try:
+            if not atomic:
+                started = True
+                return await work(conn)
+            async with conn.transaction(**transaction):
+                started = True
+                return await work(conn)
+        except CONNECTION_ERRORS:
+            _discard(conn)
+            if (started and not idempotent) or attempt == STALE_RETRIES - 1:
+                raise
+            log.info("discarded a dead connection; retrying on another")
+        finally:
+            await pool.release(conn)
+    raise AssertionError("unreachable")
+
+
+async def _create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    """Opens a pool to `dsn`."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=min(min_size, max_size),
+        max_size=max_size,
+        # Statements are few and fixed; cache them all.
+        statement_cache_size=1024,
+        connection_class=_Connection,
+        server_settings={
+            "application_name": "trackd",
+            # Parallel workers take milliseconds to start: worth it for searches over
+            # tens of thousands of runs, a loss for small ones (measured: a 1k-run
+            # search took 10.8 ms parallel, 2.2 ms serial). A higher setup cost keeps
+            # small plans serial and leaves large ones parallel.
+            "parallel_setup_cost": "10000",
+            # JIT compilation pays off for analytic queries running seconds; trackd's
+            # run in milliseconds, and compiling one took longer than the query it
+            # served (measured: 0.55 s of JIT on a 0.23 s search over 100k runs whose
+            # cost estimate crossed jit_above_cost).
+            "jit": "off",
+        },
+    )
+    return pool
+
+
+class Replica:
+    """A pool to a streaming replica and what is known of its replay position."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._replay: int | None = None
+        self._replay_at = -1.0
+        self._asking: asyncio.Future[int | None] | None = None
+        self.down_until = 0.0
+        # Reads served by the replica and reads it passed to the primary (for metrics).
+        self.reads = 0
+        self.fallbacks = 0
+
+    def failed(self, exc: BaseException) -> None:
+        log.warning(
+            "the read replica failed (%s); reading the primary for %ss", exc, REPLICA_RETRY_AFTER
+        )
+        self.down_until = time.monotonic() + REPLICA_RETRY_AFTER
+        self._replay = None
+
+    async def replay_lsn(self) -> int | None:
+        """The replica's replay LSN, asked at most every REPLAY_LSN_TTL seconds (callers
+        arriving meanwhile share one question); None when it is not replaying (promoted)."""
+        now = time.monotonic()
+        if now - self._replay_at < REPLAY_LSN_TTL:
+            return self._replay
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._ask())
+        return await asyncio.shield(self._asking)
+
+    async def _ask(self) -> int | None:
+        try:
+            text = await self.pool.fetchval("SELECT pg_last_wal_replay_lsn()", timeout=2.0)
+        finally:
+            self._asking = None
+        self._replay = _as_lsn(text)
+        self._replay_at = time.monotonic()
+        return self._replay
+
+
 class Database:
     """Owns the connection pool; `transact` runs one unit of work in a transaction."""
 
@@ -67,32 +248,17 @@ class Database:
         self.pool = pool
         # Awaited by close() before the pool closes (the audit trail's last rows).
         self.before_close: list[Callable[[], Awaitable[None]]] = []
+        # A streaming replica for read_lagging (--read-database-url); None reads the primary.
+        self.replica: Replica | None = None
+
+    async def attach_replica(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        """Opens a pool to the streaming replica at `dsn` for read_lagging."""
+        self.replica = Replica(await _create_pool(dsn, min_size=min_size, max_size=max_size))
 
     @classmethod
     async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
         """Opens a pool to `dsn`."""
-        pool = await asyncpg.create_pool(
-            dsn,
-            min_size=min(min_size, max_size),
-            max_size=max_size,
-            # Statements are few and fixed; cache them all.
-            statement_cache_size=1024,
-            connection_class=_Connection,
-            server_settings={
-                "application_name": "trackd",
-                # Parallel workers take milliseconds to start: worth it for searches over
-                # tens of thousands of runs, a loss for small ones (measured: a 1k-run
-                # search took 10.8 ms parallel, 2.2 ms serial). A higher setup cost keeps
-                # small plans serial and leaves large ones parallel.
-                "parallel_setup_cost": "10000",
-                # JIT compilation pays off for analytic queries running seconds; trackd's
-                # run in milliseconds, and compiling one took longer than the query it
-                # served (measured: 0.55 s of JIT on a 0.23 s search over 100k runs whose
-                # cost estimate crossed jit_above_cost).
-                "jit": "off",
-            },
-        )
-        return cls(pool)
+        return cls(await _create_pool(dsn, min_size=min_size, max_size=max_size))
 
     async def close(self) -> None:
         """Writes what waits to be written (before_close), then closes every connection of
@@ -103,6 +269,8 @@ class Database:
             except Exception:  # a failed hook must not keep the pool open
                 log.exception("a before-close hook failed")
         await self.pool.close()
+        if self.replica is not None:
+            await self.replica.pool.close()
 
     async def _unit(
         self,
@@ -112,43 +280,8 @@ class Database:
         atomic: bool = True,
         **transaction: Any,
     ) -> T:
-        """Runs `work` in a transaction on a pooled connection (without one when not
-        `atomic`: each statement its own implicit transaction). A connection found dead is
-        discarded and the unit rerun, STALE_RETRIES attempts in all, as long as nothing of
-        `work` can have run (or `work` is idempotent); after that, its error is raised.
-
-        A rerun takes another pooled connection: the pool reopens one asyncpg has seen
-        closed (a backend that is terminated tells its client so, and asyncpg then closes
-        and releases the connection by itself), so a rerun meets a dead connection only if
-        the database killed it again meanwhile, or before asyncpg could notice."""
-        for attempt in range(STALE_RETRIES):
-            if attempt > 1:
-                # Give a database that is restarting a moment; the first rerun is at once.
-                await asyncio.sleep(STALE_BACKOFF * 2 ** (attempt - 2))
-            try:
-                # Opening a connection in place of a dead one can fail too; nothing has run.
-                conn = await self.pool.acquire()
-            except CONNECTION_ERRORS:
-                if attempt == STALE_RETRIES - 1:
-                    raise
-                log.info("could not open a connection; retrying")
-                continue
-            started = False
-            try:
-                if not atomic:
-                    started = True
-                    return await work(conn)
-                async with conn.transaction(**transaction):
-                    started = True
-                    return await work(conn)
-            except CONNECTION_ERRORS:
-                _discard(conn)
-                if (started and not idempotent) or attempt == STALE_RETRIES - 1:
-                    raise
-                log.info("discarded a dead connection; retrying on another")
-            finally:
-                await self.pool.release(conn)
-        raise AssertionError("unreachable")
+        """Runs `work` on this pool (see the module's _unit)."""
+        return await _unit(self.pool, work, idempotent=idempotent, atomic=atomic, **transaction)
 
     async def transact(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Runs `work` in one transaction and commits; a deadlock or serialization failure
@@ -175,3 +308,53 @@ class Database:
         """Runs read-only `work` on a pooled connection, in one repeatable-read snapshot;
         reruns it on another connection if its connection was dead."""
         return await self._unit(work, idempotent=True, isolation="repeatable_read", readonly=True)
+
+    async def write_lsn(self) -> int:
+        """The primary's current WAL position: every commit acknowledged so far is at or
+        before it."""
+        text = await self.statement(lambda conn: conn.fetchval("SELECT pg_current_wal_lsn()"))
+        lsn = _as_lsn(text)
+        assert lsn is not None
+        return lsn
+
+    async def read_lagging(self, work: Callable[[Connection], Awaitable[T]]) -> T:
+        """Runs read-only `work` as `read` does, on the replica when one is configured and
+        it has replayed the call's required_lsn (any position if the call sent none), else
+        on the primary; a replica that fails passes its reads to the primary for
+        REPLICA_RETRY_AFTER seconds. With a replica, the LSN the snapshot reflects is
+        recorded (observe_lsn) so that the caller's next read sees no older state."""
+        replica = self.replica
+        if replica is None:
+            return await self.read(work)
+        need = required_lsn.get()
+        if time.monotonic() >= replica.down_until:
+            try:
+                replay = await replica.replay_lsn()
+                if replay is not None and (need is None or replay >= need):
+                    token = _on_replica.set(True)
+                    try:
+                        lsn, result = await _unit(
+                            replica.pool,
+                            lambda conn: _lsn_and_work(
+                                conn, "SELECT pg_last_wal_replay_lsn()", work
+                            ),
+                            idempotent=True,
+                            isolation="repeatable_read",
+                            readonly=True,
+                        )
+                    finally:
+                        _on_replica.reset(token)
+                    if lsn is not None and (need is None or lsn >= need):
+                        replica.reads += 1
+                        observe_lsn(lsn)
+                        return result
+            except ReadOnPrimary:
+                pass
+            except _REPLICA_ERRORS as exc:
+                replica.failed(exc)
+        replica.fallbacks += 1
+        lsn, result = await self.read(
+            lambda conn: _lsn_and_work(conn, "SELECT pg_current_wal_lsn()", work)
+        )
+        observe_lsn(lsn)
+        return result

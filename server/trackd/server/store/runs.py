@@ -230,6 +230,16 @@ async def lock(conn: Connection, run_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(LOCK, run_id)
 
 
+# Terminal statuses: FINISHED, FAILED, KILLED.
+FINISHED_STATUSES = (3, 4, 5)
+
+
+async def finished(conn: Connection, run_pk: int) -> bool:
+    """Whether the run has ended (FINISHED, FAILED or KILLED)."""
+    status = await conn.fetchval("SELECT status FROM runs WHERE run_pk = $1", run_pk)
+    return status in FINISHED_STATUSES
+
+
 async def ref(conn: Connection, run_id: str) -> asyncpg.Record | None:
     """The run's key, experiment and lifecycle stage, without a lock."""
     return await conn.fetchrow(REF, run_id)
