@@ -5,6 +5,7 @@ root)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -40,11 +41,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as_postgres() -> dict[str, object]:
-    """subprocess arguments running a command as `postgres` when this process is root."""
+def _as_postgres(command: list[str]) -> list[str]:
+    """`command`, run as `postgres` when this process is root. Through runuser rather than
+    Popen(user=...): changing user in the child rules out vfork, and a fork of a process
+    running gRPC threads can crash in gRPC's fork handlers before the exec."""
     if os.geteuid() != 0:
-        return {}
-    return {"user": "postgres", "group": "postgres"}
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
 
 
 def _chown(path: Path) -> None:
@@ -70,20 +73,21 @@ class Server:
         assert self.proc is None
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [
-                str(PG_BIN / "postgres"),
-                "-D",
-                str(self.data),
-                "-p",
-                str(self.port),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                f"unix_socket_directories={self.data}",
-            ],
+            _as_postgres(
+                [
+                    str(PG_BIN / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.data}",
+                ]
+            ),
             stdout=out,
             stderr=subprocess.STDOUT,
-            **_as_postgres(),  # type: ignore[call-overload]
         )
         out.close()
         deadline = time.monotonic() + timeout
@@ -101,15 +105,27 @@ class Server:
                 raise RuntimeError(f"postgres did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.1)
 
+    def postmaster_pid(self) -> int | None:
+        """The postmaster's pid (from postmaster.pid; the child may be runuser)."""
+        try:
+            return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return None
+
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30.0) -> None:
         """Stops the server by its pid (SIGINT: a fast shutdown) and reaps it."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            pid = self.postmaster_pid() if self.proc.args[0] == "runuser" else self.proc.pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid or self.proc.pid, sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
@@ -145,10 +161,11 @@ class Cluster:
         data.mkdir(mode=0o700)
         _chown(data)
         subprocess.run(
-            [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-N"],
+            _as_postgres(
+                [str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-N"]
+            ),
             check=True,
             capture_output=True,
-            **_as_postgres(),  # type: ignore[call-overload]
         )
         with open(data / "postgresql.conf", "a") as conf:
             conf.write(
@@ -164,25 +181,26 @@ class Cluster:
         """A streaming replica of the primary (pg_basebackup -R), started."""
         data = self.root / f"replica{len(self.replicas)}"
         subprocess.run(
-            [
-                str(PG_BIN / "pg_basebackup"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.primary.port),
-                "-U",
-                "postgres",
-                "-D",
-                str(data),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-            ],
+            _as_postgres(
+                [
+                    str(PG_BIN / "pg_basebackup"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(data),
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                ]
+            ),
             check=True,
             capture_output=True,
-            **_as_postgres(),  # type: ignore[call-overload]
         )
         replica = Server(data, free_port(), self.root / f"replica{len(self.replicas)}.log")
         replica.start()
