@@ -176,3 +176,31 @@ async def test_a_stopped_replica_passes_reads_to_the_primary(
             assert time.monotonic() < deadline, "reads did not return to the replica"
             assert len(await client.search_runs(eid)) == 20
             await asyncio.sleep(0.1)
+
+
+async def test_without_a_replica_nothing_changes(urls: tuple[str, str]) -> None:
+    primary_url, _ = urls
+    r = await app.start(server_config(), primary_url)
+    try:
+        assert r.db.replica is None
+        async with AsyncClient(f"127.0.0.1:{r.port}") as client:
+            eid = await client.create_experiment("no-replica")
+            rid = (await client.create_run(eid)).info.run_id
+            await client.set_terminated(rid)
+            assert len(await client.search_runs(eid)) == 1
+            assert client.lsn.lsn == 0, "a server without a replica answers no LSN"
+    finally:
+        await r.stop(1.0)
+
+
+async def test_a_dns_target_reaches_the_server(running: app.Running) -> None:
+    async with AsyncClient(f"dns:///localhost:{running.port}") as client:
+        eid = await client.create_experiment("dns-target")
+        assert (await client.get_experiment(eid)).name == "dns-target"
+
+
+async def test_concurrent_writes_share_wal_position_questions(running: app.Running) -> None:
+    before = await running.db.write_lsn()
+    lsns = await asyncio.gather(*(running.db.write_lsn() for _ in range(50)))
+    assert all(lsn >= before for lsn in lsns)
+    assert len(set(lsns)) <= 2, "callers arriving together share one or two questions"

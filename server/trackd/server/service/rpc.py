@@ -185,6 +185,7 @@ async def _fail(call: Call, context: Context, exc: Exception) -> None:
 # Read-your-writes (README, "Read replicas"): a caller sends the highest WAL position it
 # has seen, and each call answers the position its writes or reads reflect.
 LSN_METADATA = "x-trackd-lsn"
+_LSN_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
 
 
 def _track_lsn(context: Context) -> list[int]:
@@ -201,9 +202,13 @@ def _track_lsn(context: Context) -> list[int]:
 
 async def _answer_lsn(context: Context, guard: Guard, held: list[int], writes: bool) -> None:
     """Puts the call's observed LSN (after a write: the primary's position now, at or after
-    its commit) in its trailing metadata."""
+    its commit) in its trailing metadata. A write whose position cannot be asked (the
+    primary gone right after the commit) still succeeds, answering no position."""
     if writes and guard.write_lsn is not None:
-        held[0] = max(held[0], await guard.write_lsn())
+        try:
+            held[0] = max(held[0], await guard.write_lsn())
+        except _LSN_ERRORS as exc:
+            log.warning("the write committed but its WAL position is unknown: %s", exc)
     if held[0]:
         context.set_trailing_metadata(((LSN_METADATA, pool.format_lsn(held[0])),))
 

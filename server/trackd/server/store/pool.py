@@ -250,6 +250,9 @@ class Database:
         self.before_close: list[Callable[[], Awaitable[None]]] = []
         # A streaming replica for read_lagging (--read-database-url); None reads the primary.
         self.replica: Replica | None = None
+        # write_lsn's question being asked, and the callers waiting for the next one.
+        self._lsn_asker: asyncio.Future[None] | None = None
+        self._lsn_next: asyncio.Future[int] | None = None
 
     async def attach_replica(self, dsn: str, *, min_size: int = 2, max_size: int = 10) -> None:
         """Opens a pool to the streaming replica at `dsn` for read_lagging."""
@@ -310,12 +313,32 @@ class Database:
         return await self._unit(work, idempotent=True, isolation="repeatable_read", readonly=True)
 
     async def write_lsn(self) -> int:
-        """The primary's current WAL position: every commit acknowledged so far is at or
-        before it."""
-        text = await self.statement(lambda conn: conn.fetchval("SELECT pg_current_wal_lsn()"))
-        lsn = _as_lsn(text)
-        assert lsn is not None
-        return lsn
+        """The primary's WAL position, asked after this call began: every commit done before
+        the call is at or before it. Concurrent callers share questions (one at a time: the
+        callers arriving while one is asked share the next), so a burst of writes costs a
+        few round trips, not one each."""
+        if self._lsn_next is None:
+            self._lsn_next = asyncio.get_running_loop().create_future()
+            # Nobody may be left to retrieve a failure (every caller cancelled).
+            self._lsn_next.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if self._lsn_asker is None:
+                self._lsn_asker = asyncio.ensure_future(self._ask_lsn())
+        return await asyncio.shield(self._lsn_next)
+
+    async def _ask_lsn(self) -> None:
+        try:
+            while self._lsn_next is not None:
+                answer, self._lsn_next = self._lsn_next, None
+                try:
+                    text = await self.statement(
+                        lambda conn: conn.fetchval("SELECT pg_current_wal_lsn()")
+                    )
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                    answer.set_exception(exc)
+                else:
+                    answer.set_result(_as_lsn(text) or 0)
+        finally:
+            self._lsn_asker = None
 
     async def read_lagging(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Runs read-only `work` as `read` does, on the replica when one is configured and
