@@ -204,3 +204,28 @@ async def test_concurrent_writes_share_wal_position_questions(running: app.Runni
     lsns = await asyncio.gather(*(running.db.write_lsn() for _ in range(50)))
     assert all(lsn >= before for lsn in lsns)
     assert len(set(lsns)) <= 2, "callers arriving together share one or two questions"
+
+
+async def test_mlflow_rest_reads_the_primary(urls: tuple[str, str]) -> None:
+    """REST clients carry no LSN: their searches read the primary, and see their writes."""
+    import aiohttp
+
+    primary_url, replica_url = urls
+    r = await app.start(
+        server_config(read_database_url=replica_url, http_listen="127.0.0.1:0"), primary_url
+    )
+    try:
+        rep = _replica(r)
+        base = f"http://127.0.0.1:{r.http_port}/api/2.0/mlflow"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/experiments/create", json={"name": "rest"}) as resp:
+                eid = (await resp.json())["experiment_id"]
+            reads = rep.reads
+            for i in range(10):
+                async with http.post(f"{base}/runs/create", json={"experiment_id": eid}) as resp:
+                    assert resp.status == 200
+                async with http.post(f"{base}/runs/search", json={"experiment_ids": [eid]}) as resp:
+                    assert len((await resp.json())["runs"]) == i + 1
+            assert rep.reads == reads
+    finally:
+        await r.stop(1.0)

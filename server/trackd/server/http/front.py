@@ -39,6 +39,7 @@ from trackd.server.domain.auth.policy import Gate
 from trackd.server.errors import PermissionDenied, TrackdError, Unauthenticated
 from trackd.server.service.guard import Call, Guard
 from trackd.server.service.rpc import classify
+from trackd.server.store.pool import primary_reads
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class Route:
     # Whether a 401 carries `WWW-Authenticate` (asks for Basic credentials): not for the
     # web view's routes, where a browser would pop its own sign-in dialog.
     challenge: bool = True
+    # Whether lag-tolerant reads may use the read replica (the web view's, which refresh
+    # anyway); else they read the primary, as REST clients carry no LSN to wait for.
+    replica_reads: bool = False
 
 
 class _Context:
@@ -349,6 +353,7 @@ class HttpFront:
             context = _Context(request)
             call: Call = self.guard.start(f"REST {route.method} {route.path}", context)
             token = _checked.set(None)
+            reads = primary_reads.set(not route.replica_reads)
             try:
                 if request.method not in _SAFE_METHODS:
                     refuse_cross_origin(request)
@@ -381,6 +386,7 @@ class HttpFront:
                     response.headers["WWW-Authenticate"] = 'Basic realm="trackd", Bearer'
                 return response
             finally:
+                primary_reads.reset(reads)
                 target = _checked.get()
                 _checked.reset(token)
                 if not public and target is not None:

@@ -287,7 +287,9 @@ class ViewApi:
                 _ART + "DownloadArtifact",
             ),
         ]
-        return [Route(m, VIEW + p, h, rule, challenge=False) for m, p, h, rule in r]
+        return [
+            Route(m, VIEW + p, h, rule, challenge=False, replica_reads=True) for m, p, h, rule in r
+        ]
 
     # -- sign-in -----------------------------------------------------------------------
 

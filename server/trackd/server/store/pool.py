@@ -73,6 +73,9 @@ required_lsn: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 observed_lsn: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
     "observed_lsn", default=None
 )
+# Set for calls whose lag-tolerant reads must still read the primary: the MLflow REST API,
+# whose clients cannot carry an LSN and expect to read what they just wrote.
+primary_reads: contextvars.ContextVar[bool] = contextvars.ContextVar("primary_reads", default=False)
 _on_replica: contextvars.ContextVar[bool] = contextvars.ContextVar("on_replica", default=False)
 # What makes the replica count as down for a while (TimeoutError: it did not answer).
 _REPLICA_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
@@ -347,7 +350,7 @@ class Database:
         REPLICA_RETRY_AFTER seconds. With a replica, the LSN the snapshot reflects is
         recorded (observe_lsn) so that the caller's next read sees no older state."""
         replica = self.replica
-        if replica is None:
+        if replica is None or primary_reads.get():
             return await self.read(work)
         need = required_lsn.get()
         if time.monotonic() >= replica.down_until:
