@@ -62,6 +62,6 @@ async def test_a_client_of_two_servers_survives_the_death_of_one(database_url: s
         }
         assert got == {r: expected for r in run_ids}
     finally:
-        await client.close()
         await stop(a)
         await stop(b)
+        await client.close()
