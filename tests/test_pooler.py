@@ -187,3 +187,9 @@ def test_a_pooler_needs_the_direct_url() -> None:
     )
     assert cfg.database_pooler == "transaction"
     assert Config().database_pooler == "off" and Config().direct_database_url == ""
+
+
+def test_the_suites_servers_go_through_pgbouncer_when_asked(server: app.Running) -> None:
+    """With TRACKD_TEST_PGBOUNCER=1, conftest's servers reach PostgreSQL through pgbouncer
+    (the whole suite is then one more CI target); without it, directly."""
+    assert server.db.pooled == pgbouncer.wanted()
