@@ -18,6 +18,7 @@ from bench import (
     mlflow_rest,
     search,
     storage,
+    wal,
     watch,
     web,
 )
@@ -36,6 +37,7 @@ SCENARIOS = {
     "storage": storage.run,
     "mlflow-rest": mlflow_rest.run,
     "web": web.run,
+    "wal": wal.run,
 }
 # Run only when named: search-compare needs another source tree to compare with, and
 # search-1m takes minutes to load; mlflow-rest installs MLflow's server in a virtualenv of

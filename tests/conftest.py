@@ -3,10 +3,18 @@ free port, and stubs over a real channel.
 
 PostgreSQL comes from TRACKD_TEST_DATABASE_URL if set; else a testcontainers PostgreSQL
 where a Docker engine answers; else an embedded PostgreSQL (pgserver).
+
+TRACKD_TEST_PGBOUNCER=1 runs the suite through pgbouncer in transaction pooling mode: one
+pgbouncer for the session in front of that PostgreSQL (tests/pgbouncer.py), and every
+in-process server (app.start) given a database URL on the test PostgreSQL reaches it
+through pgbouncer instead (--database-pooler transaction), with the URL it was given as
+its direct URL (migrations, LISTEN). Test code that reads or changes the database itself
+keeps the direct URL; servers started as processes (`trackd serve`) do too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import uuid
@@ -18,6 +26,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+import pgbouncer
 from trackd.server import app
 
 # The mlflow client retries a failed request with backoff for minutes by default: in the
@@ -60,6 +69,39 @@ def pg_url() -> Iterator[str]:
             yield server.get_uri()
         finally:
             server.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def through_pgbouncer(request: pytest.FixtureRequest) -> Iterator[pgbouncer.Bouncer | None]:
+    """With TRACKD_TEST_PGBOUNCER=1: one pgbouncer (transaction mode) in front of the test
+    PostgreSQL for the whole session, and app.start routed through it; else nothing."""
+    if not pgbouncer.wanted():
+        yield None
+        return
+    if pgbouncer.binary() is None:
+        raise pytest.UsageError(
+            "TRACKD_TEST_PGBOUNCER is set but there is no pgbouncer binary (install "
+            "pgbouncer or set TRACKD_TEST_PGBOUNCER_BIN)"
+        )
+    pg_url = request.getfixturevalue("pg_url")
+    real_start = app.start
+    with pgbouncer.running(pg_url, pool_size=8) as bouncer:
+
+        async def start(config: Config, database_url: str) -> app.Running:
+            if config.database_pooler == "off" and bouncer.fronts(database_url):
+                config = dataclasses.replace(
+                    config,
+                    database_pooler="transaction",
+                    direct_database_url=config.direct_database_url or database_url,
+                )
+                database_url = bouncer.url(database_url)
+            return await real_start(config, database_url)
+
+        app.start = start  # type: ignore[assignment]
+        try:
+            yield bouncer
+        finally:
+            app.start = real_start  # type: ignore[assignment]
 
 
 def with_database(url: str, name: str) -> str:
@@ -123,6 +165,13 @@ def experiments(channel: grpc.aio.Channel) -> experiment_service_pb2_grpc.Experi
 def runs(channel: grpc.aio.Channel) -> run_service_pb2_grpc.RunServiceStub:
     """RunService stub over the module's channel."""
     return run_service_pb2_grpc.RunServiceStub(channel)
+
+
+def pytest_report_header() -> str | None:
+    """Says when the suite runs through pgbouncer."""
+    if pgbouncer.wanted():
+        return f"trackd: servers reach PostgreSQL through pgbouncer ({pgbouncer.binary()})"
+    return None
 
 
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]

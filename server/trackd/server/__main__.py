@@ -33,24 +33,24 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
-async def do_migrate_quietly(url: str) -> None:
+async def do_migrate_quietly(cfg: config_mod.Config, url: str) -> None:
     """Applies pending migrations (before workers start, so that they find none)."""
     from trackd.server import app
 
-    db = await app.connect_database(url, min_size=1, max_size=1)
+    db = await app.connect_database(url, min_size=1, max_size=1, pooled=config_mod.pooled(cfg))
     try:
-        await app.prepare_database(db, url)
+        await app.prepare_database(db, url, cfg.direct_database_url)
     finally:
         await db.close()
 
 
-async def do_migrate(url: str) -> None:
+async def do_migrate(cfg: config_mod.Config, url: str) -> None:
     """`trackd migrate`: applies pending migrations and says which."""
     from trackd.server import app
 
-    db = await app.connect_database(url, min_size=1, max_size=1)
+    db = await app.connect_database(url, min_size=1, max_size=1, pooled=config_mod.pooled(cfg))
     try:
-        applied = await app.prepare_database(db, url)
+        applied = await app.prepare_database(db, url, cfg.direct_database_url)
     finally:
         await db.close()
     print("applied: " + (", ".join(applied) or "nothing (up to date)"))
@@ -65,9 +65,9 @@ async def do_gc(cfg: config_mod.Config, url: str, older_than: float, grace: floa
     from trackd.server.clock import now_ms
     from trackd.server.domain.artifacts import GARBAGE_GRACE_S
 
-    db = await app.connect_database(url, min_size=1, max_size=2)
+    db = await app.connect_database(url, min_size=1, max_size=2, pooled=config_mod.pooled(cfg))
     try:
-        await app.prepare_database(db, url)
+        await app.prepare_database(db, url, cfg.direct_database_url)
         artifacts = app.open_artifacts(cfg, db)
         blobs = artifacts.blobs
         try:
@@ -127,7 +127,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _database_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of the commands that only reach the database."""
-    for name in ("database_url", "data_dir", "log_level"):
+    for name in (
+        "database_url",
+        "database_pooler",
+        "direct_database_url",
+        "data_dir",
+        "log_level",
+    ):
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -163,13 +169,13 @@ def _start(command: str, cfg: config_mod.Config, args: argparse.Namespace) -> in
         url = embedded.start()
     try:
         if command in identity_cli.COMMANDS:
-            return _run(identity_cli.run(args, url))
+            return _run(identity_cli.run(args, url, cfg))
         if command == "migrate":
-            _run(do_migrate(url))
+            _run(do_migrate(cfg, url))
         elif command == "gc":
             _run(do_gc(cfg, url, args.older_than, args.grace))
         elif cfg.workers > 1:
-            _run(do_migrate_quietly(url))
+            _run(do_migrate_quietly(cfg, url))
             return workers.run(cfg, url)
         else:
             _run(app.serve(cfg, url))

@@ -15,7 +15,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from trackd.server.config import Config, is_loopback, listen_problem, parse_address, setting
+from trackd.server.config import (
+    Config,
+    is_loopback,
+    listen_problem,
+    parse_address,
+    pooled,
+    setting,
+)
 from trackd.server.domain.artifacts import Artifacts
 from trackd.server.domain.auth.authn import Authenticator
 from trackd.server.domain.auth.jwt import JwtVerifier
@@ -112,17 +119,28 @@ class Running:
         await self.db.close()
 
 
-async def migrate_database(db: Database) -> list[str]:
-    """Applies pending migrations; returns the names applied."""
-    async with db.pool.acquire() as conn:
-        return await migrate.migrate(conn)
-
-
-async def connect_database(url: str, *, min_size: int, max_size: int) -> Database:
-    """Opens the pool; a database that cannot be reached or refuses trackd raises
-    StartupError saying why and naming the setting (with the password masked)."""
+async def migrate_database(db: Database, direct_url: str = "") -> list[str]:
+    """Applies pending migrations; returns the names applied. They hold a session-level
+    advisory lock, so they run on a connection of their own to `direct_url` (PostgreSQL
+    itself, not a pooler) when given, else on one of the pool's."""
+    if not direct_url:
+        async with db.pool.acquire() as conn:
+            return await migrate.migrate(conn)
+    direct = await asyncpg.connect(direct_url, server_settings={"application_name": "trackd"})
     try:
-        return await Database.connect(url, min_size=min_size, max_size=max_size)
+        return await migrate.migrate(direct)
+    finally:
+        await direct.close()
+
+
+async def connect_database(
+    url: str, *, min_size: int, max_size: int, pooled: bool = False
+) -> Database:
+    """Opens the pool (`pooled`: `url` is a pooler in transaction mode); a database that
+    cannot be reached or refuses trackd raises StartupError saying why and naming the
+    setting (with the password masked)."""
+    try:
+        return await Database.connect(url, min_size=min_size, max_size=max_size, pooled=pooled)
     except Exception as exc:
         explained = explain_database_error(exc, url)
         if explained is None:
@@ -142,12 +160,22 @@ async def attach_replica(db: Database, config: Config) -> None:
         raise explained from exc
 
 
-async def prepare_database(db: Database, url: str) -> list[str]:
-    """Applies pending migrations (StartupError if the database refuses them)."""
+async def prepare_database(db: Database, url: str, direct_url: str = "") -> list[str]:
+    """Applies pending migrations (over `direct_url` when given; StartupError if the
+    database refuses them or cannot be reached there)."""
     try:
-        return await migrate_database(db)
+        return await migrate_database(db, direct_url)
     except asyncpg.InsufficientPrivilegeError as exc:
-        raise (explain_database_error(exc, url) or exc) from exc
+        raise (explain_database_error(exc, direct_url or url) or exc) from exc
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        if not direct_url:
+            raise
+        explained = explain_database_error(exc, direct_url)
+        if explained is None:
+            raise
+        raise StartupError(
+            f"{explained} (the direct URL: {setting('direct_database_url')})"
+        ) from exc
 
 
 def _read(path: str, name: str) -> bytes:
@@ -240,10 +268,15 @@ async def start(config: Config, database_url: str) -> Running:
     """Migrates the database and starts serving on config.listen (port 0 picks a free one)."""
     credentials = server_credentials(config)
     db = await connect_database(
-        database_url, min_size=config.pool_min_size, max_size=config.pool_max_size
+        database_url,
+        min_size=config.pool_min_size,
+        max_size=config.pool_max_size,
+        pooled=pooled(config),
     )
+    # PostgreSQL itself, for what needs a session of its own (migrations, LISTEN).
+    direct_url = config.direct_database_url or database_url
     try:
-        await prepare_database(db, database_url)
+        await prepare_database(db, database_url, config.direct_database_url)
         if config.read_database_url:
             await attach_replica(db, config)
         artifacts = open_artifacts(config, db)
@@ -297,7 +330,7 @@ async def start(config: Config, database_url: str) -> Running:
         compactor.busy = writers.busy
     writers.start()
     streams = MetricStreams(writers, idle_timeout=config.stream_idle_timeout)
-    watches = Watches(db, database_url, retention=config.watch_retention)
+    watches = Watches(db, direct_url, retention=config.watch_retention)
     await watches.start()
     liveness = Liveness(config.liveness_window)
     runs = Runs(db, writers, liveness)

@@ -26,6 +26,14 @@ class Config:
     # runs' metric history, envelopes), used when it has replayed the caller's writes.
     # Empty: every read goes to database_url.
     read_database_url: str = ""
+    # "off": database_url reaches PostgreSQL itself. "transaction": it reaches a pooler in
+    # transaction pooling mode (pgbouncer): no prepared statements are kept, no session
+    # settings are sent at connect, and what needs a session of its own (migrations under
+    # an advisory lock, the watch listener's LISTEN) uses direct_database_url.
+    database_pooler: str = "off"
+    # PostgreSQL itself, bypassing the pooler, for what needs a real session (migrations,
+    # LISTEN). Required with database_pooler = transaction; empty: database_url.
+    direct_database_url: str = ""
     pool_min_size: int = 2
     pool_max_size: int = 10
     log_level: str = "INFO"
@@ -120,6 +128,8 @@ _ENV = {
     "listen": "TRACKD_LISTEN",
     "database_url": "TRACKD_DATABASE_URL",
     "read_database_url": "TRACKD_READ_DATABASE_URL",
+    "database_pooler": "TRACKD_DATABASE_POOLER",
+    "direct_database_url": "TRACKD_DIRECT_DATABASE_URL",
     "pool_min_size": "TRACKD_POOL_MIN_SIZE",
     "pool_max_size": "TRACKD_POOL_MAX_SIZE",
     "log_level": "TRACKD_LOG_LEVEL",
@@ -210,6 +220,7 @@ _MINIMUMS: dict[str, float] = {
 }
 
 AUTH_MODES = ("off", "on")
+POOLER_MODES = ("off", "transaction")
 
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
@@ -327,6 +338,7 @@ def validate(cfg: Config) -> Config:
             f"{setting('database_url')} must be a postgresql:// URL (or empty for the "
             f"embedded PostgreSQL); got {mask_url(url)!r}"
         )
+    _validate_pooler(cfg)
     read_url = cfg.read_database_url
     if read_url and not read_url.startswith(("postgresql://", "postgres://")):
         raise StartupError(
@@ -356,6 +368,39 @@ def validate(cfg: Config) -> Config:
             raise StartupError(f"{setting(name)} must be at least {least:g}; got {value}")
     _validate_auth(cfg)
     return cfg
+
+
+def _validate_pooler(cfg: Config) -> None:
+    """StartupError naming the setting if the pooler settings cannot work."""
+    if cfg.database_pooler not in POOLER_MODES:
+        raise StartupError(
+            f"{setting('database_pooler')} must be one of {', '.join(POOLER_MODES)}; "
+            f"got {cfg.database_pooler!r}"
+        )
+    direct = cfg.direct_database_url
+    if direct and not direct.startswith(("postgresql://", "postgres://")):
+        raise StartupError(
+            f"{setting('direct_database_url')} must be a postgresql:// URL; "
+            f"got {mask_url(direct)!r}"
+        )
+    if cfg.database_pooler == "off":
+        return
+    if not cfg.database_url:
+        raise StartupError(
+            f"{setting('database_pooler')} {cfg.database_pooler} needs "
+            f"{setting('database_url')} (the pooler's URL); the embedded PostgreSQL has no pooler"
+        )
+    if not direct:
+        raise StartupError(
+            f"{setting('database_pooler')} {cfg.database_pooler} needs "
+            f"{setting('direct_database_url')}: PostgreSQL's own URL, for migrations (an "
+            f"advisory lock) and the watch listener (LISTEN), which need a session of their own"
+        )
+
+
+def pooled(cfg: Config) -> bool:
+    """Whether database_url reaches a transaction-pooling pooler."""
+    return cfg.database_pooler != "off"
 
 
 def _validate_auth(cfg: Config) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from trackd.server.config import Config, pooled
 from trackd.server.errors import InvalidArgument, TrackdError
 
 # Exit status of a command the database refused (no such token, a name taken...).
@@ -192,14 +193,15 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Any], Awaitable[None]]] = {
 COMMANDS = frozenset(_COMMANDS)
 
 
-async def run(args: argparse.Namespace, url: str) -> int:
+async def run(args: argparse.Namespace, url: str, cfg: Config | None = None) -> int:
     """Runs `trackd <args.command> <args.action>` against the database at `url`, after
-    applying pending migrations; returns the exit status."""
+    applying pending migrations (over cfg's direct URL when set); returns the exit status."""
     from trackd.server import app
 
-    db = await app.connect_database(url, min_size=1, max_size=1)
+    cfg = cfg or Config()
+    db = await app.connect_database(url, min_size=1, max_size=1, pooled=pooled(cfg))
     try:
-        await app.prepare_database(db, url)
+        await app.prepare_database(db, url, cfg.direct_database_url)
         await _COMMANDS[args.command](args, db)
     except TrackdError as exc:
         print(f"trackd: error: {exc}", file=sys.stderr, flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,26 @@ class _Connection(asyncpg.Connection):
 
     def get_reset_query(self) -> str:
         return ""
+
+
+# Settings trackd gives its pooled sessions (sent at connect when it reaches PostgreSQL
+# itself; through a pooler, applied with SET LOCAL in each read unit, see Database.read).
+SESSION_SETTINGS = {
+    # Parallel workers take milliseconds to start: worth it for searches over tens of
+    # thousands of runs, a loss for small ones (measured: a 1k-run search took 10.8 ms
+    # parallel, 2.2 ms serial). A higher setup cost keeps small plans serial and leaves
+    # large ones parallel.
+    "parallel_setup_cost": "10000",
+    # JIT compilation pays off for analytic queries running seconds; trackd's run in
+    # milliseconds, and compiling one took longer than the query it served (measured:
+    # 0.55 s of JIT on a 0.23 s search over 100k runs whose cost estimate crossed
+    # jit_above_cost).
+    "jit": "off",
+}
+# The same, for one transaction: a pooler in transaction mode (pgbouncer) refuses startup
+# parameters other than a few it tracks itself, and a plain SET would stay on a server
+# connection that other clients share next.
+_SET_LOCAL = "; ".join(f"SET LOCAL {k} = {v}" for k, v in SESSION_SETTINGS.items())
 
 
 def _discard(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
@@ -179,29 +200,16 @@ async def _unit(
 
 
 async def _create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
-    """Opens a pool to `dsn`."""
-    pool = await asyncpg.create_pool(
+    """Opens a pool to `dsn`, PostgreSQL itself (the read replica; not through a pooler)."""
+    return await asyncpg.create_pool(
         dsn,
         min_size=min(min_size, max_size),
         max_size=max_size,
         # Statements are few and fixed; cache them all.
         statement_cache_size=1024,
         connection_class=_Connection,
-        server_settings={
-            "application_name": "trackd",
-            # Parallel workers take milliseconds to start: worth it for searches over
-            # tens of thousands of runs, a loss for small ones (measured: a 1k-run
-            # search took 10.8 ms parallel, 2.2 ms serial). A higher setup cost keeps
-            # small plans serial and leaves large ones parallel.
-            "parallel_setup_cost": "10000",
-            # JIT compilation pays off for analytic queries running seconds; trackd's
-            # run in milliseconds, and compiling one took longer than the query it
-            # served (measured: 0.55 s of JIT on a 0.23 s search over 100k runs whose
-            # cost estimate crossed jit_above_cost).
-            "jit": "off",
-        },
+        server_settings={"application_name": "trackd", **SESSION_SETTINGS},
     )
-    return pool
 
 
 class Replica:
@@ -247,8 +255,10 @@ class Replica:
 class Database:
     """Owns the connection pool; `transact` runs one unit of work in a transaction."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, pooled: bool = False) -> None:
         self.pool = pool
+        # Whether the pool reaches a pooler in transaction mode (see connect).
+        self.pooled = pooled
         # Awaited by close() before the pool closes (the audit trail's last rows).
         self.before_close: list[Callable[[], Awaitable[None]]] = []
         # A streaming replica for read_lagging (--read-database-url); None reads the primary.
@@ -262,9 +272,32 @@ class Database:
         self.replica = Replica(await _create_pool(dsn, min_size=min_size, max_size=max_size))
 
     @classmethod
-    async def connect(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Database:
-        """Opens a pool to `dsn`."""
-        return cls(await _create_pool(dsn, min_size=min_size, max_size=max_size))
+    async def connect(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, pooled: bool = False
+    ) -> Database:
+        """Opens a pool to `dsn`. `pooled`: `dsn` is a pooler in transaction pooling mode
+        (pgbouncer), which hands each transaction (or statement outside one) whichever
+        server connection is free: no prepared statement is kept (asyncpg then uses the
+        unnamed statement, parsed, bound and run before the Sync that ends its use of the
+        server connection), and no session setting is sent at connect."""
+        if pooled:
+            # pgbouncer (before 1.21) does not track named prepared statements: one made on
+            # a server connection is unknown on the next. Unnamed statements only.
+            cache: dict[str, Any] = {"statement_cache_size": 0}
+            settings = {"application_name": "trackd"}
+        else:
+            # Statements are few and fixed; cache them all.
+            cache = {"statement_cache_size": 1024}
+            settings = {"application_name": "trackd", **SESSION_SETTINGS}
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=min(min_size, max_size),
+            max_size=max_size,
+            connection_class=_Connection,
+            server_settings=settings,
+            **cache,
+        )
+        return cls(pool, pooled=pooled)
 
     async def close(self) -> None:
         """Writes what waits to be written (before_close), then closes every connection of
@@ -313,6 +346,8 @@ class Database:
     async def read(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Runs read-only `work` on a pooled connection, in one repeatable-read snapshot;
         reruns it on another connection if its connection was dead."""
+        if self.pooled:
+            work = functools.partial(_with_settings, work)
         return await self._unit(work, idempotent=True, isolation="repeatable_read", readonly=True)
 
     async def write_lsn(self) -> int:
@@ -384,3 +419,10 @@ class Database:
         )
         observe_lsn(lsn)
         return result
+
+
+async def _with_settings(work: Callable[[Connection], Awaitable[T]], conn: Connection) -> T:
+    """Runs `work` after SET LOCAL of SESSION_SETTINGS (a read through a pooler, whose
+    server connections trackd cannot configure at connect)."""
+    await conn.execute(_SET_LOCAL)
+    return await work(conn)
