@@ -110,6 +110,9 @@ max_client_conn = 2000
 max_db_connections = 0
 server_lifetime = 3600
 server_idle_timeout = 60
+; After a failed login to PostgreSQL (a restarting server), pgbouncer waits this long before
+; trying again; its default, 15 s, leaves every client failing that long after a restart.
+server_login_retry = 1
 query_wait_timeout = 120
 logfile = {directory / "pgbouncer.log"}
 pidfile = {directory / "pgbouncer.pid"}

@@ -7,8 +7,9 @@ is restarted. Afterwards every acknowledged point is stored exactly once, and no
 ever read an older state than it had read or written before (its LSN and the run counts it
 saw only go up).
 
-pgbouncer (transaction mode) is not in this topology: trackd's pooler support is on the
-`pooler` branch, not on main; once it is, a pgbouncer in front of the primary belongs here.
+When a pgbouncer binary exists (tests/pgbouncer.py), the trackd servers reach the primary
+through a pgbouncer in transaction mode (--database-pooler transaction, migrations and
+LISTEN on --direct-database-url); without one the topology runs without it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
 
 from procs import Proc, start, stop
 
+import pgbouncer
 from conftest import with_database
 from helpers import STATS, stored_points
 from pgcluster import Cluster, available, free_port, wait_caught_up
@@ -89,8 +91,13 @@ def _streams_open(metrics_port: int) -> float:
 
 
 async def test_topology(cluster: Cluster) -> None:
-    async with asyncio.timeout(BOUND):
-        await _scenario(cluster)
+    with contextlib.ExitStack() as stack:
+        bouncer = None
+        if pgbouncer.binary() is not None:
+            # Started before any gRPC thread runs (a fork beside them is unsafe).
+            bouncer = stack.enter_context(pgbouncer.running(cluster.primary.url, pool_size=4))
+        async with asyncio.timeout(BOUND):
+            await _scenario(cluster, bouncer)
 
 
 T0 = time.monotonic()
@@ -100,7 +107,7 @@ def _phase(name: str) -> None:
     print(f"{time.monotonic() - T0:7.2f}s {name}", flush=True)  # shown when the test fails
 
 
-async def _scenario(cluster: Cluster) -> None:
+async def _scenario(cluster: Cluster, bouncer: pgbouncer.Bouncer | None) -> None:
     replica = cluster.replicas[0]
     admin = await asyncpg.connect(cluster.primary.url)
     try:
@@ -115,13 +122,20 @@ async def _scenario(cluster: Cluster) -> None:
     servers: list[Proc] = []
     trainers: list[Trainer] = []
     try:
+        if bouncer is not None:
+            url = bouncer.url(primary_url)
+            pooler = ["--database-pooler=transaction", f"--direct-database-url={primary_url}"]
+        else:
+            url, pooler = primary_url, []
+        _phase(f"trackd reaches the primary {'through pgbouncer' if bouncer else 'directly'}")
         for mport in metrics_ports:  # one after the other: the first migrates
             servers.append(
                 await start(
-                    primary_url,
+                    url,
                     0,
                     f"--read-database-url={replica_url}",
                     f"--metrics-listen=127.0.0.1:{mport}",
+                    *pooler,
                 )
             )
         target = ",".join(f"127.0.0.1:{s.port}" for s in servers)
