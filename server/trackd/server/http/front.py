@@ -34,7 +34,6 @@ import grpc
 from aiohttp import web
 
 from trackd.server.domain.auth import policy
-from trackd.server.domain.auth.context import current_principal
 from trackd.server.domain.auth.policy import Gate
 from trackd.server.errors import PermissionDenied, TrackdError, Unauthenticated
 from trackd.server.service.guard import Call, Guard
@@ -213,12 +212,10 @@ _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 
 
 def refuse_foreign_host(request: web.Request) -> None:
-    """With auth off on a loopback address, PermissionDenied for a request whose `Host` is
-    not a loopback name: a page of another site that rebinds its own name to 127.0.0.1 (DNS
-    rebinding) would otherwise read and write everything as the anonymous admin."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if not sockname or not ipaddress.ip_address(sockname[0]).is_loopback:
-        return  # --allow-unauthenticated on a reachable address: the operator's choice
+    """PermissionDenied for a request whose `Host` is not a loopback name (called with auth
+    off on a loopback address): a page of another site that rebinds its own name to
+    127.0.0.1 (DNS rebinding) would otherwise read and write everything as the anonymous
+    admin."""
     host = request.host.lower()
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     if name not in _LOOPBACK_HOSTS:
@@ -280,6 +277,7 @@ class HttpFront:
         self.app.router.add_route("*", "/{tail:.*}", self._not_found)
         self.runner: web.AppRunner | None = None
         self.port = 0
+        self.check_host = False
         # Set when the front stops: long-lived responses (the web view's event streams)
         # end cleanly on it; `streams` counts the ones open.
         self.closing = asyncio.Event()
@@ -313,6 +311,12 @@ class HttpFront:
         site = web.SockSite(self.runner, sock)
         await site.start()
         self.port = int(sock.getsockname()[1])
+        # With auth off on loopback, requests must name a loopback host (refuse_foreign_host);
+        # --allow-unauthenticated on a reachable address is the operator's choice.
+        self.check_host = (
+            self.guard.authenticator is None
+            and ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+        )
         return self.port
 
     async def stop(self) -> None:
@@ -359,7 +363,7 @@ class HttpFront:
                     refuse_cross_origin(request)
                     if self.guard.authenticator is not None and session_cookie(request):
                         require_view_header(request)
-                if self.guard.authenticator is None:
+                if self.check_host:
                     refuse_foreign_host(request)
                 if not public:
                     await self.guard.admit(call, context)
@@ -400,8 +404,3 @@ class HttpFront:
         rule's field, as the RPC's request has it); remembered for the audit record."""
         _checked.set(target)
         await self.gate.authorizer.check(rule, target)
-
-
-def principal_name() -> str:
-    """The name of the caller being served."""
-    return current_principal.get().name

@@ -130,9 +130,7 @@ HTTP_POLICY: dict[str, Rule] = {
 def http_rule(name: str) -> Rule | None:
     """The rule of an HTTP route: its RPC's, or its own in HTTP_POLICY; None for "" (a
     public route: health, version, server info). KeyError for an undeclared one."""
-    if not name:
-        return None
-    return POLICY[name] if name in POLICY else HTTP_POLICY[name]
+    return _rule(name) if name else None
 
 
 def _rule(method: str) -> Rule:
